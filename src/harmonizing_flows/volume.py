@@ -1,0 +1,415 @@
+"""MRI volumes in and out: NIfTI / MGZ -> 2D slices on the 0..255 scale, and the exact way back.
+
+:func:`load_volume` reads an image with an optional brain mask and label map (checked against each other),
+reorients them to RAS, and returns a :class:`Volume`. :func:`slice_volume` scales intensities robustly (a high
+percentile inside the mask maps to 255), quantizes to 256 levels with the background at zero, cuts 2D slices along
+one axis and pads or crops them to a fixed in-plane size. The result, a :class:`SlicedVolume`, carries a
+:class:`SliceGrid` that records everything needed to undo those steps: :func:`unslice` puts slices back on the
+input's own voxel grid, with its affine and header, and :func:`save_nifti` writes them without ever leaving a
+half-written file.
+
+Slices are stored as ``(n_slices, height, width)`` arrays in display order: for coronal and sagittal slices the top
+row is superior, for axial slices the top row is anterior.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations
+
+from harmonizing_flows.config import SliceAxis, SliceConfig
+from harmonizing_flows.errors import InputError, OutputExistsError
+from harmonizing_flows.labels import to_classes
+
+__all__ = [
+    "SliceGrid",
+    "SlicedVolume",
+    "Volume",
+    "load_volume",
+    "quantize",
+    "read_image",
+    "save_nifti",
+    "slice_volume",
+    "unslice",
+]
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
+_AXIS_INDEX: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
+_RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+# An affine may differ by this much (mm, or unitless for the rotation part) between image, mask and labels.
+_AFFINE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One subject's image with its mask and labels, reoriented to RAS.
+
+    Attributes:
+        image: Intensities, float32, RAS array order.
+        mask: Brain mask, bool. When no mask file is given, the voxels where the image is above zero.
+        labels: Raw label values (aseg codes or classes) as int32, or None.
+        affine: The RAS array's voxel-to-world affine.
+        path: The image file.
+        native_shape: The shape of the array on disk.
+        native_affine: The affine on disk.
+        header: The image header on disk (a NIfTI header, or an MGH header for .mgz).
+        to_ras: nibabel orientation transform from the array on disk to RAS.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray | None
+    affine: np.ndarray
+    path: Path
+    native_shape: tuple[int, int, int]
+    native_affine: np.ndarray
+    header: Any
+    to_ras: np.ndarray
+
+
+@dataclass(frozen=True)
+class SliceGrid:
+    """Everything :func:`unslice` needs to put slices back on the input's voxel grid.
+
+    Attributes:
+        axis: The slicing plane.
+        ras_shape: Shape of the RAS array that was sliced.
+        start: Row and column in the RAS slice plane (display order) where the output window starts; negative
+            means the slice was padded on that side.
+        image_size: The window's size (height, width).
+        scale: Input intensity units per quantization level (the robust maximum divided by ``levels - 1``).
+        path: The image file the slices came from.
+        native_shape, native_affine, header, to_ras: The input's geometry, as in :class:`Volume`.
+    """
+
+    axis: SliceAxis
+    ras_shape: tuple[int, int, int]
+    start: tuple[int, int]
+    image_size: tuple[int, int]
+    scale: float
+    path: Path
+    native_shape: tuple[int, int, int]
+    native_affine: np.ndarray
+    header: Any
+    to_ras: np.ndarray
+
+
+@dataclass(frozen=True)
+class SlicedVolume:
+    """A volume cut into quantized, fixed-size 2D slices.
+
+    Attributes:
+        images: uint8 ``(n_slices, height, width)``, 0..levels-1, zero outside the brain.
+        mask: bool, same shape.
+        labels: uint8 class indices (see :mod:`harmonizing_flows.labels`), same shape, or None.
+        grid: How to go back to the input's grid.
+    """
+
+    images: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray | None
+    grid: SliceGrid
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | Path, *, role: str = "image") -> nib.spatialimages.SpatialImage:
+    """Open a NIfTI or MGZ file with nibabel, raising :class:`InputError` with the path on any failure."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, f"{role} file does not exist")
+    if path.is_dir():
+        raise InputError(path, f"{role} path is a folder, expected a .nii, .nii.gz or .mgz file")
+    if not path.name.lower().endswith(VOLUME_SUFFIXES):
+        raise InputError(path, f"{role} file is not a NIfTI or MGZ file (expected {', '.join(VOLUME_SUFFIXES)})")
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises many types: ImageFileError, EOFError, zlib errors, ...
+        raise InputError(path, f"cannot read {role} file ({type(exc).__name__}: {exc})") from exc
+    return img
+
+
+def _read_array(img: nib.spatialimages.SpatialImage, path: Path, role: str, dtype: type) -> np.ndarray:
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        what = f"{len(shape)}D volume of shape {img.shape}" if len(shape) != 4 else f"4D volume of shape {img.shape}"
+        raise InputError(path, f"{role} is a {what}; expected a single 3D volume")
+    try:
+        data = np.asarray(img.dataobj, dtype=dtype).reshape(shape)
+    except Exception as exc:
+        raise InputError(path, f"cannot decode {role} data ({type(exc).__name__}: {exc})") from exc
+    return data
+
+
+def _check_same_grid(ref: nib.spatialimages.SpatialImage, ref_path: Path, other, other_path: Path, role: str) -> None:
+    ref_shape, other_shape = tuple(ref.shape[:3]), tuple(other.shape[:3])
+    if ref_shape != other_shape:
+        raise InputError(other_path, f"{role} has shape {other_shape} but image {ref_path.name} has {ref_shape}")
+    if not np.allclose(ref.affine, other.affine, atol=_AFFINE_TOLERANCE):
+        raise InputError(
+            other_path,
+            f"{role} affine differs from that of image {ref_path.name}; they must share a voxel grid "
+            f"(largest difference {np.abs(ref.affine - other.affine).max():.4g})",
+        )
+
+
+def load_volume(
+    image: str | Path,
+    mask: str | Path | None = None,
+    labels: str | Path | None = None,
+) -> Volume:
+    """Read an image, with its optional brain mask and label map, and reorient all of them to RAS.
+
+    Raises:
+        InputError: A file is missing, unreadable, not 3D, has NaN or infinite voxels, or does not share the
+            image's shape and affine; or the mask (given or derived) is empty.
+    """
+    path = Path(image)
+    img = read_image(path)
+    data = _read_array(img, path, "image", np.float32)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise InputError(path, f"image has {int(bad.sum())} NaN or infinite voxels")
+
+    to_ras = orientations.io_orientation(img.affine)
+    ras_affine = img.affine @ orientations.inv_ornt_aff(to_ras, data.shape)
+
+    def ras(array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(orientations.apply_orientation(array, to_ras))
+
+    if mask is not None:
+        mask_path = Path(mask)
+        mask_img = read_image(mask_path, role="mask")
+        _check_same_grid(img, path, mask_img, mask_path, "mask")
+        mask_data = _read_array(mask_img, mask_path, "mask", np.float32)
+        if not np.all(np.isfinite(mask_data)):
+            raise InputError(mask_path, "mask has NaN or infinite voxels")
+        mask_array = mask_data > 0
+        if not mask_array.any():
+            raise InputError(mask_path, "mask is empty (no voxel above zero)")
+    else:
+        mask_array = data > 0
+        if not mask_array.any():
+            raise InputError(path, "image has no voxel above zero, so no brain mask can be derived from it")
+
+    label_array = None
+    if labels is not None:
+        labels_path = Path(labels)
+        labels_img = read_image(labels_path, role="label map")
+        _check_same_grid(img, path, labels_img, labels_path, "label map")
+        raw = _read_array(labels_img, labels_path, "label map", np.float64)
+        if not np.all(np.isfinite(raw)) or not np.array_equal(raw, np.round(raw)):
+            raise InputError(labels_path, "label map has non-integer, NaN or infinite values")
+        label_array = ras(raw.astype(np.int32))
+
+    return Volume(
+        image=ras(data),
+        mask=ras(mask_array),
+        labels=label_array,
+        affine=ras_affine,
+        path=path,
+        native_shape=tuple(int(s) for s in data.shape),
+        native_affine=np.asarray(img.affine, dtype=float),
+        header=img.header,
+        to_ras=to_ras,
+    )
+
+
+# --------------------------------------------------------------------------------------------- slicing
+
+
+def quantize(image: np.ndarray, mask: np.ndarray, percentile: float = 99.5, levels: int = 256) -> tuple[np.ndarray, float]:
+    """Scale so that ``percentile`` inside the mask maps to ``levels - 1``, round, clip, zero the background.
+
+    Returns:
+        The uint8 image and the scale (input units per level), so that ``quantized * scale`` approximates the
+        input to within half a level wherever it was not clipped.
+    """
+    inside = image[mask]
+    top = float(np.percentile(inside, percentile)) if inside.size else 0.0
+    if not top > 0:
+        raise ValueError(f"the {percentile}th percentile of the image inside the mask is {top:g}; it must be positive")
+    scale = top / (levels - 1)
+    q = np.rint(image * np.float32(1.0 / scale))
+    np.clip(q, 0, levels - 1, out=q)
+    q = q.astype(np.uint8)
+    q[~mask] = 0
+    return q, scale
+
+
+def _to_plane(ras_array: np.ndarray, axis: SliceAxis) -> np.ndarray:
+    """RAS array -> ``(n_slices, rows, cols)`` in display order (a view where possible)."""
+    if axis == "coronal":  # slices along A; rows S->I; cols along R
+        return ras_array.transpose(1, 2, 0)[:, ::-1, :]
+    if axis == "axial":  # slices along S; rows A->P; cols along R
+        return ras_array.transpose(2, 1, 0)[:, ::-1, :]
+    return ras_array.transpose(0, 2, 1)[:, ::-1, :]  # sagittal: slices along R; rows S->I; cols along A
+
+
+def _from_plane(stack: np.ndarray, axis: SliceAxis) -> np.ndarray:
+    """Inverse of :func:`_to_plane`."""
+    if axis == "coronal":
+        return stack[:, ::-1, :].transpose(2, 0, 1)
+    if axis == "axial":
+        return stack[:, ::-1, :].transpose(2, 1, 0)
+    return stack[:, ::-1, :].transpose(0, 2, 1)
+
+
+def _window_start(extent: int, size: int, lo: int, hi: int) -> int:
+    """Where a window of ``size`` starts along an axis of length ``extent``, given the brain spans lo..hi."""
+    if size >= extent:
+        return -((size - extent) // 2)  # pad, centring the whole image
+    centre = (lo + hi + 1) / 2
+    return int(min(max(round(centre - size / 2), 0), extent - size))  # crop around the brain
+
+
+def _window(stack: np.ndarray, start: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """Rows ``start[0]..start[0]+size[0]`` and likewise columns of every slice, zero outside the input."""
+    out = np.zeros((stack.shape[0], *size), dtype=stack.dtype)
+    src, dst = [], []
+    for dim, (s, n) in enumerate(zip(start, size, strict=True)):
+        extent = stack.shape[dim + 1]
+        a, b = max(s, 0), min(s + n, extent)
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    out[:, dst[0], dst[1]] = stack[:, src[0], src[1]]
+    return out
+
+
+def _unwindow(windowed: np.ndarray, start: tuple[int, int], extent: tuple[int, int]) -> np.ndarray:
+    out = np.zeros((windowed.shape[0], *extent), dtype=windowed.dtype)
+    src, dst = [], []
+    for dim, s in enumerate(start):
+        n = windowed.shape[dim + 1]
+        a, b = max(s, 0), min(s + n, extent[dim])
+        dst.append(slice(a, b))
+        src.append(slice(a - s, b - s))
+    out[:, dst[0], dst[1]] = windowed[:, src[0], src[1]]
+    return out
+
+
+def slice_volume(volume: Volume, config: SliceConfig | None = None) -> SlicedVolume:
+    """Quantize a volume to 0..255 and cut it into fixed-size 2D slices (see the module docstring).
+
+    When the brain is larger than ``config.image_size`` in the slice plane, the window is centred on the brain and
+    the parts outside it are lost (and come back as zero from :func:`unslice`).
+    """
+    config = config or SliceConfig()
+    try:
+        q, scale = quantize(volume.image, volume.mask, config.percentile, config.levels)
+    except ValueError as exc:
+        raise InputError(volume.path, str(exc)) from exc
+
+    images = _to_plane(q, config.axis)
+    mask = _to_plane(volume.mask, config.axis)
+    rows = np.flatnonzero(mask.any(axis=(0, 2)))
+    cols = np.flatnonzero(mask.any(axis=(0, 1)))
+    start = (
+        _window_start(images.shape[1], config.image_size[0], int(rows[0]), int(rows[-1])),
+        _window_start(images.shape[2], config.image_size[1], int(cols[0]), int(cols[-1])),
+    )
+    labels = None
+    if volume.labels is not None:
+        labels = _window(_to_plane(to_classes(volume.labels, path=volume.path), config.axis), start, config.image_size)
+    grid = SliceGrid(
+        axis=config.axis,
+        ras_shape=tuple(int(s) for s in volume.image.shape),
+        start=start,
+        image_size=tuple(config.image_size),
+        scale=scale,
+        path=volume.path,
+        native_shape=volume.native_shape,
+        native_affine=volume.native_affine,
+        header=volume.header,
+        to_ras=volume.to_ras,
+    )
+    return SlicedVolume(
+        images=_window(images, start, config.image_size),
+        mask=_window(mask, start, config.image_size),
+        labels=labels,
+        grid=grid,
+    )
+
+
+def unslice(
+    slices: np.ndarray,
+    grid: SliceGrid,
+    *,
+    rescale: bool = True,
+    dtype: np.dtype | type | None = None,
+) -> nib.Nifti1Image:
+    """Put slices back on the input's voxel grid, with its affine and header, as a NIfTI image.
+
+    Args:
+        slices: ``(n_slices, height, width)`` on the 0..255 scale (uint8 or float), as from :func:`slice_volume`
+            or a network that kept that shape.
+        grid: The :class:`SliceGrid` of the sliced volume.
+        rescale: Multiply by ``grid.scale`` to return to the input's intensity units; otherwise stay on 0..255.
+        dtype: Data type on disk; by default float32 when rescaling, else that of ``slices``.
+    """
+    slices = np.asarray(slices)
+    plane_extent = _to_plane(np.empty(grid.ras_shape, dtype=bool), grid.axis).shape
+    expected = (plane_extent[0], *grid.image_size)
+    if slices.shape != expected:
+        raise ValueError(f"slices have shape {slices.shape}, expected {expected} for {grid.path.name}")
+    data = slices.astype(np.float32) * np.float32(grid.scale) if rescale else slices
+    ras = _from_plane(_unwindow(data, grid.start, plane_extent[1:]), grid.axis)
+    native = orientations.apply_orientation(ras, orientations.ornt_transform(_RAS, grid.to_ras))
+    dtype = np.dtype(dtype) if dtype is not None else (np.dtype(np.float32) if rescale else data.dtype)
+    native = np.ascontiguousarray(native).astype(dtype, copy=False)
+
+    if isinstance(grid.header, nib.Nifti1Header):
+        header = grid.header.copy()
+        if isinstance(grid.header, nib.Nifti2Header):
+            out = nib.Nifti2Image(native, grid.native_affine, header=header)
+        else:
+            out = nib.Nifti1Image(native, grid.native_affine, header=header)
+        # Keep the input's qform/sform codes; the affine itself is unchanged.
+        out.set_qform(grid.native_affine, int(header["qform_code"]) or 1)
+        out.set_sform(grid.native_affine, int(header["sform_code"]) or 1)
+    else:  # MGZ and others: a fresh NIfTI header in mm
+        out = nib.Nifti1Image(native, grid.native_affine)
+        out.header.set_xyzt_units("mm")
+        out.header.set_zooms(nib.affines.voxel_sizes(grid.native_affine))
+    out.header.set_data_dtype(dtype)
+    out.header["scl_slope"] = np.nan  # values are written as they are, not rescaled by a stale slope
+    out.header["scl_inter"] = np.nan
+    return out
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def save_nifti(image: nib.Nifti1Image, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a NIfTI file atomically: to a temporary file beside it, then renamed into place.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{path}: output must end in .nii or .nii.gz")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
