@@ -32,11 +32,14 @@ __all__ = [
     "SliceGrid",
     "SlicedVolume",
     "Volume",
+    "from_plane",
     "load_volume",
     "quantize",
+    "ras_shape",
     "read_image",
     "save_nifti",
     "slice_volume",
+    "to_plane",
     "unslice",
 ]
 
@@ -137,6 +140,15 @@ def read_image(path: str | Path, *, role: str = "image") -> nib.spatialimages.Sp
     return img
 
 
+def ras_shape(img: nib.spatialimages.SpatialImage) -> tuple[int, int, int]:
+    """The shape an image's first three axes take once reoriented to RAS (from the header alone)."""
+    ornt = orientations.io_orientation(img.affine)
+    shape = [0, 0, 0]
+    for axis, (target, _) in enumerate(ornt):
+        shape[int(target)] = int(img.shape[axis])
+    return (shape[0], shape[1], shape[2])
+
+
 def _read_array(img: nib.spatialimages.SpatialImage, path: Path, role: str, dtype: type) -> np.ndarray:
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
@@ -228,8 +240,10 @@ def load_volume(
 # --------------------------------------------------------------------------------------------- slicing
 
 
-def quantize(image: np.ndarray, mask: np.ndarray, percentile: float = 99.5, levels: int = 256) -> tuple[np.ndarray, float]:
-    """Scale so that ``percentile`` inside the mask maps to ``levels - 1``, round, clip, zero the background.
+def quantize(
+    image: np.ndarray, mask: np.ndarray, percentile: float = 99.5, levels: int = 256, *, gain: float = 1.0
+) -> tuple[np.ndarray, float]:
+    """Scale so that ``percentile`` inside the mask maps to ``gain * (levels - 1)``, round, clip, zero the background.
 
     Returns:
         The uint8 image and the scale (input units per level), so that ``quantized * scale`` approximates the
@@ -239,7 +253,7 @@ def quantize(image: np.ndarray, mask: np.ndarray, percentile: float = 99.5, leve
     top = float(np.percentile(inside, percentile)) if inside.size else 0.0
     if not top > 0:
         raise ValueError(f"the {percentile}th percentile of the image inside the mask is {top:g}; it must be positive")
-    scale = top / (levels - 1)
+    scale = top / ((levels - 1) * gain)
     q = np.rint(image * np.float32(1.0 / scale))
     np.clip(q, 0, levels - 1, out=q)
     q = q.astype(np.uint8)
@@ -247,7 +261,7 @@ def quantize(image: np.ndarray, mask: np.ndarray, percentile: float = 99.5, leve
     return q, scale
 
 
-def _to_plane(ras_array: np.ndarray, axis: SliceAxis) -> np.ndarray:
+def to_plane(ras_array: np.ndarray, axis: SliceAxis) -> np.ndarray:
     """RAS array -> ``(n_slices, rows, cols)`` in display order (a view where possible)."""
     if axis == "coronal":  # slices along A; rows S->I; cols along R
         return ras_array.transpose(1, 2, 0)[:, ::-1, :]
@@ -256,8 +270,8 @@ def _to_plane(ras_array: np.ndarray, axis: SliceAxis) -> np.ndarray:
     return ras_array.transpose(0, 2, 1)[:, ::-1, :]  # sagittal: slices along R; rows S->I; cols along A
 
 
-def _from_plane(stack: np.ndarray, axis: SliceAxis) -> np.ndarray:
-    """Inverse of :func:`_to_plane`."""
+def from_plane(stack: np.ndarray, axis: SliceAxis) -> np.ndarray:
+    """Inverse of :func:`to_plane`."""
     if axis == "coronal":
         return stack[:, ::-1, :].transpose(2, 0, 1)
     if axis == "axial":
@@ -310,8 +324,8 @@ def slice_volume(volume: Volume, config: SliceConfig | None = None) -> SlicedVol
     except ValueError as exc:
         raise InputError(volume.path, str(exc)) from exc
 
-    images = _to_plane(q, config.axis)
-    mask = _to_plane(volume.mask, config.axis)
+    images = to_plane(q, config.axis)
+    mask = to_plane(volume.mask, config.axis)
     rows = np.flatnonzero(mask.any(axis=(0, 2)))
     cols = np.flatnonzero(mask.any(axis=(0, 1)))
     start = (
@@ -320,7 +334,7 @@ def slice_volume(volume: Volume, config: SliceConfig | None = None) -> SlicedVol
     )
     labels = None
     if volume.labels is not None:
-        labels = _window(_to_plane(to_classes(volume.labels, path=volume.path), config.axis), start, config.image_size)
+        labels = _window(to_plane(to_classes(volume.labels, path=volume.path), config.axis), start, config.image_size)
     grid = SliceGrid(
         axis=config.axis,
         ras_shape=tuple(int(s) for s in volume.image.shape),
@@ -358,12 +372,12 @@ def unslice(
         dtype: Data type on disk; by default float32 when rescaling, else that of ``slices``.
     """
     slices = np.asarray(slices)
-    plane_extent = _to_plane(np.empty(grid.ras_shape, dtype=bool), grid.axis).shape
+    plane_extent = to_plane(np.empty(grid.ras_shape, dtype=bool), grid.axis).shape
     expected = (plane_extent[0], *grid.image_size)
     if slices.shape != expected:
         raise ValueError(f"slices have shape {slices.shape}, expected {expected} for {grid.path.name}")
     data = slices.astype(np.float32) * np.float32(grid.scale) if rescale else slices
-    ras = _from_plane(_unwindow(data, grid.start, plane_extent[1:]), grid.axis)
+    ras = from_plane(_unwindow(data, grid.start, plane_extent[1:]), grid.axis)
     native = orientations.apply_orientation(ras, orientations.ornt_transform(_RAS, grid.to_ras))
     dtype = np.dtype(dtype) if dtype is not None else (np.dtype(np.float32) if rescale else data.dtype)
     native = np.ascontiguousarray(native).astype(dtype, copy=False)

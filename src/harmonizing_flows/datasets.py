@@ -1,0 +1,433 @@
+"""Site datasets: subjects from a CSV manifest, a folder per site or a BIDS layout; subject-level splits; slices.
+
+Three layouts are read into one list of :class:`Subject` records:
+
+* **CSV manifest** (:func:`read_manifest`): columns ``subject, site, image`` and optionally ``mask, labels,
+  split``. The authors' names ``SUB_ID, SITE_ID, T1, brainmask, segmentation`` are accepted too. Relative paths
+  are relative to the manifest's folder.
+* **A folder per site** (:func:`read_site_folders`): ``ROOT/<site>/<subject>.nii.gz`` with optional companions
+  ``<subject>_mask.nii.gz`` (or ``_brainmask``) and ``<subject>_labels.nii.gz`` (or ``_aseg``, ``_seg``,
+  ``_dseg``); a trailing ``_T1w`` on the image name is dropped from the subject id. A FreeSurfer subject folder
+  ``ROOT/<site>/<subject>/mri/`` (``brain.mgz`` or ``T1.mgz``, ``brainmask.mgz``, ``aseg.mgz``) works too.
+* **BIDS** (:func:`read_bids`): ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``, the site from a ``participants.tsv``
+  column; masks and labels from ``*_desc-brain_mask`` and ``*_dseg`` files beside the image or under
+  ``derivatives/*/``.
+
+:func:`load_subjects` picks the layout from what it finds. :func:`split_subjects` splits each site by subject
+(60/15/25 by default), deterministically for a seed and independently of listing order, so that no subject's
+slices are ever in two splits. :class:`SliceDataset` serves 2D slices to PyTorch, reading each volume once.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from harmonizing_flows.config import SliceConfig, SplitConfig
+from harmonizing_flows.errors import InputError
+from harmonizing_flows.volume import (
+    VOLUME_SUFFIXES,
+    SlicedVolume,
+    load_volume,
+    ras_shape,
+    read_image,
+    slice_volume,
+)
+
+__all__ = [
+    "SliceDataset",
+    "Subject",
+    "load_subjects",
+    "read_bids",
+    "read_manifest",
+    "read_site_folders",
+    "split_subjects",
+    "write_manifest",
+]
+
+MANIFEST_COLUMNS = ("subject", "site", "image", "mask", "labels", "split")
+_COLUMN_ALIASES = {
+    "sub_id": "subject",
+    "subject_id": "subject",
+    "participant_id": "subject",
+    "site_id": "site",
+    "t1": "image",
+    "t1w": "image",
+    "brainmask": "mask",
+    "brain_mask": "mask",
+    "segmentation": "labels",
+    "seg": "labels",
+    "aseg": "labels",
+    "label": "labels",
+}
+_MASK_SUFFIXES = ("_mask", "_brainmask", "_desc-brain_mask")
+_LABEL_SUFFIXES = ("_labels", "_aseg", "_seg", "_dseg")
+_SITE_COLUMNS = ("site", "site_id", "scanner", "centre", "center")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One subject's files and where it belongs."""
+
+    subject: str
+    site: str
+    image: Path
+    mask: Path | None = None
+    labels: Path | None = None
+    split: str | None = None
+
+
+def _strip_volume_suffix(name: str) -> str | None:
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+# --------------------------------------------------------------------------------------------- manifest
+
+
+def read_manifest(path: str | Path) -> list[Subject]:
+    """Read a CSV manifest (see the module docstring for its columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "manifest file does not exist")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"cannot read manifest ({exc})") from exc
+    if not rows:
+        raise InputError(path, "manifest is empty")
+    header = [_COLUMN_ALIASES.get(h.strip().lower(), h.strip().lower()) for h in rows[0]]
+    missing = [c for c in ("subject", "site", "image") if c not in header]
+    if missing:
+        raise InputError(path, f"manifest lacks column(s) {', '.join(missing)} (has: {', '.join(rows[0])})")
+    col = {name: header.index(name) for name in MANIFEST_COLUMNS if name in header}
+    subjects, seen = [], set()
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < len(header):
+            raise InputError(path, f"line {line} has {len(row)} fields, the header has {len(header)}")
+
+        def cell(name: str, row: list[str] = row) -> str:
+            return row[col[name]].strip() if name in col else ""
+
+        def file(name: str, line: int = line) -> Path | None:
+            value = cell(name)
+            if not value:
+                return None
+            p = Path(value)
+            p = p if p.is_absolute() else path.parent / p
+            if not p.exists():
+                raise InputError(path, f"line {line}: {name} file {p} does not exist")
+            return p
+
+        subject, site = cell("subject"), cell("site")
+        if not subject or not site or not cell("image"):
+            raise InputError(path, f"line {line}: subject, site and image must not be empty")
+        if (site, subject) in seen:
+            raise InputError(path, f"line {line}: subject {subject} of site {site} is listed twice")
+        seen.add((site, subject))
+        split = cell("split") or None
+        subjects.append(Subject(subject, site, file("image"), file("mask"), file("labels"), split))  # type: ignore[arg-type]
+    if not subjects:
+        raise InputError(path, "manifest lists no subjects")
+    return subjects
+
+
+def write_manifest(subjects: Iterable[Subject], path: str | Path) -> Path:
+    """Write a manifest with paths relative to its folder where they lie below it."""
+    path = Path(path)
+    root = path.parent.resolve()
+
+    def rel(p: Path | None) -> str:
+        if p is None:
+            return ""
+        try:
+            return Path(p).resolve().relative_to(root).as_posix()
+        except ValueError:
+            return str(Path(p).resolve())
+
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        for s in subjects:
+            writer.writerow([s.subject, s.site, rel(s.image), rel(s.mask), rel(s.labels), s.split or ""])
+    return path
+
+
+# --------------------------------------------------------------------------------------------- folders
+
+
+def _freesurfer_subject(folder: Path, site: str) -> Subject | None:
+    mri = folder / "mri"
+    image = next((mri / n for n in ("brain.mgz", "norm.mgz", "T1.mgz") if (mri / n).is_file()), None)
+    if image is None:
+        return None
+    mask = mri / "brainmask.mgz"
+    labels = mri / "aseg.mgz"
+    return Subject(folder.name, site, image, mask if mask.is_file() else None, labels if labels.is_file() else None)
+
+
+def read_site_folders(root: str | Path) -> list[Subject]:
+    """Read ``ROOT/<site>/...`` (see the module docstring for the file names)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "is not a folder")
+    subjects = []
+    for site_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        site = site_dir.name
+        stems: dict[str, Path] = {}
+        for f in sorted(site_dir.iterdir()):
+            if f.is_dir():
+                fs = _freesurfer_subject(f, site)
+                if fs is not None:
+                    subjects.append(fs)
+                continue
+            stem = _strip_volume_suffix(f.name)
+            if stem is not None and not f.name.startswith("."):
+                stems[stem] = f
+        companions = {s for s in stems if s.endswith(_MASK_SUFFIXES + _LABEL_SUFFIXES)}
+        for stem, image in stems.items():
+            if stem in companions:
+                continue
+            mask = next((stems[stem + sfx] for sfx in _MASK_SUFFIXES if stem + sfx in stems), None)
+            labels = next((stems[stem + sfx] for sfx in _LABEL_SUFFIXES if stem + sfx in stems), None)
+            subject = re.sub(r"_T1w$", "", stem)
+            if mask is None and stem.endswith("_T1w"):
+                mask = next((stems[subject + sfx] for sfx in _MASK_SUFFIXES if subject + sfx in stems), None)
+            if labels is None and stem.endswith("_T1w"):
+                labels = next((stems[subject + sfx] for sfx in _LABEL_SUFFIXES if subject + sfx in stems), None)
+            subjects.append(Subject(subject, site, image, mask, labels))
+    if not subjects:
+        raise InputError(root, "holds no site folder with NIfTI or MGZ images (expected ROOT/<site>/<subject>.nii.gz)")
+    return subjects
+
+
+# --------------------------------------------------------------------------------------------- BIDS
+
+
+def _bids_entities(name: str) -> dict[str, str]:
+    return dict(part.split("-", 1) for part in name.split("_") if "-" in part)
+
+
+def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]:
+    """Read a BIDS dataset; each subject's site comes from ``participants.tsv``.
+
+    Args:
+        root: The BIDS root (holding ``participants.tsv``).
+        site_column: The participants.tsv column naming the site; by default the first of ``site``, ``site_id``,
+            ``scanner``, ``centre``, ``center`` that exists (case-insensitive).
+    """
+    root = Path(root)
+    table = root / "participants.tsv"
+    if not table.is_file():
+        raise InputError(root, "BIDS dataset has no participants.tsv, which must name each subject's site")
+    with table.open(newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows:
+        raise InputError(table, "participants.tsv lists no participants")
+    columns = {c.lower(): c for c in rows[0]}
+    if site_column is None:
+        site_column = next((columns[c] for c in _SITE_COLUMNS if c in columns), None)
+        if site_column is None:
+            raise InputError(table, f"no site column (looked for {', '.join(_SITE_COLUMNS)}); name one with site_column")
+    elif site_column not in rows[0]:
+        raise InputError(table, f"has no column {site_column!r} (has: {', '.join(rows[0])})")
+    if "participant_id" not in rows[0]:
+        raise InputError(table, "participants.tsv has no participant_id column")
+    sites = {r["participant_id"]: r[site_column].strip() for r in rows}
+
+    derivatives = sorted((root / "derivatives").glob("*/")) if (root / "derivatives").is_dir() else []
+    subjects = []
+    for sub_dir in sorted(root.glob("sub-*/")):
+        sub = sub_dir.name
+        if sub not in sites:
+            raise InputError(table, f"does not list {sub}, which has a folder in {root}")
+        if not sites[sub] or sites[sub].lower() == "n/a":
+            raise InputError(table, f"{sub} has no site in column {site_column!r}")
+        for image in sorted(sub_dir.glob("**/anat/*_T1w.nii*")):
+            stem = _strip_volume_suffix(image.name)
+            assert stem is not None
+            prefix = stem[: -len("_T1w")]
+            rel_dir = image.parent.relative_to(root)
+            search = [image.parent] + [d / rel_dir for d in derivatives]
+            mask = _find_bids(search, prefix, ("_desc-brain_mask", "_mask"))
+            labels = _find_bids(search, prefix, ("_dseg", "_desc-aseg_dseg"))
+            entities = _bids_entities(prefix)
+            ident = sub + "".join(f"_{k}-{v}" for k, v in entities.items() if k not in ("sub",))
+            subjects.append(Subject(ident, sites[sub], image, mask, labels))
+    if not subjects:
+        raise InputError(root, "BIDS dataset has no sub-*/anat/*_T1w.nii[.gz] images")
+    return subjects
+
+
+def _find_bids(folders: Sequence[Path], prefix: str, suffixes: Sequence[str]) -> Path | None:
+    for folder in folders:
+        for suffix in suffixes:
+            for ext in (".nii.gz", ".nii"):
+                candidates = sorted(folder.glob(f"{prefix}*{suffix}{ext}")) if folder.is_dir() else []
+                if candidates:
+                    return candidates[0]
+    return None
+
+
+# --------------------------------------------------------------------------------------------- loading and splits
+
+
+def load_subjects(path: str | Path, *, site_column: str | None = None) -> list[Subject]:
+    """Read subjects from a manifest file, a BIDS root, a folder holding ``manifest.csv``, or site folders."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if path.is_file():
+        if path.suffix.lower() not in (".csv", ".tsv"):
+            raise InputError(path, "expected a CSV manifest or a folder")
+        return read_manifest(path)
+    if (path / "participants.tsv").is_file() or (path / "dataset_description.json").is_file():
+        return read_bids(path, site_column)
+    if (path / "manifest.csv").is_file():
+        return read_manifest(path / "manifest.csv")
+    return read_site_folders(path)
+
+
+def _stable_int(*parts: object) -> int:
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+    """Subjects per split for a site of ``n``: validation and test rounded, at least one each; train the rest."""
+    n_val = max(1, math.floor(n * fractions[1] + 0.5)) if fractions[1] > 0 else 0
+    n_test = max(1, math.floor(n * fractions[2] + 0.5)) if fractions[2] > 0 else 0
+    return n - n_val - n_test, n_val, n_test
+
+
+def split_subjects(subjects: Sequence[Subject], config: SplitConfig | None = None, *, keep: bool = True) -> list[Subject]:
+    """Assign each subject to train / val / test, site by site.
+
+    The order within a site comes from a hash of (seed, site, subject id), so the split depends only on the seed and
+    the set of subject ids, not on the order they were listed in. Subjects that already have a split keep it when
+    ``keep`` is true (and then all of them must have one).
+
+    Raises:
+        InputError: A site has too few subjects to give every split at least one, or splits are partly given.
+    """
+    config = config or SplitConfig()
+    given = [s.split for s in subjects]
+    if keep and any(given):
+        if not all(given):
+            missing = next(s for s in subjects if not s.split)
+            raise InputError(missing.image, "some subjects have a split and this one has none; give all or none")
+        return list(subjects)
+    by_site: dict[str, list[Subject]] = {}
+    for s in subjects:
+        by_site.setdefault(s.site, []).append(s)
+    out: dict[tuple[str, str], Subject] = {}
+    for site, members in by_site.items():
+        n_train, n_val, n_test = split_counts(len(members), config.fractions)
+        if n_train < (1 if config.fractions[0] > 0 else 0):
+            raise InputError(
+                members[0].image.parent,
+                f"site {site!r} has {len(members)} subject(s), too few to split "
+                f"{'/'.join(f'{f:.0%}' for f in config.fractions)} with at least one subject per split",
+            )
+        order = sorted(members, key=lambda s: (_stable_int(config.seed, site, s.subject), s.subject))
+        names = [config.names[0]] * n_train + [config.names[1]] * n_val + [config.names[2]] * n_test
+        for s, name in zip(order, names, strict=True):
+            out[(s.site, s.subject)] = replace(s, split=name)
+    return [out[(s.site, s.subject)] for s in subjects]
+
+
+def check_readable(subject: Subject) -> None:
+    """Open every file of a subject's header without decoding the data (fast), so errors surface early."""
+    for role, p in (("image", subject.image), ("mask", subject.mask), ("label map", subject.labels)):
+        if p is not None:
+            read_image(p, role=role)
+
+
+# --------------------------------------------------------------------------------------------- slices for PyTorch
+
+
+class SliceDataset(Dataset):
+    """2D slices of several subjects, read lazily and kept once read.
+
+    Each item is a dict with ``image`` (float32 ``(1, H, W)`` on 0..255), ``mask`` (bool ``(1, H, W)``),
+    ``labels`` (int64 ``(H, W)``, only when every subject has labels), ``subject``, ``site`` and ``slice``.
+
+    The slice count of each volume comes from its header, so construction reads no voxel data. A volume is read,
+    quantized and sliced the first time one of its slices is asked for, and kept (as uint8) for later epochs.
+    With ``brain_only``, slices without brain are left out; finding them means reading the volumes at
+    construction. With DataLoader workers, each worker keeps its own copy of what it has read.
+
+    Args:
+        subjects: The subjects to serve.
+        config: How to slice.
+        splits: Keep only subjects in these splits (e.g. ``"train"``); None keeps all.
+        brain_only: Leave out slices with no brain voxel.
+    """
+
+    def __init__(
+        self,
+        subjects: Sequence[Subject],
+        config: SliceConfig | None = None,
+        *,
+        splits: str | Sequence[str] | None = None,
+        brain_only: bool = False,
+    ) -> None:
+        self.config = config or SliceConfig()
+        if isinstance(splits, str):
+            splits = (splits,)
+        self.subjects = [s for s in subjects if splits is None or s.split in splits]
+        if not self.subjects:
+            raise ValueError(f"no subjects in split(s) {splits}")
+        self.with_labels = all(s.labels is not None for s in self.subjects)
+        self._cache: dict[int, SlicedVolume] = {}
+        axis = {"sagittal": 0, "coronal": 1, "axial": 2}[self.config.axis]
+        index: list[tuple[int, int]] = []
+        for i, s in enumerate(self.subjects):
+            if brain_only:
+                sliced = self.volume(i)
+                keep = np.flatnonzero(sliced.mask.any(axis=(1, 2)))
+                index.extend((i, int(k)) for k in keep)
+            else:
+                index.extend((i, k) for k in range(ras_shape(read_image(s.image))[axis]))
+        self.index = index
+
+    def volume(self, i: int) -> SlicedVolume:
+        """The sliced volume of subject ``i``, read on first use."""
+        cached = self._cache.get(i)
+        if cached is None:
+            s = self.subjects[i]
+            cached = slice_volume(load_volume(s.image, s.mask, s.labels if self.with_labels else None), self.config)
+            self._cache[i] = cached
+        return cached
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> dict[str, object]:
+        i, k = self.index[item]
+        sliced = self.volume(i)
+        out: dict[str, object] = {
+            "image": torch.from_numpy(sliced.images[k].astype(np.float32))[None],
+            "mask": torch.from_numpy(np.ascontiguousarray(sliced.mask[k]))[None],
+            "subject": self.subjects[i].subject,
+            "site": self.subjects[i].site,
+            "slice": k,
+        }
+        if sliced.labels is not None:
+            out["labels"] = torch.from_numpy(sliced.labels[k].astype(np.int64))
+        return out

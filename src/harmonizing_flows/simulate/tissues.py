@@ -1,0 +1,159 @@
+"""Tissue properties for image formation: relaxation times and proton density per structure and field strength.
+
+Three base tissues carry literature values: white matter, grey matter and CSF. Every aseg structure is either CSF
+or a fast-exchange mixture of white and grey matter with a white-matter weight ``w``: relaxation *rates* and proton
+density mix linearly, ``1/T1 = w/T1_WM + (1-w)/T1_GM``. The weights of the deep nuclei are set from where
+FreeSurfer's probabilistic atlas puts each structure's mean T1-weighted intensity between cortex and white matter
+(``w = (I - I_GM) / (I_WM - I_GM)``, clipped to 0..1); structures without an atlas figure carry an estimate, marked
+as such below. (Measured T1 of the putamen and caudate, e.g. by Wright et al., lie much closer to cortex than their
+T1-weighted intensities do, because their proton density and magnetization transfer differ too; the weights follow
+the intensities, which are what the images show.)
+
+Values (ms; proton density relative to CSF):
+
+============  ==========  =========  ==========  ==========  =========  ==========  ====
+tissue        T1 1.5 T    T2 1.5 T   T2* 1.5 T   T1 3 T      T2 3 T     T2* 3 T     PD
+============  ==========  =========  ==========  ==========  =========  ==========  ====
+white matter  646         72         66          838         69         53          0.69
+grey matter   1197        95         84          1607        99         66          0.80
+CSF           4300        2000       1000        4300        1500       800         1.00
+============  ==========  =========  ==========  ==========  =========  ==========  ====
+
+References:
+    | Wright et al. Water proton T1 measurements in brain tissue at 7, 3, and 1.5 T using IR-EPI, IR-TSE, and
+    | MPRAGE: results and optimization. MAGMA 21:121-130, 2008 (white and grey matter T1, MPRAGE method).
+    | Stanisz et al. T1, T2 relaxation and magnetization transfer in tissue at 3T. MRM 54:507-512, 2005
+    | (white and grey matter T2 at 1.5 T and 3 T).
+    | Peters et al. T2* measurements in human brain at 1.5, 3 and 7 T. MRI 25:748-753, 2007 (T2* of WM and GM).
+    | Rooney et al. Magnetic field and tissue dependencies of human brain longitudinal 1H2O relaxation in vivo.
+    | MRM 57:308-318, 2007 (CSF T1 of about 4.3 s, nearly independent of field strength).
+    | Tofts (ed.). Quantitative MRI of the Brain, Wiley 2003, ch. 4 (water content: WM ~0.69, GM ~0.80).
+    | FreeSurfer 7.3.2 atlas RB_all_2020-01-02.gca (mean T1-weighted intensities: WM 90, cortex 57, thalamus 82,
+    | putamen 79, pallidum 96, hippocampus 59).
+
+CSF T2 and T2* are order-of-magnitude figures; they barely matter at the echo times of T1-weighted sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["BASE_TISSUES", "STRUCTURE_WM_WEIGHT", "TissueTable", "base_tissues", "tissue_table"]
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """Relaxation times (ms) and proton density of one tissue at one field strength."""
+
+    t1: float
+    t2: float
+    t2s: float
+    pd: float
+
+
+BASE_TISSUES: dict[float, dict[str, Relaxation]] = {
+    1.5: {
+        "white_matter": Relaxation(t1=646.0, t2=72.0, t2s=66.0, pd=0.69),
+        "grey_matter": Relaxation(t1=1197.0, t2=95.0, t2s=84.0, pd=0.80),
+        "csf": Relaxation(t1=4300.0, t2=2000.0, t2s=1000.0, pd=1.00),
+    },
+    3.0: {
+        "white_matter": Relaxation(t1=838.0, t2=69.0, t2s=53.0, pd=0.69),
+        "grey_matter": Relaxation(t1=1607.0, t2=99.0, t2s=66.0, pd=0.80),
+        "csf": Relaxation(t1=4300.0, t2=1500.0, t2s=800.0, pd=1.00),
+    },
+}
+"""Base tissue values at the tabulated field strengths (see the module docstring for sources)."""
+
+_CSF = -1.0  # marks a structure imaged as CSF
+
+STRUCTURE_WM_WEIGHT: dict[int, float] = {
+    2: 1.0, 41: 1.0, 77: 1.0, 78: 1.0, 79: 1.0, 251: 1.0, 252: 1.0, 253: 1.0, 254: 1.0, 255: 1.0,  # cerebral WM
+    3: 0.0, 42: 0.0,  # cerebral cortex
+    7: 0.90, 46: 0.90,  # cerebellar WM (estimate: slightly darker than cerebral WM)
+    8: 0.15, 47: 0.15,  # cerebellar cortex (estimate)
+    10: 0.76, 49: 0.76, 9: 0.76, 48: 0.76,  # thalamus (atlas: 82)
+    17: 0.06, 53: 0.06,  # hippocampus (atlas: 59)
+    18: 0.10, 54: 0.10,  # amygdala (estimate, close to hippocampus)
+    11: 0.45, 50: 0.45,  # caudate (estimate)
+    12: 0.67, 51: 0.67,  # putamen (atlas: 79)
+    13: 1.00, 52: 1.00,  # pallidum (atlas: 96, above WM; clipped to 1)
+    26: 0.40, 58: 0.40,  # accumbens (estimate)
+    28: 0.80, 60: 0.80,  # ventral DC (estimate)
+    16: 0.85,  # brainstem (estimate)
+    85: 1.00,  # optic chiasm (white matter)
+    30: 0.50, 62: 0.50, 31: 0.30, 63: 0.30,  # vessels, choroid plexus (estimates)
+    80: 0.30, 81: 0.30, 82: 0.30,  # non-WM hypointensities (estimate)
+    4: _CSF, 43: _CSF, 5: _CSF, 44: _CSF, 14: _CSF, 15: _CSF, 72: _CSF, 24: _CSF,  # ventricles, CSF
+}
+"""aseg code -> white-matter weight ``w`` (0 = grey matter, 1 = white matter), or -1 for CSF.
+
+Codes not listed are imaged as grey matter (cortical parcels of aparc+aseg included); label 0 inside the brain mask
+is imaged as CSF (the sulcal and extra-cerebral CSF that aseg leaves unlabelled).
+"""
+
+
+def base_tissues(field_strength: float, overrides: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Relaxation]:
+    """Base tissue values at a tabulated field strength, with optional per-tissue overrides.
+
+    Args:
+        field_strength: 1.5 or 3.0 (tesla).
+        overrides: ``{"white_matter": {"t1": 950.0}, ...}``; keys ``t1``, ``t2``, ``t2s`` (ms) and ``pd``.
+    """
+    if field_strength not in BASE_TISSUES:
+        raise ValueError(
+            f"field strength {field_strength} T has no tissue table; use one of "
+            f"{', '.join(str(b) for b in BASE_TISSUES)} or give every tissue's values under [tissues]"
+        )
+    table = dict(BASE_TISSUES[field_strength])
+    for tissue, values in (overrides or {}).items():
+        if tissue not in table:
+            raise ValueError(f"unknown tissue {tissue!r}; tissues are {', '.join(table)}")
+        unknown = set(values) - {"t1", "t2", "t2s", "pd"}
+        if unknown:
+            raise ValueError(f"unknown tissue parameter(s) {', '.join(sorted(unknown))} for {tissue}")
+        merged = {**table[tissue].__dict__, **{k: float(v) for k, v in values.items()}}
+        if min(merged.values()) <= 0:
+            raise ValueError(f"tissue values of {tissue} must be positive: {merged}")
+        table[tissue] = Relaxation(**merged)
+    return table
+
+
+@dataclass(frozen=True)
+class TissueTable:
+    """Per-code look-up arrays ``t1[code]``, ``t2[code]``, ``t2s[code]``, ``pd[code]`` (ms; relative PD)."""
+
+    t1: np.ndarray
+    t2: np.ndarray
+    t2s: np.ndarray
+    pd: np.ndarray
+
+
+def tissue_table(base: Mapping[str, Relaxation], max_code: int) -> TissueTable:
+    """Relaxation look-up tables over aseg codes ``0..max_code`` from the base tissues.
+
+    Code 0 gets CSF values (it is only imaged inside the brain mask, where it is sulcal CSF).
+    """
+    wm, gm, csf = base["white_matter"], base["grey_matter"], base["csf"]
+    w = np.zeros(max_code + 1)
+    is_csf = np.zeros(max_code + 1, dtype=bool)
+    is_csf[0] = True
+    for code, weight in STRUCTURE_WM_WEIGHT.items():
+        if code <= max_code:
+            if weight == _CSF:
+                is_csf[code] = True
+            else:
+                w[code] = weight
+
+    def rate_mix(a: float, b: float, c: float) -> np.ndarray:  # relaxation rates mix in fast exchange
+        return np.where(is_csf, c, 1.0 / (w / a + (1.0 - w) / b))
+
+    return TissueTable(
+        t1=rate_mix(wm.t1, gm.t1, csf.t1),
+        t2=rate_mix(wm.t2, gm.t2, csf.t2),
+        t2s=rate_mix(wm.t2s, gm.t2s, csf.t2s),
+        pd=np.where(is_csf, csf.pd, w * wm.pd + (1.0 - w) * gm.pd),
+    )
