@@ -6,9 +6,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import brain_phantom, write_volume
 from nibabel import orientations
 
+from conftest import brain_phantom, write_volume
 from harmonizing_flows.config import SliceConfig
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.labels import CLASS_NAMES
@@ -33,7 +33,7 @@ ORIENTATIONS = ["RAS", "LAS", "LIA", "PSR", "ASL", "IPL"]
 @pytest.mark.parametrize("axis", ["coronal", "axial", "sagittal"])
 def test_round_trip_reproduces_input_up_to_quantization(tmp_path, codes, axis):
     shape = (23, 30, 19)  # odd, unequal sizes
-    image, mask, labels = brain_phantom(shape)
+    image, mask, _labels = brain_phantom(shape)
     image = image * 3.7 + 0.25 * mask  # arbitrary units
     affine = oriented_affine(codes, shape)
     src = write_volume(tmp_path / "t1.nii.gz", image.astype(np.float32), affine)
@@ -60,7 +60,7 @@ def test_round_trip_reproduces_input_up_to_quantization(tmp_path, codes, axis):
 
 def test_round_trip_keeps_header_fields_and_clips_only_above_percentile(tmp_path):
     shape = (20, 24, 22)
-    image, mask, _ = brain_phantom(shape)
+    image, _mask, _ = brain_phantom(shape)
     img = nib.Nifti1Image(image, oriented_affine("LPS", shape))
     img.header["descrip"] = b"scanner X"
     img.header.set_xyzt_units("mm", "sec")
@@ -81,7 +81,7 @@ def test_round_trip_keeps_header_fields_and_clips_only_above_percentile(tmp_path
 
 def test_mgz_input_round_trips_to_nifti_in_mm(tmp_path):
     shape = (21, 18, 25)
-    image, mask, labels = brain_phantom(shape)
+    image, _mask, labels = brain_phantom(shape)
     affine = oriented_affine("LIA", shape, zooms=(1.0, 1.0, 1.0))
     write_volume(tmp_path / "brain.mgz", image, affine)
     write_volume(tmp_path / "aseg.mgz", labels.astype(np.int32), affine)

@@ -40,8 +40,10 @@ def simulate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not hold other files).")],
     sites: Annotated[
         Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.10
-        typer.Option(help="Comma-separated site names (see `hflow sites`). Default: all built-in sites, "
-                     "or all sites of --sites-file."),
+        typer.Option(
+            help="Comma-separated site names (see `hflow sites`). Default: all built-in sites, "
+            "or all sites of --sites-file."
+        ),
     ] = None,
     subjects_per_site: Annotated[int, typer.Option(min=1, help="Pseudo-subjects per site.")] = 20,
     voxel_size: Annotated[float, typer.Option(help="Output voxel size in mm (2 for quick runs).")] = 1.0,

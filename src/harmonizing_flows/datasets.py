@@ -120,31 +120,33 @@ def read_manifest(path: str | Path) -> list[Subject]:
             continue
         if len(row) < len(header):
             raise InputError(path, f"line {line} has {len(row)} fields, the header has {len(header)}")
-
-        def cell(name: str, row: list[str] = row) -> str:
-            return row[col[name]].strip() if name in col else ""
-
-        def file(name: str, line: int = line) -> Path | None:
-            value = cell(name)
-            if not value:
-                return None
-            p = Path(value)
-            p = p if p.is_absolute() else path.parent / p
-            if not p.exists():
-                raise InputError(path, f"line {line}: {name} file {p} does not exist")
-            return p
-
-        subject, site = cell("subject"), cell("site")
-        if not subject or not site or not cell("image"):
-            raise InputError(path, f"line {line}: subject, site and image must not be empty")
-        if (site, subject) in seen:
-            raise InputError(path, f"line {line}: subject {subject} of site {site} is listed twice")
-        seen.add((site, subject))
-        split = cell("split") or None
-        subjects.append(Subject(subject, site, file("image"), file("mask"), file("labels"), split))  # type: ignore[arg-type]
+        subject = _manifest_row(path, line, {name: row[i].strip() for name, i in col.items()})
+        if (subject.site, subject.subject) in seen:
+            raise InputError(path, f"line {line}: subject {subject.subject} of site {subject.site} is listed twice")
+        seen.add((subject.site, subject.subject))
+        subjects.append(subject)
     if not subjects:
         raise InputError(path, "manifest lists no subjects")
     return subjects
+
+
+def _manifest_row(manifest: Path, line: int, cells: dict[str, str]) -> Subject:
+    def file(name: str) -> Path | None:
+        value = cells.get(name, "")
+        if not value:
+            return None
+        p = Path(value)
+        p = p if p.is_absolute() else manifest.parent / p
+        if not p.exists():
+            raise InputError(manifest, f"line {line}: {name} file {p} does not exist")
+        return p
+
+    subject, site = cells.get("subject", ""), cells.get("site", "")
+    if not subject or not site or not cells.get("image"):
+        raise InputError(manifest, f"line {line}: subject, site and image must not be empty")
+    image = file("image")
+    assert image is not None
+    return Subject(subject, site, image, file("mask"), file("labels"), cells.get("split") or None)
 
 
 def write_manifest(subjects: Iterable[Subject], path: str | Path) -> Path:
@@ -243,7 +245,9 @@ def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]
     if site_column is None:
         site_column = next((columns[c] for c in _SITE_COLUMNS if c in columns), None)
         if site_column is None:
-            raise InputError(table, f"no site column (looked for {', '.join(_SITE_COLUMNS)}); name one with site_column")
+            raise InputError(
+                table, f"no site column (looked for {', '.join(_SITE_COLUMNS)}); name one with site_column"
+            )
     elif site_column not in rows[0]:
         raise InputError(table, f"has no column {site_column!r} (has: {', '.join(rows[0])})")
     if "participant_id" not in rows[0]:
@@ -315,7 +319,9 @@ def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
     return n - n_val - n_test, n_val, n_test
 
 
-def split_subjects(subjects: Sequence[Subject], config: SplitConfig | None = None, *, keep: bool = True) -> list[Subject]:
+def split_subjects(
+    subjects: Sequence[Subject], config: SplitConfig | None = None, *, keep: bool = True
+) -> list[Subject]:
     """Assign each subject to train / val / test, site by site.
 
     The order within a site comes from a hash of (seed, site, subject id), so the split depends only on the seed and

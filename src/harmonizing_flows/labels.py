@@ -75,19 +75,46 @@ _GROUPS: dict[str, tuple[int, ...]] = {
     "brainstem": (16,),
 }
 
-ASEG_TO_CLASS: dict[int, int] = {
-    code: CLASS_NAMES.index(name) for name, codes in _GROUPS.items() for code in codes
-}
+ASEG_TO_CLASS: dict[int, int] = {code: CLASS_NAMES.index(name) for name, codes in _GROUPS.items() for code in codes}
 """FreeSurfer aseg code -> class index in :data:`CLASS_NAMES`."""
 
 EXCLUDED_ASEG_CODES: frozenset[int] = frozenset(
     {
         0,  # unknown / outside the brain
-        26, 58,  # accumbens area
-        30, 62,  # vessel
-        80, 81, 82,  # non-white-matter hypointensities
+        26,
+        58,  # accumbens area
+        30,
+        62,  # vessel
+        80,
+        81,
+        82,  # non-white-matter hypointensities
         85,  # optic chiasm
-        1, 6, 19, 20, 21, 22, 23, 25, 27, 29, 32, 33, 34, 35, 36, 37, 38, 39, 40, 45, 55, 56, 57, 59, 61, 64,  # rare or unused
+        1,
+        6,
+        19,
+        20,
+        21,
+        22,
+        23,
+        25,
+        27,
+        29,
+        32,
+        33,
+        34,
+        35,
+        36,
+        37,
+        38,
+        39,
+        40,
+        45,
+        55,
+        56,
+        57,
+        59,
+        61,
+        64,  # rare or unused
     }
 )
 """Known FreeSurfer codes that the 15 classes leave out: they map to background silently."""

@@ -426,4 +426,3 @@ def save_nifti(image: nib.Nifti1Image, path: str | Path, *, overwrite: bool = Fa
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-

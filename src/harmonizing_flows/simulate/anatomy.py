@@ -94,7 +94,7 @@ def load_anatomy(path: str | Path | None = None, *, mask_dilation_mm: float = 2.
     if not brain.any():
         raise InputError(path, "anatomy label map has no labelled voxel")
     voxel = float(np.mean(np.abs(np.linalg.eigvals(volume.affine[:3, :3]))))
-    steps = max(int(round(mask_dilation_mm / voxel)), 0)
+    steps = max(round(mask_dilation_mm / voxel), 0)
     mask = ndimage.binary_dilation(brain, ndimage.generate_binary_structure(3, 1), iterations=steps) if steps else brain
     mask = ndimage.binary_fill_holes(mask)
     idx = np.argwhere(brain)
@@ -108,7 +108,7 @@ def load_anatomy(path: str | Path | None = None, *, mask_dilation_mm: float = 2.
 def output_grid(anatomy: Anatomy, config: SimulationConfig) -> Grid:
     """An RAS grid of ``config.voxel_size`` covering ``config.fov_mm``, centred on the brain."""
     v = config.voxel_size
-    shape = tuple(max(int(round(f / v)), 1) for f in config.fov_mm)
+    shape = tuple(max(round(f / v), 1) for f in config.fov_mm)
     affine = np.diag([v, v, v, 1.0])
     # voxel centres symmetric about the brain centre, snapped to a whole millimetre for tidy headers
     affine[:3, 3] = np.round(anatomy.centre) - v * (np.array(shape) - 1) / 2.0

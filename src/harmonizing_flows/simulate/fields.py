@@ -18,7 +18,7 @@ def gaussian_blur(volume: torch.Tensor, sigmas: tuple[float, float, float]) -> t
     for axis, sigma in enumerate(sigmas):
         if sigma <= 0.05:
             continue
-        radius = max(int(math.ceil(3.0 * sigma)), 1)
+        radius = max(math.ceil(3.0 * sigma), 1)
         x = torch.arange(-radius, radius + 1, dtype=volume.dtype)
         kernel = torch.exp(-0.5 * (x / sigma) ** 2)
         kernel = kernel / kernel.sum()

@@ -196,9 +196,7 @@ def _simulate_into(
                 labels, mask, anatomy_draws = deform(reference, grid, config, _rng(config.seed, site.name, i, _ANATOMY))
                 image, imaging_draws = acquire(labels, mask, site, config, _rng(config.seed, site.name, i, _IMAGING))
                 histograms[site.name] += np.bincount(image[mask], minlength=256)
-                paths = {
-                    kind: folder / site.name / f"{name}_{kind}.nii.gz" for kind in ("T1w", "mask", "labels")
-                }
+                paths = {kind: folder / site.name / f"{name}_{kind}.nii.gz" for kind in ("T1w", "mask", "labels")}
                 save_nifti(_oriented(image, grid, site.orientation), paths["T1w"])
                 save_nifti(_oriented(mask.astype(np.uint8), grid, site.orientation), paths["mask"])
                 save_nifti(_oriented(to_classes(labels, source="aseg"), grid, site.orientation), paths["labels"])
@@ -224,7 +222,9 @@ def _simulate_into(
     write_manifest(subjects, folder / "manifest.csv")
     site_montage(
         slices, histograms, folder / "montage.png",
-        title=f"One subject at every site (coronal), and each site's histogram over {config.subjects_per_site} subjects",
+        title=(
+            f"One subject at every site (coronal), and each site's histogram over {config.subjects_per_site} subjects"
+        ),
         captions=captions,
     )  # fmt: skip
     parameters = {

@@ -71,23 +71,57 @@ BASE_TISSUES: dict[float, dict[str, Relaxation]] = {
 _CSF = -1.0  # marks a structure imaged as CSF
 
 STRUCTURE_WM_WEIGHT: dict[int, float] = {
-    2: 1.0, 41: 1.0, 77: 1.0, 78: 1.0, 79: 1.0, 251: 1.0, 252: 1.0, 253: 1.0, 254: 1.0, 255: 1.0,  # cerebral WM
-    3: 0.0, 42: 0.0,  # cerebral cortex
-    7: 0.90, 46: 0.90,  # cerebellar WM (estimate: slightly darker than cerebral WM)
-    8: 0.15, 47: 0.15,  # cerebellar cortex (estimate)
-    10: 0.76, 49: 0.76, 9: 0.76, 48: 0.76,  # thalamus (atlas: 82)
-    17: 0.06, 53: 0.06,  # hippocampus (atlas: 59)
-    18: 0.10, 54: 0.10,  # amygdala (estimate, close to hippocampus)
-    11: 0.45, 50: 0.45,  # caudate (estimate)
-    12: 0.67, 51: 0.67,  # putamen (atlas: 79)
-    13: 1.00, 52: 1.00,  # pallidum (atlas: 96, above WM; clipped to 1)
-    26: 0.40, 58: 0.40,  # accumbens (estimate)
-    28: 0.80, 60: 0.80,  # ventral DC (estimate)
+    2: 1.0,
+    41: 1.0,
+    77: 1.0,
+    78: 1.0,
+    79: 1.0,
+    251: 1.0,
+    252: 1.0,
+    253: 1.0,
+    254: 1.0,
+    255: 1.0,  # cerebral WM
+    3: 0.0,
+    42: 0.0,  # cerebral cortex
+    7: 0.90,
+    46: 0.90,  # cerebellar WM (estimate: slightly darker than cerebral WM)
+    8: 0.15,
+    47: 0.15,  # cerebellar cortex (estimate)
+    10: 0.76,
+    49: 0.76,
+    9: 0.76,
+    48: 0.76,  # thalamus (atlas: 82)
+    17: 0.06,
+    53: 0.06,  # hippocampus (atlas: 59)
+    18: 0.10,
+    54: 0.10,  # amygdala (estimate, close to hippocampus)
+    11: 0.45,
+    50: 0.45,  # caudate (estimate)
+    12: 0.67,
+    51: 0.67,  # putamen (atlas: 79)
+    13: 1.00,
+    52: 1.00,  # pallidum (atlas: 96, above WM; clipped to 1)
+    26: 0.40,
+    58: 0.40,  # accumbens (estimate)
+    28: 0.80,
+    60: 0.80,  # ventral DC (estimate)
     16: 0.85,  # brainstem (estimate)
     85: 1.00,  # optic chiasm (white matter)
-    30: 0.50, 62: 0.50, 31: 0.30, 63: 0.30,  # vessels, choroid plexus (estimates)
-    80: 0.30, 81: 0.30, 82: 0.30,  # non-WM hypointensities (estimate)
-    4: _CSF, 43: _CSF, 5: _CSF, 44: _CSF, 14: _CSF, 15: _CSF, 72: _CSF, 24: _CSF,  # ventricles, CSF
+    30: 0.50,
+    62: 0.50,
+    31: 0.30,
+    63: 0.30,  # vessels, choroid plexus (estimates)
+    80: 0.30,
+    81: 0.30,
+    82: 0.30,  # non-WM hypointensities (estimate)
+    4: _CSF,
+    43: _CSF,
+    5: _CSF,
+    44: _CSF,
+    14: _CSF,
+    15: _CSF,
+    72: _CSF,
+    24: _CSF,  # ventricles, CSF
 }
 """aseg code -> white-matter weight ``w`` (0 = grey matter, 1 = white matter), or -1 for CSF.
 
@@ -96,7 +130,9 @@ is imaged as CSF (the sulcal and extra-cerebral CSF that aseg leaves unlabelled)
 """
 
 
-def base_tissues(field_strength: float, overrides: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Relaxation]:
+def base_tissues(
+    field_strength: float, overrides: Mapping[str, Mapping[str, float]] | None = None
+) -> dict[str, Relaxation]:
     """Base tissue values at a tabulated field strength, with optional per-tissue overrides.
 
     Args:
