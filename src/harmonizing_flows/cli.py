@@ -8,7 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from harmonizing_flows.config import SimulationConfig  # dataclasses only: keeps --help instant
+
 __all__ = ["app"]
+
+_SIM = SimulationConfig()
 
 app = typer.Typer(
     name="hflow",
@@ -24,15 +28,21 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-@app.callback()
-def main(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from harmonizing_flows import __version__
 
         typer.echo(f"harmonizing-flows {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Harmonizing Flows: make brain MRI from different scanners look as if one scanner took it."""
 
 
 @app.command()
@@ -45,9 +55,9 @@ def simulate(
             "or all sites of --sites-file."
         ),
     ] = None,
-    subjects_per_site: Annotated[int, typer.Option(min=1, help="Pseudo-subjects per site.")] = 20,
-    voxel_size: Annotated[float, typer.Option(help="Output voxel size in mm (2 for quick runs).")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed of every random draw; same seed, same bytes.")] = 0,
+    subjects_per_site: Annotated[int, typer.Option(min=1, help="Pseudo-subjects per site.")] = _SIM.subjects_per_site,
+    voxel_size: Annotated[float, typer.Option(help="Output voxel size in mm (2 for quick runs).")] = _SIM.voxel_size,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw; same seed, same bytes.")] = _SIM.seed,
     sites_file: Annotated[
         Optional[Path], typer.Option(help="TOML file defining more sites.")  # noqa: UP045
     ] = None,
@@ -61,7 +71,6 @@ def simulate(
     """Simulate a multi-site T1-weighted dataset with exact labels, from real anatomy."""
     import time
 
-    from harmonizing_flows.config import SimulationConfig
     from harmonizing_flows.errors import HflowError
     from harmonizing_flows.simulate import simulate as run
 
@@ -87,6 +96,7 @@ def sites(
     ] = None,
 ) -> None:
     """List the simulator's sites and what differs between them."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -97,15 +107,18 @@ def sites(
         listed = {**BUILTIN_SITES, **(load_sites(sites_file) if sites_file else {})}
     except HflowError as exc:
         _fail(exc)
-    table = Table(title="simulated sites")
-    for column in ("name", "field", "sequence", "TR/TI/TE ms", "flip", "voxel mm", "SNR", "bias", "description"):
-        table.add_column(column)
+    table = Table(title="simulated sites", box=box.SIMPLE, show_edge=False, pad_edge=False)
+    for column in ("name", "B0", "sequence", "TR/TI/TE ms", "flip", "voxel mm", "SNR", "bias"):
+        table.add_column(column, no_wrap=True)
     for s in listed.values():
         timing = f"{s.tr_ms:g}/{s.ti_ms:g}/{s.te_ms:g}" if s.sequence == "mprage" else f"{s.tr_ms:g}/-/{s.te_ms:g}"
-        table.add_row(s.name, f"{s.field_strength:g} T", s.sequence, timing, f"{s.flip_deg:g}",
-                      "x".join(f"{v:g}" for v in s.voxel_size_mm), f"{s.snr:g}", f"{s.bias_range:.0%}",
-                      s.description)  # fmt: skip
-    Console(file=sys.stdout).print(table)
+        table.add_row(s.name, f"{s.field_strength:g}T", s.sequence, timing, f"{s.flip_deg:g}",
+                      "x".join(f"{v:g}" for v in s.voxel_size_mm), f"{s.snr:g}", f"{s.bias_range:.0%}")  # fmt: skip
+    console = Console(file=sys.stdout)
+    console.print(table)
+    for s in listed.values():
+        if s.description:
+            console.print(f"[bold]{s.name}[/bold]: {s.description}", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ subjects differ.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,24 @@ def load_anatomy(path: str | Path | None = None, *, mask_dilation_mm: float = 2.
         InputError: The file is unreadable, not 3D, or has no label above zero.
     """
     path = fsaverage_aseg() if path is None else Path(path)
+    stat = path.stat() if path.is_file() else None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size) if stat else None
+    if key is None:
+        return _read_anatomy(path, mask_dilation_mm)
+    return _cached_anatomy(key, mask_dilation_mm)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_anatomy(key: tuple[str, int, int], mask_dilation_mm: float) -> Anatomy:
+    # Reading and dilating a 256^3 label map takes seconds; a process that simulates twice (tests, notebooks)
+    # reads it once. The key holds mtime and size, so an edited file is read again; the arrays are read-only.
+    anatomy = _read_anatomy(Path(key[0]), mask_dilation_mm)
+    for array in (anatomy.labels, anatomy.mask, anatomy.affine, anatomy.centre):
+        array.flags.writeable = False
+    return anatomy
+
+
+def _read_anatomy(path: Path, mask_dilation_mm: float) -> Anatomy:
     volume = load_volume(path, labels=path)
     labels = volume.labels
     assert labels is not None

@@ -1,0 +1,113 @@
+"""Built-in sites and site definition files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harmonizing_flows.errors import InputError
+from harmonizing_flows.simulate.sites import BUILTIN_SITES, Site, load_sites, resolve_sites
+from harmonizing_flows.simulate.tissues import base_tissues, tissue_table
+
+GOOD = """
+[sites.prisma]
+description = "a user's scanner"
+field_strength = 3.0
+sequence = "mprage"
+tr_ms = 2000.0
+ti_ms = 850.0
+te_ms = 2.5
+flip_deg = 8.0
+echo_spacing_ms = 6.5
+readouts = 192
+voxel_size_mm = [1.0, 1.0, 1.0]
+snr = 40.0
+orientation = "LPS"
+
+[sites.prisma.tissues.white_matter]
+t1 = 900.0
+
+[sites.old-ge]
+field_strength = 1.5
+sequence = "spgr"
+tr_ms = 20.0
+te_ms = 4.0
+flip_deg = 25.0
+voxel_size_mm = 1.2
+"""
+
+
+def test_builtin_sites_have_distinct_contrast():
+    table = tissue_table(base_tissues(3.0), 42)
+    assert len(BUILTIN_SITES) >= 4
+    ratios = []
+    for site in BUILTIN_SITES.values():
+        t = tissue_table(base_tissues(site.field_strength), 42)
+        s = site.table_signal(t)
+        assert s[2] > s[3] > s[4] > 0, site.name  # WM > cortex > lateral ventricle: T1 weighting
+        ratios.append(s[3] / s[2])
+    assert max(ratios) - min(ratios) > 0.1  # grey/white contrast differs between sites
+    assert table.t1.shape == (43,)
+
+
+def test_site_file_is_read_with_defaults_and_overrides(tmp_path):
+    path = tmp_path / "sites.toml"
+    path.write_text(GOOD)
+    sites = load_sites(path)
+    assert list(sites) == ["prisma", "old-ge"]
+    assert sites["prisma"].tissues["white_matter"]["t1"] == 900.0
+    assert sites["prisma"].readouts == 192
+    assert sites["old-ge"].voxel_size_mm == (1.2, 1.2, 1.2)
+    assert sites["old-ge"].snr == Site(name="x").snr  # default
+    # File sites come first when no names are given; names mix file and built-in sites.
+    assert [s.name for s in resolve_sites(None, path)] == ["prisma", "old-ge"]
+    assert [s.name for s in resolve_sites(["mprage-3t", "old-ge"], path)] == ["mprage-3t", "old-ge"]
+    assert [s.name for s in resolve_sites(None)] == list(BUILTIN_SITES)
+
+
+def test_tissue_override_changes_the_signal():
+    plain = Site(name="a")
+    changed = Site(name="b", tissues={"white_matter": {"t1": 1400.0}})
+    t_plain = tissue_table(base_tissues(3.0), 3)
+    t_changed = tissue_table(base_tissues(3.0, changed.tissues), 3)
+    assert t_changed.t1[2] == 1400.0
+    assert plain.table_signal(t_plain)[2] > changed.table_signal(t_changed)[2]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("not toml [", "not valid TOML"),
+        ("[other]\nx = 1\n", "no \\[sites.<name>\\] table"),
+        ("[sites.a]\ncolour = 'red'\n", "unknown key"),
+        ("[sites.a]\nsequence = 'epi'\n", "sequence must be"),
+        ("[sites.a]\nsnr = -1.0\n", "snr must be positive"),
+        ("[sites.a]\nfield_strength = 7.0\n", "7"),
+        ("[sites.a]\norientation = 'LLS'\n", "orientation"),
+        ("[sites.a]\nsnr = nan\n", "not a finite number"),
+        ("[sites.a]\ntr_ms = 500.0\nti_ms = 900.0\n", "timing impossible"),
+        ("[sites.'a b']\n", "without spaces"),
+    ],
+)
+def test_bad_site_files_name_the_file_and_the_problem(tmp_path, text, problem):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=problem) as info:
+        load_sites(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_site_file_and_unknown_site_name(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_sites(tmp_path / "nope.toml")
+    with pytest.raises(InputError, match=r"unknown site.*available: mprage-3t"):
+        resolve_sites(["mprage-3t", "siemens-9t"])
+    with pytest.raises(InputError, match="named twice"):
+        resolve_sites(["mprage-3t", "mprage-3t"])
+
+
+def test_signal_broadcasts_over_arrays():
+    site = BUILTIN_SITES["spgr-15t"]
+    t1 = np.linspace(500, 4000, 7)
+    s = site.signal(t1, np.full(7, 80.0), np.full(7, 60.0), np.ones(7))
+    assert s.shape == (7,) and np.all(np.diff(s) < 0)  # longer T1, darker

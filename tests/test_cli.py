@@ -1,0 +1,81 @@
+"""The ``hflow`` command line, run in-process and as a user would run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from harmonizing_flows import __version__
+from harmonizing_flows.cli import app
+from harmonizing_flows.datasets import load_subjects
+
+runner = CliRunner()
+
+
+def test_help_and_version_are_quick_and_do_not_import_torch():
+    code = "import sys; from harmonizing_flows.cli import app; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.stdout
+    result = runner.invoke(app, ["simulate", "--help"])
+    assert result.exit_code == 0 and "--voxel-size" in result.stdout
+
+
+def test_simulate_writes_a_loadable_dataset(tmp_path):
+    out = tmp_path / "sim"
+    args = ["simulate", "--out", str(out), "--sites", "mprage-3t,spgr-15t", "--subjects-per-site", "3",
+            "--voxel-size", "6", "--seed", "2", "--quiet"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "simulated 6 subjects at 2 sites" in result.stdout
+    subjects = load_subjects(out / "manifest.csv")
+    assert {s.site for s in subjects} == {"mprage-3t", "spgr-15t"}
+    # A second run without --overwrite is refused and leaves the first intact.
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2
+    assert "already holds files" in again.output and str(out) in again.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--sites", "nowhere"], "unknown site"),
+        (["--subjects-per-site", "2"], "too few"),
+        (["--voxel-size", "0"], "voxel"),
+        (["--sites-file", "missing.toml"], "missing.toml: site file does not exist"),
+        (["--anatomy", "missing.mgz"], "missing.mgz"),
+    ],
+)
+def test_simulate_errors_name_the_cause_and_exit_2(tmp_path, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["simulate", "--out", "sim", "--quiet", *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "sim").exists()
+
+
+def test_sites_lists_builtin_and_file_sites(tmp_path):
+    result = runner.invoke(app, ["sites"])
+    assert result.exit_code == 0
+    for name in ("mprage-3t", "mprage-15t", "irspgr-3t", "spgr-15t"):
+        assert name in result.stdout
+    path = tmp_path / "s.toml"
+    path.write_text('[sites.my-scanner]\nfield_strength = 1.5\nsequence = "spgr"\ntr_ms = 20.0\n')
+    result = runner.invoke(app, ["sites", "--sites-file", str(path)])
+    assert result.exit_code == 0 and "my-scanner" in result.stdout
+    path.write_text("[sites.x]\nsnr = -3.0\n")
+    result = runner.invoke(app, ["sites", "--sites-file", str(path)])
+    assert result.exit_code == 2 and "snr must be positive" in result.output
+
+
+def test_console_script_runs():
+    exe = subprocess.run([sys.executable, "-m", "harmonizing_flows.cli", "--version"], capture_output=True, text=True)
+    assert exe.returncode == 0 and __version__ in exe.stdout
