@@ -104,7 +104,7 @@ def read_manifest(path: str | Path) -> list[Subject]:
         raise InputError(path, "manifest file does not exist")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+            rows = list(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(path, f"cannot read manifest ({exc})") from exc
     if not rows:
@@ -192,6 +192,7 @@ def read_site_folders(root: str | Path) -> list[Subject]:
     for site_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         site = site_dir.name
         stems: dict[str, Path] = {}
+        seen: dict[str, Path] = {}
         for f in sorted(site_dir.iterdir()):
             if f.is_dir():
                 fs = _freesurfer_subject(f, site)
@@ -212,6 +213,9 @@ def read_site_folders(root: str | Path) -> list[Subject]:
                 mask = next((stems[subject + sfx] for sfx in _MASK_SUFFIXES if subject + sfx in stems), None)
             if labels is None and stem.endswith("_T1w"):
                 labels = next((stems[subject + sfx] for sfx in _LABEL_SUFFIXES if subject + sfx in stems), None)
+            if subject in seen:
+                raise InputError(image, f"subject id {subject!r} of site {site} is also used by {seen[subject].name}")
+            seen[subject] = image
             subjects.append(Subject(subject, site, image, mask, labels))
     if not subjects:
         raise InputError(root, "holds no site folder with NIfTI or MGZ images (expected ROOT/<site>/<subject>.nii.gz)")
@@ -219,6 +223,9 @@ def read_site_folders(root: str | Path) -> list[Subject]:
 
 
 # --------------------------------------------------------------------------------------------- BIDS
+
+
+_DERIVATIVE_ENTITIES = {"space", "desc", "res", "den", "label"}
 
 
 def _bids_entities(name: str) -> dict[str, str]:
@@ -252,7 +259,7 @@ def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]
         raise InputError(table, f"has no column {site_column!r} (has: {', '.join(rows[0])})")
     if "participant_id" not in rows[0]:
         raise InputError(table, "participants.tsv has no participant_id column")
-    sites = {r["participant_id"]: r[site_column].strip() for r in rows}
+    sites = {(r.get("participant_id") or "").strip(): (r.get(site_column) or "").strip() for r in rows}
 
     derivatives = sorted((root / "derivatives").glob("*/")) if (root / "derivatives").is_dir() else []
     subjects = []
@@ -279,16 +286,22 @@ def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]
 
 
 def _find_bids(folders: Sequence[Path], prefix: str, suffixes: Sequence[str]) -> Path | None:
+    """The first companion of the image named ``prefix`` (e.g. its brain mask) in the first folder that has one.
+
+    Between the prefix and the suffix only derivative entities (space, desc, res, den, label) may appear, so that
+    ``sub-01_T1w`` never takes ``sub-01_acq-fast_desc-brain_mask`` or ``run-1`` the mask of ``run-10``.
+    """
     for folder in folders:
+        if not folder.is_dir():
+            continue
         for suffix in suffixes:
             for ext in (".nii.gz", ".nii"):
-                candidates = sorted(folder.glob(f"{prefix}*{suffix}{ext}")) if folder.is_dir() else []
-                if candidates:
-                    return candidates[0]
+                for candidate in sorted(folder.glob(f"{prefix}*{suffix}{ext}")):
+                    extra = candidate.name[len(prefix) : -len(suffix + ext)]
+                    keys = [part.split("-", 1)[0] for part in extra.split("_") if part]
+                    if all("-" in part for part in extra.split("_") if part) and set(keys) <= _DERIVATIVE_ENTITIES:
+                        return candidate
     return None
-
-
-# --------------------------------------------------------------------------------------------- loading and splits
 
 
 def load_subjects(path: str | Path, *, site_column: str | None = None) -> list[Subject]:
