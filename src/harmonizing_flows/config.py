@@ -9,7 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["SimulationConfig", "SliceAxis", "SliceConfig", "SplitConfig"]
+__all__ = [
+    "AugmentConfig",
+    "FlowConfig",
+    "HarmonizerConfig",
+    "NegativeConfig",
+    "SimulationConfig",
+    "SliceAxis",
+    "SliceConfig",
+    "SplitConfig",
+]
 
 SliceAxis = Literal["sagittal", "coronal", "axial"]
 
@@ -101,3 +110,124 @@ class SimulationConfig:
             raise ValueError(f"voxel_size must be between 0.25 and 8 mm, not {self.voxel_size}")
         if min(self.fov_mm) <= 0:
             raise ValueError(f"fov_mm must be positive, not {self.fov_mm}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Contrast augmentations that pre-train the harmonizer (paper Eq. 5; METHOD.md "Augmentations").
+
+    Attributes:
+        curve_margin: Each midpoint of the random monotonic curve is drawn from the central ``1 - 2 * margin`` of
+            the range between its neighbours (0.2: the central 60 %).
+        step_probability: Probability of each step of the contrast pipeline (add, multiply, gamma).
+        shift: Range of the added constant (0..255 scale).
+        factor: Range of the multiplying factor.
+        gamma: Range of the gamma exponent (applied on the 0..1 scale).
+        mix: Shares of samples that get the curve only, the pipeline only, the pipeline then the curve.
+    """
+
+    curve_margin: float = 0.2
+    step_probability: float = 0.75
+    shift: tuple[float, float] = (-30.0, 30.0)
+    factor: tuple[float, float] = (0.5, 2.0)
+    gamma: tuple[float, float] = (0.5, 1.5)
+    mix: tuple[float, float, float] = (0.4, 0.4, 0.2)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.curve_margin < 0.5:
+            raise ValueError(f"curve_margin must be in [0, 0.5), not {self.curve_margin}")
+        if not 0 <= self.step_probability <= 1:
+            raise ValueError(f"step_probability must be in [0, 1], not {self.step_probability}")
+        for name in ("shift", "factor", "gamma"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name} range must be (low, high), not {(lo, hi)}")
+        if self.factor[0] <= 0 or self.gamma[0] <= 0:
+            raise ValueError("factor and gamma ranges must be positive")
+        if len(self.mix) != 3 or min(self.mix) < 0 or abs(sum(self.mix) - 1) > 1e-6:
+            raise ValueError(f"mix must be three non-negative shares summing to 1, not {self.mix}")
+
+
+@dataclass(frozen=True)
+class NegativeConfig:
+    """The flow's guiding negatives (paper Eq. 4): dissimilar augmentations, optionally collapse modes too.
+
+    Attributes:
+        fraction: Share of each training batch that is augmented into candidate negatives.
+        augment: The augmentation of candidates (the paper: milder factor range, each step with probability 0.6).
+        curve_share: Share of candidates made with the monotonic curve (the rest with the contrast pipeline).
+        min_dissimilarity: A candidate is kept when ``mean|d| + 2 std(d)`` inside the brain exceeds this (0..255).
+        collapse_modes: Guard: also use darkened, blurred, constant and contrast-inverted images as negatives,
+            the ways a harmonizer collapses when adaptation is pushed too far.
+    """
+
+    fraction: float = 0.2
+    augment: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(step_probability=0.6, factor=(0.5, 1.5), mix=(0.0, 1.0, 0.0))
+    )
+    curve_share: float = 0.5
+    min_dissimilarity: float = 20.0
+    collapse_modes: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fraction <= 1 or not 0 <= self.curve_share <= 1:
+            raise ValueError("fraction and curve_share must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class HarmonizerConfig:
+    """The harmonizer network ``h(x) = alpha * x + beta`` (paper section 3.2).
+
+    Attributes:
+        widths: Channels per U-Net level (the paper: 16, 32, 48, 64, 64).
+        blocks: concat-ELU convolutions per level and side (the paper: 2).
+        positive_alpha: Guard: ``alpha = exp(a)`` instead of the paper's unconstrained linear ``alpha``, so that
+            adaptation cannot invert the contrast.
+    """
+
+    widths: tuple[int, ...] = (16, 32, 48, 64, 64)
+    blocks: int = 2
+    positive_alpha: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.widths or min(self.widths) < 1 or self.blocks < 1:
+            raise ValueError(f"harmonizer widths and blocks must be positive, not {self.widths}, {self.blocks}")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """The normalizing flow and its guided objective (paper sections 3.1 and 4.1).
+
+    Attributes:
+        dequantization_couplings: Checkerboard couplings of the variational dequantization (the paper: 4).
+        couplings: Couplings at each scale: checkerboard at full resolution, then channel-mask couplings after the
+            first and after the second squeeze (the paper: 4, 4, 4).
+        widths: Channels per level of each coupling's U-Net conditioner (the authors: 16, 32, 48, 64).
+        dequantization_widths: The same for the dequantization's conditioners.
+        logit_alpha: The logit transform's squeeze away from 0 and 1.
+        margin: The guiding hinge ``c`` in bits per dimension (the paper: 1.2).
+        margin_mode: ``"absolute"``: negatives are pushed up to ``c`` bpd, as in the paper's Eq. 4. ``"relative"``:
+            up to the batch's source bpd plus ``c``. Brain slices sit above 1.2 bpd, where the absolute hinge is
+            always saturated and gives no gradient, so relative is the default (METHOD.md leaves this to the data).
+        brain_only: Guard: count only the brain's pixels in the likelihood (each term weighted by the share of
+            brain in the pixels it covers), so that a background-like brain is not rewarded.
+    """
+
+    dequantization_couplings: int = 4
+    couplings: tuple[int, int, int] = (4, 4, 4)
+    widths: tuple[int, ...] = (16, 32, 48, 64)
+    dequantization_widths: tuple[int, ...] = (16, 32, 48, 64)
+    logit_alpha: float = 1e-5
+    margin: float = 1.2
+    margin_mode: Literal["absolute", "relative"] = "relative"
+    brain_only: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.couplings) != 3 or min(self.couplings) < 0 or self.dequantization_couplings < 0:
+            raise ValueError(f"couplings must be three non-negative counts, not {self.couplings}")
+        if not self.widths or not self.dequantization_widths:
+            raise ValueError("conditioner widths must not be empty")
+        if self.margin_mode not in ("absolute", "relative"):
+            raise ValueError(f"margin_mode must be absolute or relative, not {self.margin_mode!r}")
+        if not 0 < self.logit_alpha < 0.5:
+            raise ValueError(f"logit_alpha must be in (0, 0.5), not {self.logit_alpha}")

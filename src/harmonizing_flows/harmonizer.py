@@ -1,0 +1,73 @@
+"""The harmonizer: a shallow U-Net that maps a target site's slice towards the source site's look.
+
+Its output is ``h(x) = alpha * x + beta``: a global gain ``alpha`` per image, read from the bottleneck by global
+average pooling and a linear layer, and a full-size bias map ``beta`` from the last layer. It is pre-trained on
+source slices to undo contrast augmentations (:func:`pretraining_loss`, paper Eq. 5), then adapted at test time
+(:mod:`harmonizing_flows.adapt`). Images are on the 0..255 scale; the network sees them divided by 255.
+
+References:
+    | Beizaee, Desrosiers, Lodygensky, Dolz. Harmonizing Flows: Unsupervised MR harmonization based on
+    | normalizing flows. IPMI 2023, section 3.2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harmonizing_flows.config import HarmonizerConfig
+from harmonizing_flows.unet import UNet
+
+__all__ = ["Harmonizer", "masked_mse", "pretraining_loss"]
+
+
+class Harmonizer(nn.Module):
+    """``h(x) = alpha * x + beta``, with alpha per image and beta per pixel.
+
+    It starts as the identity (alpha 1, beta 0), which is also what pre-training should keep for source images.
+    """
+
+    def __init__(self, config: HarmonizerConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or HarmonizerConfig()
+        self.unet = UNet(1, 1, self.config.widths, blocks=self.config.blocks, zero_output=True)
+        self.alpha_head = nn.Linear(self.config.widths[-1], 1)
+        nn.init.zeros_(self.alpha_head.weight)
+        # exp(0) = 1 for the positive variant; bias 1 for the paper's linear alpha
+        nn.init.constant_(self.alpha_head.bias, 0.0 if self.config.positive_alpha else 1.0)
+
+    @property
+    def factor(self) -> int:
+        """Image height and width must be multiples of this."""
+        return self.unet.factor
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``alpha`` ``(B,)`` and ``beta`` ``(B, 1, H, W)`` (0..255 scale) for images ``x`` ``(B, 1, H, W)``."""
+        beta, bottleneck = self.unet(x * (1.0 / 255.0))
+        a = self.alpha_head(bottleneck.mean(dim=(2, 3)))[:, 0]
+        alpha = torch.exp(a) if self.config.positive_alpha else a
+        return alpha, beta * 255.0
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
+        """Harmonized images, zero outside the mask, clamped to 0..255 unless ``clamp`` is false."""
+        alpha, beta = self.parts(x)
+        y = alpha.view(-1, 1, 1, 1) * x + beta
+        if clamp:
+            y = y.clamp(0.0, 255.0)
+        return y * mask
+
+    def alpha(self, x: torch.Tensor) -> torch.Tensor:
+        return self.parts(x)[0]
+
+
+def masked_mse(y: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the brain's pixels (0..255 units squared)."""
+    m = mask.to(y.dtype)
+    return ((y - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
+
+
+def pretraining_loss(harmonizer: Harmonizer, augmented: torch.Tensor, original: torch.Tensor, mask: torch.Tensor):
+    """Paper Eq. 5: masked MSE between ``h(aug(x))`` and ``x``, on the 0..1 scale (no clamp, so every pixel has a
+    gradient)."""
+    y = harmonizer(augmented, mask, clamp=False)
+    return masked_mse(y / 255.0, original / 255.0, mask)
