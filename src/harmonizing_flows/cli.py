@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -49,7 +49,7 @@ def main(
 def simulate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not hold other files).")],
     sites: Annotated[
-        Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.10
+        str | None,
         typer.Option(
             help="Comma-separated site names (see `hflow sites`). Default: all built-in sites, "
             "or all sites of --sites-file."
@@ -58,11 +58,9 @@ def simulate(
     subjects_per_site: Annotated[int, typer.Option(min=1, help="Pseudo-subjects per site.")] = _SIM.subjects_per_site,
     voxel_size: Annotated[float, typer.Option(help="Output voxel size in mm (2 for quick runs).")] = _SIM.voxel_size,
     seed: Annotated[int, typer.Option(help="Seed of every random draw; same seed, same bytes.")] = _SIM.seed,
-    sites_file: Annotated[
-        Optional[Path], typer.Option(help="TOML file defining more sites.")  # noqa: UP045
-    ] = None,
+    sites_file: Annotated[Path | None, typer.Option(help="TOML file defining more sites.")] = None,
     anatomy: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(help="An aseg-style label map (e.g. a FreeSurfer aseg.mgz) to deform instead of fsaverage."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier simulation in --out.")] = False,
@@ -89,11 +87,144 @@ def simulate(
     )
 
 
+_PROFILE_HELP = "Settings preset: paper (GPU), fast (CPU default), smoke (tests). See `hflow profiles`."
+_SET_HELP = "Override one setting, e.g. --set flow.margin=2.0 --set adapt.steps=500 (repeatable)."
+_DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
+
+
+def _profile(profile: str, config: Path | None, overrides: list[str] | None, seed: int | None):
+    from dataclasses import replace
+
+    from harmonizing_flows.profiles import load_profile
+
+    loaded = load_profile(profile, config, overrides or [])
+    return replace(loaded, seed=seed) if seed is not None else loaded
+
+
+@app.command()
+def fit(
+    source: Annotated[Path, typer.Argument(help="Source data: a manifest CSV, site folders or a BIDS dataset.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    site: Annotated[str | None, typer.Option(help="The source site, if SOURCE holds several.")] = None,
+    profile: Annotated[str, typer.Option(help=_PROFILE_HELP)] = "fast",
+    config: Annotated[Path | None, typer.Option(help="TOML file of settings.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the profile's).")] = None,
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in OUT.checkpoints/.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Fit a model on one source site: pre-train the harmonizer, train the flow, store the source bpd."""
+    import json
+
+    from harmonizing_flows.errors import HflowError
+    from harmonizing_flows.train import fit as run
+
+    try:
+        folder = run(source, out, _profile(profile, config, set_, seed), site=site, device=device, resume=resume,
+                     overwrite=overwrite, progress=not quiet)  # fmt: skip
+    except (HflowError, ValueError) as exc:
+        _fail(exc)
+    if folder is not None:
+        meta = json.loads((folder / "model.json").read_text())
+        bpd = meta["source_bpd"]
+        typer.echo(
+            f"fitted on site {meta['source_site']} in {meta['training']['seconds']:.0f} s; "
+            f"source validation bpd {bpd['all_pixels']:.3f} (brain only {bpd['brain_only']:.3f})\n  model: {folder}"
+        )
+
+
+@app.command()
+def adapt(
+    model: Annotated[Path, typer.Argument(help="A model folder from `hflow fit`.")],
+    target: Annotated[Path, typer.Argument(help="Target data (images; labels are not used).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Adapted model folder to write.")],
+    site: Annotated[str | None, typer.Option(help="The target site, if TARGET holds several.")] = None,
+    split: Annotated[
+        list[str] | None, typer.Option(help="Only subjects of this split (repeatable); default: all.")
+    ] = None,
+    stop: Annotated[str | None, typer.Option(help="Stopping rule: source-bpd or steps (default: the model's).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Most adaptation steps.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override adapt.* settings, e.g. adapt.lr=1e-5.")
+    ] = None,
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Adapt a fitted model's harmonizer to a new site, without labels or source data."""
+    from dataclasses import replace
+
+    from harmonizing_flows.adapt import adapt as run
+    from harmonizing_flows.errors import HflowError
+    from harmonizing_flows.profiles import apply_overrides
+    from harmonizing_flows.store import load_model
+
+    try:
+        fitted = load_model(model)
+        settings = apply_overrides(fitted.profile, set_ or []).adapt
+        if stop is not None:
+            if stop == "entropy":
+                raise ValueError("the entropy rule needs a segmenter: use the Python API (adapt(..., segmenter=...))")
+            settings = replace(settings, stop=stop)
+        if steps is not None:
+            settings = replace(settings, steps=steps)
+        folder, result = run(model, target, out, config=settings, site=site, splits=tuple(split) if split else None,
+                             device=device, overwrite=overwrite, progress=not quiet)  # fmt: skip
+    except (HflowError, ValueError) as exc:
+        _fail(exc)
+    kept = result.summary["kept"]
+    start = result.summary["start"]
+    colour = typer.colors.YELLOW if result.guard else None
+    typer.secho(f"{result.reason}", fg=colour)
+    typer.echo(
+        f"kept step {result.chosen_step}: target bpd {start['target_bpd']:.3f} -> {kept['target_bpd']:.3f} "
+        f"(source {result.summary['source_bpd']:.3f}), alpha {start['alpha']:.3f} -> {kept['alpha']:.3f}\n"
+        f"  adapted model: {folder}\n  curve: {folder / 'adaptation.json'}"
+    )
+
+
+@app.command()
+def harmonize(
+    model: Annotated[Path, typer.Argument(help="A model folder (fitted or adapted).")],
+    inputs: Annotated[Path, typer.Argument(help="A NIfTI/MGZ file, or a folder of them.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.nii.gz) or folder.")],
+    mask: Annotated[Path | None, typer.Option(help="Brain mask of a single input file.")] = None,
+    dtype: Annotated[str, typer.Option(help="uint8 (as the model's source images) or float32.")] = "uint8",
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Write harmonized NIfTI volumes on each input's own grid and header, background zero."""
+    from harmonizing_flows.errors import HflowError
+    from harmonizing_flows.harmonize import harmonize as run
+
+    try:
+        written = run(model, inputs, out, mask=mask, device=device, dtype=dtype, overwrite=overwrite,
+                      progress=not quiet)  # fmt: skip
+    except (HflowError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"harmonized {len(written)} volume(s) into {out}")
+
+
+@app.command()
+def profiles() -> None:
+    """List the settings presets and what they cost."""
+    from harmonizing_flows.profiles import PROFILES
+
+    for name, p in PROFILES.items():
+        typer.echo(
+            f"{name:6s} slices {p.slices.image_size[0]}x{p.slices.image_size[1]}, "
+            f"harmonizer {list(p.harmonizer.widths)}, "
+            f"flow couplings {p.flow.dequantization_couplings}+{list(p.flow.couplings)} widths {list(p.flow.widths)}, "
+            f"epochs {p.harmonizer_training.epochs}/{p.flow_training.epochs}, adapt {p.adapt.steps} steps"
+        )
+
+
 @app.command()
 def sites(
-    sites_file: Annotated[
-        Optional[Path], typer.Option(help="Also list the sites of this TOML file.")  # noqa: UP045
-    ] = None,
+    sites_file: Annotated[Path | None, typer.Option(help="Also list the sites of this TOML file.")] = None,
 ) -> None:
     """List the simulator's sites and what differs between them."""
     from rich import box

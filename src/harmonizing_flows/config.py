@@ -231,3 +231,69 @@ class FlowConfig:
             raise ValueError(f"margin_mode must be absolute or relative, not {self.margin_mode!r}")
         if not 0 < self.logit_alpha < 0.5:
             raise ValueError(f"logit_alpha must be in (0, 0.5), not {self.logit_alpha}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One network's training schedule (Adam, learning rate halved every ``halve_every`` epochs).
+
+    Attributes:
+        epochs: Passes over the training slices.
+        batch_size: Slices per step, over all processes together (each of ``n`` processes takes ``1/n``).
+        lr: Initial learning rate.
+        halve_every: Epochs between halvings of the learning rate.
+        checkpoint_every: Epochs between checkpoints (0: only at the end).
+        max_steps_per_epoch: Cap on steps per epoch (0: no cap), to bound an epoch on large data sets.
+    """
+
+    epochs: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    halve_every: int = 30
+    checkpoint_every: int = 10
+    max_steps_per_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.halve_every < 1:
+            raise ValueError(f"epochs, batch_size, lr and halve_every must be positive: {self}")
+
+
+StopRule = Literal["source-bpd", "entropy", "steps"]
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Test-time adaptation of the harmonizer to one target site (paper Eq. 6).
+
+    Attributes:
+        lr: Adam learning rate (the authors: 4e-6).
+        batch_size: Target slices per step (the authors: 16).
+        steps: Most steps to take.
+        eval_every: Steps between evaluations of the stopping rule (target bpd on a fixed monitoring set).
+        monitor_slices: Slices of the target kept aside, with fixed dequantization noise, to measure the bpd.
+        stop: ``"source-bpd"``: stop once the target bpd reaches the source validation bpd stored with the flow;
+            ``"entropy"``: keep the step with the lowest mean entropy of a segmenter's predictions (needs one);
+            ``"steps"``: take all ``steps`` and keep the last.
+        patience: With ``"entropy"``, evaluations without improvement before stopping.
+        alpha_guard: Guard: stop, and keep the best step so far, when the mean alpha falls below this fraction of
+            its starting value (0 disables). A collapsing harmonizer drives alpha down before the image goes dark.
+        brain_only: Guard: measure the likelihood over the brain mask only (see ``FlowConfig.brain_only``).
+    """
+
+    lr: float = 4e-6
+    batch_size: int = 16
+    steps: int = 2000
+    eval_every: int = 10
+    monitor_slices: int = 64
+    stop: StopRule = "source-bpd"
+    patience: int = 10
+    alpha_guard: float = 0.0
+    brain_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stop not in ("source-bpd", "entropy", "steps"):
+            raise ValueError(f"stop must be source-bpd, entropy or steps, not {self.stop!r}")
+        if self.lr <= 0 or self.batch_size < 1 or self.steps < 0 or self.eval_every < 1:
+            raise ValueError(f"lr, batch_size and eval_every must be positive and steps non-negative: {self}")
+        if not 0 <= self.alpha_guard < 1:
+            raise ValueError(f"alpha_guard must be in [0, 1), not {self.alpha_guard}")

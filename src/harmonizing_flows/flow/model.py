@@ -73,13 +73,21 @@ class Flow(nn.Module):
         logdet = (math.log((1 - 2 * a) / _LEVELS) - torch.log(y) - torch.log1p(-y)).sum(1)
         return z, logdet - log_q
 
+    def _brain_only(self, mask: torch.Tensor | None, brain_only: bool | None) -> bool:
+        return mask is not None and (self.config.brain_only if brain_only is None else brain_only)
+
     def log_prob(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, *, noise: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        noise: torch.Tensor | None = None,
+        brain_only: bool | None = None,
     ) -> torch.Tensor:
         """Lower bound of ``log p(x)`` in nats per image ``(B,)``; only the brain's pixels when ``mask`` is given
-        and the config's ``brain_only`` is set."""
+        and ``brain_only`` (by default the config's) is set."""
         self.check_size(x)
-        weight = mask.to(x.dtype) if (mask is not None and self.config.brain_only) else None
+        weight = mask.to(x.dtype) if self._brain_only(mask, brain_only) else None  # type: ignore[union-attr]
         z, total_map = self._preprocess(x, noise)
         total = self._weighted(total_map, weight, 1)
         for level, couplings in enumerate(self.scales):
@@ -99,14 +107,20 @@ class Flow(nn.Module):
         return (values * w).sum((1, 2))
 
     def bpd(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, *, noise: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        noise: torch.Tensor | None = None,
+        brain_only: bool | None = None,
     ) -> torch.Tensor:
         """Bits per dimension per image ``(B,)`` (per brain pixel with ``brain_only`` and a mask)."""
-        if mask is not None and self.config.brain_only:
+        if self._brain_only(mask, brain_only):
+            assert mask is not None
             pixels = mask.to(x.dtype).sum((1, 2, 3)).clamp_min(1.0)
         else:
             pixels = torch.full((x.shape[0],), float(x.shape[-2] * x.shape[-1]), device=x.device, dtype=x.dtype)
-        return -self.log_prob(x, mask, noise=noise) / (math.log(2.0) * pixels)
+        return -self.log_prob(x, mask, noise=noise, brain_only=brain_only) / (math.log(2.0) * pixels)
 
     def transform(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The main flow from logit space to the prior: ``z`` and the summed log |det J| per image."""

@@ -1,0 +1,248 @@
+"""Test-time adaptation (paper Eq. 6): the flow is frozen, the harmonizer moves so that its outputs on unlabeled
+target slices become likely under the flow; a stopping rule picks which step to keep.
+
+Pushed too far, this collapses: the flow finds a dark, flat or blurred brain very likely, so the harmonizer drifts
+there (METHOD.md, "What a small CPU trial showed"). The stopping rule is therefore part of the method, and
+adaptation never returns the last step of a run that went wrong:
+
+* ``source-bpd``: stop when the target bpd on a fixed monitoring set reaches the source validation bpd stored
+  with the flow; keep that step (or, if never reached, the step with the lowest target bpd).
+* ``entropy``: keep the step whose harmonized slices give the lowest mean entropy of a segmenter's predictions;
+  stop after ``patience`` evaluations without improvement.
+* ``steps``: take every step and keep the last.
+
+Guards, each a named option: ``harmonizer.positive_alpha`` (alpha cannot turn negative), ``adapt.alpha_guard``
+(stop when alpha falls below a share of its start, keeping the best step before), ``negatives.collapse_modes``
+(the flow learns that collapsed images are unlikely), ``adapt.brain_only`` (the likelihood counts brain pixels).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harmonizing_flows.config import AdaptConfig
+from harmonizing_flows.distributed import resolve_device, stable_seed
+from harmonizing_flows.errors import InputError
+from harmonizing_flows.harmonizer import Harmonizer
+from harmonizing_flows.store import Model, load_model, save_model
+from harmonizing_flows.train import Slices, load_slices, select_site
+
+__all__ = ["AdaptationResult", "adapt", "adapt_harmonizer", "prediction_entropy"]
+
+Segmenter = Callable[[torch.Tensor], torch.Tensor]
+"""Images ``(B, 1, H, W)`` on 0..255 -> class logits ``(B, C, H, W)``."""
+
+
+@dataclass
+class AdaptationResult:
+    """The kept harmonizer, the whole curve, and why that step was kept."""
+
+    harmonizer: Harmonizer
+    curve: list[dict[str, float]]
+    chosen_step: int
+    reason: str
+    guard: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def prediction_entropy(segmenter: Segmenter, images: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean Shannon entropy (nats) of the segmenter's per-pixel class distribution over the brain."""
+    logits = segmenter(images)
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    entropy = -(log_p.exp() * log_p).sum(1, keepdim=True)
+    return float((entropy * masks).sum() / masks.sum().clamp_min(1.0))
+
+
+def adapt_harmonizer(
+    model: Model,
+    target: Slices,
+    config: AdaptConfig,
+    *,
+    device: torch.device | str = "cpu",
+    segmenter: Segmenter | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    observer: Callable[[Harmonizer, int], dict[str, float]] | None = None,
+) -> AdaptationResult:
+    """Adapt a copy of ``model.harmonizer`` to the ``target`` slices (see the module docstring).
+
+    Args:
+        observer: Called at each evaluation with the harmonizer and the step; its values join the curve. For
+            analysis only (the oracle's Dice, say); it never influences which step is kept.
+    """
+    from tqdm.auto import tqdm
+
+    if config.stop == "entropy" and segmenter is None:
+        raise ValueError("the entropy stopping rule needs a segmenter")
+    device = torch.device(device)
+    bpd_key = "brain_only" if config.brain_only else "all_pixels"
+    source_bpd = float((model.metadata.get("source_bpd") or {}).get(bpd_key, float("nan")))
+    if config.stop == "source-bpd" and not source_bpd == source_bpd:  # NaN: the model has no stored source bpd
+        raise ValueError("this model has no stored source bpd; fit it with `hflow fit` or use another stopping rule")
+    flow = model.flow.to(device).eval()
+    for p in flow.parameters():
+        p.requires_grad_(False)
+    harmonizer = copy.deepcopy(model.harmonizer).to(device).train()
+    optimizer = torch.optim.Adam(harmonizer.parameters(), lr=config.lr)
+
+    n = len(target)
+    monitor_index = torch.linspace(0, n - 1, min(config.monitor_slices, n)).round().long().unique()
+    mx, mm = target.batch(monitor_index, device)
+    monitor_noise = torch.randn(mx.shape, generator=torch.Generator().manual_seed(stable_seed(seed, "monitor"))).to(
+        device
+    )
+
+    def evaluate(step: int, started: float) -> dict[str, float]:
+        harmonizer.eval()
+        with torch.no_grad():
+            y = harmonizer(mx, mm)
+            record = {
+                "step": step,
+                "target_bpd": float(flow.bpd(y, mm, noise=monitor_noise, brain_only=config.brain_only).mean()),
+                "alpha": float(harmonizer.alpha(mx).mean()),
+                "brain_mean": float((y * mm).sum() / mm.sum().clamp_min(1.0)),
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            if segmenter is not None:
+                record["entropy"] = prediction_entropy(segmenter, y, mm)
+        if observer is not None:
+            record.update(observer(harmonizer, step))
+        harmonizer.train()
+        return record
+
+    def score(record: dict[str, float]) -> float:
+        if config.stop == "entropy":
+            return record["entropy"]
+        if config.stop == "source-bpd":
+            return record["target_bpd"]
+        return -record["step"]
+
+    started = time.perf_counter()
+    curve = [evaluate(0, started)]
+    alpha0 = curve[0]["alpha"]
+    best_state, best = copy.deepcopy(harmonizer.state_dict()), curve[0]
+    guard: str | None = None
+    reason = ""
+    stale = 0
+    batch = min(config.batch_size, n)
+    bar = tqdm(total=config.steps, desc="adapting", unit="step", disable=not progress)
+    try:
+        if config.stop == "source-bpd" and curve[0]["target_bpd"] <= source_bpd:
+            reason = f"the pre-trained harmonizer already reaches the source bpd ({source_bpd:.3f})"
+        step = 0
+        while not reason and step < config.steps:
+            step += 1
+            g = torch.Generator().manual_seed(stable_seed(seed, "adapt", step))
+            index = torch.randperm(n, generator=g)[:batch]
+            x, m = target.batch(index, device)
+            noise = torch.randn(x.shape, generator=g).to(device)
+            loss = flow.bpd(harmonizer(x, m), m, noise=noise, brain_only=config.brain_only).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update()
+            if step % config.eval_every and step != config.steps:
+                continue
+            record = evaluate(step, started)
+            curve.append(record)
+            bar.set_postfix(bpd=f"{record['target_bpd']:.3f}", alpha=f"{record['alpha']:.3f}", refresh=False)
+            if config.alpha_guard and record["alpha"] < config.alpha_guard * alpha0:
+                guard = (
+                    f"alpha fell to {record['alpha']:.3f}, below {config.alpha_guard:g} of its start "
+                    f"{alpha0:.3f}, at step {step}"
+                )
+                reason = f"stopped by the alpha guard ({guard}); kept the best step before it"
+                break
+            if score(record) < score(best):
+                best_state, best, stale = copy.deepcopy(harmonizer.state_dict()), record, 0
+            else:
+                stale += 1
+            if config.stop == "source-bpd" and record["target_bpd"] <= source_bpd:
+                best_state, best = copy.deepcopy(harmonizer.state_dict()), record
+                reason = f"the target bpd {record['target_bpd']:.3f} reached the source bpd {source_bpd:.3f}"
+            elif config.stop == "entropy" and stale >= config.patience:
+                reason = f"the entropy did not improve for {config.patience} evaluations"
+        if not reason:
+            reason = {
+                "source-bpd": f"the target bpd never reached the source bpd {source_bpd:.3f} in {config.steps} "
+                f"steps; kept the step with the lowest target bpd",
+                "entropy": f"took all {config.steps} steps; kept the step with the lowest entropy",
+                "steps": f"took all {config.steps} steps",
+            }[config.stop]
+    finally:
+        bar.close()
+    harmonizer.load_state_dict(best_state)
+    harmonizer.eval().cpu()
+    summary = {"source_bpd": source_bpd, "start": curve[0], "kept": best, "steps_taken": curve[-1]["step"]}
+    return AdaptationResult(harmonizer, curve, int(best["step"]), reason, guard, summary)
+
+
+def adapt(
+    model_dir: str | Path,
+    target: str | Path,
+    out: str | Path,
+    *,
+    config: AdaptConfig | None = None,
+    site: str | None = None,
+    splits: tuple[str, ...] | None = None,
+    device: str | None = None,
+    segmenter: Segmenter | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[Path, AdaptationResult]:
+    """Adapt a fitted model to the target data's site and write the adapted model folder ``out``.
+
+    Args:
+        model_dir: A model folder from :func:`harmonizing_flows.train.fit`.
+        target: The target site's data (manifest, site folders or BIDS; images only, labels are not read).
+        out: The adapted model folder (the flow is copied unchanged; the harmonizer is the kept step's).
+        config: Adaptation settings; by default the model's profile's.
+        site: The target site when ``target`` holds several.
+        splits: Only these splits of the target (default: all its subjects; no labels are used).
+    """
+    from harmonizing_flows.datasets import load_subjects
+    from harmonizing_flows.errors import OutputExistsError
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(out)
+    resolved = resolve_device(device)
+    model = load_model(model_dir)
+    config = config or model.profile.adapt
+    subjects = select_site(load_subjects(target), site, Path(target))
+    if splits:
+        subjects = [s for s in subjects if s.split in splits]
+        if not subjects:
+            raise InputError(target, f"has no subject in split(s) {', '.join(splits)}")
+    target_site = subjects[0].site
+    slices = load_slices(subjects, model.profile.slices, progress=progress, desc="reading target volumes")
+    result = adapt_harmonizer(
+        model, slices, config, device=resolved, segmenter=segmenter, seed=model.profile.seed, progress=progress
+    )
+    model.harmonizer = result.harmonizer
+    model.flow.cpu()
+    from dataclasses import asdict
+
+    model.metadata["adaptation"] = {
+        "target_site": target_site,
+        "target_data": str(Path(target).resolve()),
+        "target_subjects": [s.subject for s in subjects],
+        "settings": asdict(config),
+        "stop": config.stop,
+        "kept_step": result.chosen_step,
+        "reason": result.reason,
+        "guard": result.guard,
+        "summary": result.summary,
+    }
+    folder = save_model(
+        model, out, overwrite=overwrite, extra={"adaptation.json": {"curve": result.curve, "reason": result.reason}}
+    )
+    return folder, result

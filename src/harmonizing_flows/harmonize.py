@@ -1,0 +1,149 @@
+"""Harmonized NIfTI out: run a (fitted or adapted) harmonizer over every slice of a volume and write the result on
+the input's own grid, with its affine and header, background zero.
+
+The harmonizer is convolutional, so a volume is sliced whole: each slice is padded up to a multiple of the
+network's down-sampling, never cropped. Intensities follow the model's scaling (a high percentile inside the
+brain maps to 255), and the output stays on that 0..255 scale, as the source images the model learned from.
+Without a mask, the brain is every voxel above zero (skull-stripped input).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from harmonizing_flows.config import SliceConfig
+from harmonizing_flows.datasets import _strip_volume_suffix
+from harmonizing_flows.distributed import resolve_device
+from harmonizing_flows.errors import InputError, OutputExistsError
+from harmonizing_flows.harmonizer import Harmonizer
+from harmonizing_flows.store import load_model
+from harmonizing_flows.volume import VOLUME_SUFFIXES, load_volume, save_nifti, slice_volume, to_plane, unslice
+
+__all__ = ["harmonize", "harmonize_volume"]
+
+_COMPANION = ("_mask", "_brainmask", "_labels", "_aseg", "_seg", "_dseg")
+
+
+@torch.inference_mode()
+def harmonize_volume(
+    harmonizer: Harmonizer,
+    image: str | Path,
+    mask: str | Path | None = None,
+    *,
+    slices: SliceConfig | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    dtype: str = "uint8",
+) -> nib.Nifti1Image:
+    """The harmonized image of one volume (0..255, ``uint8`` or ``float32``), on the input's grid and header."""
+    config = slices or SliceConfig()
+    volume = load_volume(image, mask)
+    extent = to_plane(np.empty(volume.image.shape, dtype=bool), config.axis).shape[1:]
+    f = harmonizer.factor
+    size = (math.ceil(extent[0] / f) * f, math.ceil(extent[1] / f) * f)
+    sliced = slice_volume(volume, replace(config, image_size=size))
+    harmonizer = harmonizer.to(device).eval()
+    out = np.zeros(sliced.images.shape, dtype=np.float32)
+    brain = np.flatnonzero(sliced.mask.reshape(len(sliced.mask), -1).any(1))
+    for start in range(0, len(brain), batch_size):
+        rows = brain[start : start + batch_size]
+        x = torch.from_numpy(sliced.images[rows]).to(device).float()[:, None]
+        m = torch.from_numpy(sliced.mask[rows]).to(device).float()[:, None]
+        out[rows] = harmonizer(x, m)[:, 0].float().cpu().numpy()
+    if dtype == "uint8":
+        return unslice(np.rint(out).astype(np.uint8), sliced.grid, rescale=False)
+    return unslice(out, sliced.grid, rescale=False, dtype=np.float32)
+
+
+def _inputs(path: Path) -> list[tuple[Path, Path | None]]:
+    """(image, mask) pairs: a file alone, or every image of a folder with its ``_mask`` companion if present."""
+    if path.is_file():
+        return [(path, None)]
+    if not path.is_dir():
+        raise InputError(path, "does not exist")
+    stems = {}
+    for f in sorted(path.iterdir()):
+        stem = _strip_volume_suffix(f.name)
+        if f.is_file() and stem is not None and not f.name.startswith("."):
+            stems[stem] = f
+    pairs = []
+    for stem, f in stems.items():
+        if stem.endswith(_COMPANION):
+            continue
+        base = stem[: -len("_T1w")] if stem.endswith("_T1w") else stem
+        mask = next((stems[b + s] for b in (stem, base) for s in ("_mask", "_brainmask") if b + s in stems), None)
+        pairs.append((f, mask))
+    if not pairs:
+        raise InputError(path, f"holds no image ({', '.join(VOLUME_SUFFIXES)})")
+    return pairs
+
+
+def harmonize(
+    model_dir: str | Path,
+    inputs: str | Path,
+    out: str | Path,
+    *,
+    mask: str | Path | None = None,
+    device: str | None = None,
+    batch_size: int = 32,
+    dtype: str = "uint8",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Harmonize a NIfTI/MGZ file, or every image in a folder, with the model in ``model_dir``.
+
+    Args:
+        inputs: A file or a folder; in a folder, ``<name>_mask.nii.gz`` is used as ``<name>``'s brain mask and
+            companions (``_mask``, ``_labels``, ...) are not harmonized themselves.
+        out: For a file: the output file (``.nii`` or ``.nii.gz``) or a folder; for a folder: a folder. Output
+            files keep the input's name (``.mgz`` becomes ``.nii.gz``).
+        mask: The brain mask of a single input file.
+        dtype: ``uint8`` (rounded, as the model's source images) or ``float32``.
+
+    Returns:
+        The files written. Inputs are never modified; an existing output is refused unless ``overwrite``.
+    """
+    from tqdm.auto import tqdm
+
+    if dtype not in ("uint8", "float32"):
+        raise ValueError(f"dtype must be uint8 or float32, not {dtype!r}")
+    inputs, out = Path(inputs), Path(out)
+    pairs = _inputs(inputs)
+    if mask is not None:
+        if len(pairs) != 1 or not inputs.is_file():
+            raise InputError(mask, "--mask goes with a single input file; in a folder name masks <image>_mask.nii.gz")
+        pairs = [(pairs[0][0], Path(mask))]
+    single_file = inputs.is_file() and out.name.endswith((".nii", ".nii.gz"))
+    targets = []
+    for image, _ in pairs:
+        stem = _strip_volume_suffix(image.name)
+        name = out if single_file else out / f"{stem}{'.nii' if image.name.endswith('.nii') else '.nii.gz'}"
+        if name.resolve() == image.resolve() or (mask is not None and name.resolve() == Path(mask).resolve()):
+            raise OutputExistsError(name, "is an input; choose another output")
+        if name.exists() and not overwrite:
+            raise OutputExistsError(name)
+        targets.append(name)
+    resolved = resolve_device(device)
+    model = load_model(model_dir)
+    written = []
+    for (image, image_mask), target in tqdm(
+        list(zip(pairs, targets, strict=True)), desc="harmonizing", unit="vol", disable=not progress or len(pairs) == 1
+    ):
+        result = harmonize_volume(
+            model.harmonizer,
+            image,
+            image_mask,
+            slices=model.profile.slices,
+            device=resolved,
+            batch_size=batch_size,
+            dtype=dtype,
+        )
+        result.header["descrip"] = f"harmonized by harmonizing-flows to {model.source_site or 'source'}"[:79]
+        written.append(save_nifti(result, target, overwrite=overwrite))
+    return written

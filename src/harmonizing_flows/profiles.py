@@ -1,0 +1,171 @@
+"""Profiles: every setting of the method in one :class:`Profile`, three named presets, and overrides.
+
+* ``paper``: the paper's settings (224x224 coronal slices of 1 mm data, full-size networks and schedules). Meant
+  for a GPU: on two CPU cores one flow step takes seconds and the schedule weeks.
+* ``fast``: the CPU default. 80x80 slices of 2 mm data (``hflow simulate --voxel-size 2``), narrower networks,
+  fewer couplings and short schedules; see ``benchmarks/RESULTS.md`` for what each step costs.
+* ``smoke``: tiny networks and a few steps, for tests: seconds, and no claim of quality.
+
+Any field can be overridden from a TOML file (tables named like the fields: ``[flow]``, ``[adapt]``, ...) or with
+``section.field=value`` strings, as ``hflow fit --set flow.margin=2.0`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from harmonizing_flows.config import (
+    AdaptConfig,
+    AugmentConfig,
+    FlowConfig,
+    HarmonizerConfig,
+    NegativeConfig,
+    SliceConfig,
+    TrainConfig,
+)
+from harmonizing_flows.errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["PROFILES", "Profile", "apply_overrides", "load_profile", "profile_from_dict", "profile_to_dict"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All settings of fitting, adapting and harmonizing."""
+
+    name: str = "custom"
+    seed: int = 0
+    slices: SliceConfig = field(default_factory=SliceConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    negatives: NegativeConfig = field(default_factory=NegativeConfig)
+    harmonizer: HarmonizerConfig = field(default_factory=HarmonizerConfig)
+    harmonizer_training: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=200, batch_size=32, lr=1e-3, halve_every=30)
+    )
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    flow_training: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=1600, batch_size=32, lr=1e-3, halve_every=200, checkpoint_every=50)
+    )
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile(name="paper"),
+    "fast": Profile(
+        name="fast",
+        slices=SliceConfig(image_size=(80, 80)),
+        harmonizer=HarmonizerConfig(widths=(8, 16, 24, 32, 32), blocks=2),
+        harmonizer_training=TrainConfig(epochs=12, batch_size=32, lr=2e-3, halve_every=5, checkpoint_every=2),
+        flow=FlowConfig(
+            dequantization_couplings=2, couplings=(2, 3, 3), widths=(8, 16, 32), dequantization_widths=(8, 16)
+        ),
+        flow_training=TrainConfig(epochs=8, batch_size=16, lr=2e-3, halve_every=4, checkpoint_every=2),
+        adapt=AdaptConfig(lr=2e-5, batch_size=16, steps=300, eval_every=10, monitor_slices=48),
+    ),
+    "smoke": Profile(
+        name="smoke",
+        slices=SliceConfig(image_size=(48, 48)),
+        harmonizer=HarmonizerConfig(widths=(4, 8, 8), blocks=1),
+        harmonizer_training=TrainConfig(epochs=2, batch_size=8, lr=3e-3, halve_every=1, checkpoint_every=1),
+        flow=FlowConfig(dequantization_couplings=1, couplings=(1, 1, 1), widths=(4, 8), dequantization_widths=(4,)),
+        flow_training=TrainConfig(epochs=2, batch_size=8, lr=3e-3, halve_every=1, checkpoint_every=1),
+        adapt=AdaptConfig(lr=1e-4, batch_size=8, steps=20, eval_every=5, monitor_slices=16),
+    ),
+}
+"""The named profiles (see the module docstring)."""
+
+
+def profile_to_dict(profile: Profile) -> dict[str, Any]:
+    """A JSON-ready dict of every setting (tuples become lists)."""
+    return dataclasses.asdict(profile)
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown setting(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}.{name}" if where else name)  # type: ignore[arg-type]
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def profile_from_dict(values: Mapping[str, Any]) -> Profile:
+    """The inverse of :func:`profile_to_dict` (raises ValueError on unknown or invalid settings)."""
+    return _build(Profile, values, "")
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word, such as a stopping rule's name
+
+
+def apply_overrides(profile: Profile, overrides: Sequence[str]) -> Profile:
+    """Apply ``section.field=value`` overrides (values in TOML syntax: ``2.0``, ``[64, 64]``, ``true``)."""
+    update: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not of the form section.field=value")
+        target = update
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = _parse_value(text.strip())
+    return profile_from_dict(_merge(profile_to_dict(profile), update))
+
+
+def load_profile(name: str = "fast", file: str | Path | None = None, overrides: Sequence[str] = ()) -> Profile:
+    """A named profile, then a TOML file's settings, then ``section.field=value`` overrides.
+
+    Raises:
+        InputError: An unknown profile, an unreadable or invalid TOML file, or an invalid setting.
+    """
+    if name not in PROFILES:
+        raise InputError(None, f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    profile = PROFILES[name]
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise InputError(path, "settings file does not exist")
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+            profile = profile_from_dict(_merge(profile_to_dict(profile), values))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
+            raise InputError(path, f"invalid settings ({exc})") from exc
+    try:
+        profile = apply_overrides(profile, overrides)
+    except (ValueError, TypeError) as exc:
+        raise InputError(None, f"invalid override: {exc}") from exc
+    return replace(profile, name=profile.name)

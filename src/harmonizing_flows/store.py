@@ -1,0 +1,173 @@
+"""Model folders: weights as safetensors, settings and metadata as JSON; loading never unpickles.
+
+A model folder::
+
+    MODEL/
+      model.json               format, package version, profile (every setting), source site, image size,
+                               intensity scaling, source validation bpd, training history, adaptation (if any)
+      harmonizer.safetensors   the harmonizer's weights
+      flow.safetensors         the flow's weights
+
+Folders are written to a temporary sibling and renamed into place, so a crash never leaves half a model. Loading
+checks that every file is there, readable and matches the architecture that ``model.json`` describes, and says
+which file is wrong otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from harmonizing_flows import __version__
+from harmonizing_flows.errors import InputError, OutputExistsError
+from harmonizing_flows.flow import Flow
+from harmonizing_flows.harmonizer import Harmonizer
+from harmonizing_flows.profiles import Profile, profile_from_dict, profile_to_dict
+
+__all__ = ["FORMAT", "Model", "load_model", "load_weights", "save_model", "save_weights", "write_folder"]
+
+FORMAT = "harmonizing-flows model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Model:
+    """A fitted (and maybe adapted) model: its settings, networks and metadata."""
+
+    profile: Profile
+    harmonizer: Harmonizer
+    flow: Flow
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, profile: Profile, metadata: Mapping[str, Any] | None = None) -> Model:
+        return cls(profile, Harmonizer(profile.harmonizer), Flow(profile.flow), dict(metadata or {}))
+
+    @property
+    def source_site(self) -> str | None:
+        return self.metadata.get("source_site")
+
+    def to(self, device: torch.device | str) -> Model:
+        self.harmonizer.to(device)
+        self.flow.to(device)
+        return self
+
+
+def save_weights(module: nn.Module, path: Path, metadata: Mapping[str, str] | None = None) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata=dict(metadata or {}))
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load safetensors weights into ``module``; a missing, damaged or mismatched file is an InputError."""
+    if not path.is_file():
+        raise InputError(path, "weights file is missing")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(path, f"is not a readable safetensors file (truncated or damaged?): {exc}") from exc
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing tensor(s), e.g. {missing[0]}")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+        if wrong:
+            k = wrong[0]
+            details.append(f"{k} has shape {tuple(state[k].shape)}, the model expects {tuple(expected[k].shape)}")
+        raise InputError(path, "weights do not match the architecture in model.json: " + "; ".join(details))
+    module.load_state_dict(state)
+
+
+def write_folder(out: Path, overwrite: bool, write: Any) -> Path:
+    """Create ``out`` atomically: ``write(tmp)`` fills a temporary sibling, which then replaces ``out``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(out)
+    if out.exists() and not (out / "model.json").is_file():
+        raise OutputExistsError(out, "exists and is not a harmonizing-flows model folder; not replacing it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def save_model(
+    model: Model, out: str | Path, *, overwrite: bool = False, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``model`` as a model folder (see the module docstring); ``extra`` files are JSON-dumped beside it."""
+
+    def write(folder: Path) -> None:
+        meta = {"version": __version__}
+        save_weights(model.harmonizer, folder / "harmonizer.safetensors", meta)
+        save_weights(model.flow, folder / "flow.safetensors", meta)
+        document = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "profile": profile_to_dict(model.profile),
+            **model.metadata,
+        }
+        (folder / "model.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        for name, content in (extra or {}).items():
+            (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+    return write_folder(Path(out), overwrite, write)
+
+
+def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Model:
+    """Read a model folder written by :func:`save_model`.
+
+    Raises:
+        InputError: The folder or a file is missing, ``model.json`` is not a model description, or the weights do
+            not match it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "model folder does not exist")
+    doc_path = folder / "model.json"
+    if not doc_path.is_file():
+        raise InputError(folder, "is not a model folder (no model.json)")
+    try:
+        document = json.loads(doc_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(doc_path, f"is not valid JSON ({exc})") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise InputError(doc_path, f"is not a {FORMAT} description")
+    if document.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(doc_path, "was written by a newer harmonizing-flows; upgrade to read it")
+    try:
+        profile = profile_from_dict(document["profile"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(doc_path, f"holds invalid settings ({exc})") from exc
+    metadata = {k: v for k, v in document.items() if k not in ("format", "format_version", "profile")}
+    model = Model.create(profile, metadata)
+    load_weights(model.harmonizer, folder / "harmonizer.safetensors")
+    load_weights(model.flow, folder / "flow.safetensors")
+    return model.to(device)

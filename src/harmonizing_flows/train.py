@@ -1,0 +1,442 @@
+"""Fitting on the source site: pre-train the harmonizer (Eq. 5), train the guided flow (Eq. 4), measure the source
+bpd on the validation split, and save everything as one model folder.
+
+Training slices are decoded once and held in memory as uint8 (a site of 12 subjects at 224x224 is about 100 MB).
+Every step draws its batch and augmentations from a generator seeded by (seed, network, epoch, step): runs are
+reproducible, resuming from a checkpoint continues exactly, and under ``torchrun`` every process draws the same
+global batch and computes its share (see :mod:`harmonizing_flows.distributed`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from harmonizing_flows.augment import FlowNegatives, HarmonizerAugmentation
+from harmonizing_flows.config import SliceConfig, TrainConfig
+from harmonizing_flows.datasets import Subject, load_subjects, split_subjects
+from harmonizing_flows.distributed import Context, setup, stable_seed
+from harmonizing_flows.errors import InputError
+from harmonizing_flows.flow import Flow
+from harmonizing_flows.harmonizer import Harmonizer
+from harmonizing_flows.profiles import Profile
+from harmonizing_flows.store import Model, save_model
+from harmonizing_flows.volume import load_volume, slice_volume
+
+__all__ = ["Slices", "fit", "fit_flow", "fit_harmonizer", "load_slices", "measure_bpd", "select_site"]
+
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class Slices:
+    """Brain-containing slices of some subjects: uint8 images and bool masks ``(N, 1, H, W)``."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    subjects: list[str]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float images on 0..255 and float masks of the rows ``index``, on ``device``."""
+        return self.images[index].to(device).float(), self.masks[index].to(device).float()
+
+
+def load_slices(subjects: Sequence[Subject], config: SliceConfig, *, progress: bool = False, desc: str = "") -> Slices:
+    """Read, quantize and slice each subject once; keep the slices that hold brain."""
+    from tqdm.auto import tqdm
+
+    images, masks, names = [], [], []
+    for s in tqdm(subjects, desc=desc or "reading volumes", unit="vol", disable=not progress, leave=False):
+        sliced = slice_volume(load_volume(s.image, s.mask), config)
+        keep = sliced.mask.reshape(sliced.mask.shape[0], -1).any(1)
+        images.append(torch.from_numpy(sliced.images[keep]))
+        masks.append(torch.from_numpy(sliced.mask[keep]))
+        names.append(s.subject)
+    if not images or sum(len(i) for i in images) == 0:
+        raise InputError(subjects[0].image if subjects else None, "no slice with brain in these volumes")
+    return Slices(torch.cat(images)[:, None], torch.cat(masks)[:, None], names)
+
+
+def select_site(subjects: Sequence[Subject], site: str | None, source: Path) -> list[Subject]:
+    """The subjects of ``site``, or of the only site; an error lists the sites when the choice is ambiguous."""
+    sites = sorted({s.site for s in subjects})
+    if site is None:
+        if len(sites) > 1:
+            raise InputError(source, f"holds several sites ({', '.join(sites)}); choose one with --site")
+        site = sites[0]
+    chosen = [s for s in subjects if s.site == site]
+    if not chosen:
+        raise InputError(source, f"has no site {site!r} (sites: {', '.join(sites)})")
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            tensors[f"state.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return tensors, json.dumps(state["param_groups"])
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: str) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(groups)})
+
+
+def _save_checkpoint(
+    path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list
+) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    opt, groups = _optimizer_state(optimizer)
+    tensors.update({f"optim.{k}": v for k, v in opt.items()})
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"epoch": str(epoch), "param_groups": groups, "history": json.dumps(history)})
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(path))
+        module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _restore_optimizer(
+            optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}, meta["param_groups"]
+        )
+    except Exception as exc:  # any damage to the checkpoint is the same problem for the user
+        raise InputError(path, f"cannot resume from this checkpoint ({exc})") from exc
+    return int(meta["epoch"]), json.loads(meta["history"])
+
+
+def run_training(
+    module: nn.Module,
+    step: StepFn,
+    n_items: int,
+    config: TrainConfig,
+    *,
+    name: str,
+    seed: int,
+    ctx: Context,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Adam with the learning rate halved every ``config.halve_every`` epochs; returns per-epoch means of the stats.
+
+    ``step(model, index, generator)`` gets the global batch's row indices and the step's generator, and returns
+    this process's loss and the stats to report.
+    """
+    from tqdm.auto import tqdm
+
+    module.to(ctx.device)
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
+    start, history = 0, []
+    if resume and checkpoint is not None and checkpoint.is_file():
+        start, history = _load_checkpoint(checkpoint, module, optimizer)
+    model: nn.Module = DistributedDataParallel(module) if ctx.world > 1 else module
+    batch = min(config.batch_size, n_items - n_items % ctx.world) if n_items >= ctx.world else n_items
+    steps = max(n_items // batch, 1)
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+    bar = tqdm(
+        total=config.epochs * steps, initial=start * steps, desc=name, unit="step", disable=not (progress and ctx.main)
+    )
+    try:
+        for epoch in range(start, config.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * 0.5 ** (epoch // config.halve_every)
+            order = torch.randperm(n_items, generator=torch.Generator().manual_seed(stable_seed(seed, name, epoch)))
+            sums: dict[str, float] = {}
+            started = time.perf_counter()
+            for k in range(steps):
+                index = order[k * batch : (k + 1) * batch]
+                generator = torch.Generator().manual_seed(stable_seed(seed, name, epoch, k))
+                loss, stats = step(model, index, generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                bar.set_postfix({key: f"{value:.3g}" for key, value in stats.items()}, refresh=False)
+                bar.update()
+            record = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+            }
+            record.update({key: value / steps for key, value in sums.items()})
+            history.append(record)
+            last = epoch + 1 == config.epochs
+            if (
+                checkpoint is not None
+                and ctx.main
+                and (last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0))
+            ):
+                _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history)
+            ctx.barrier()
+    finally:
+        bar.close()
+    return history
+
+
+# --------------------------------------------------------------------------------------------- the two networks
+
+
+def harmonizer_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
+    augment = HarmonizerAugmentation(profile.augment)
+
+    def step(
+        model: nn.Module, index: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        params = augment.draw(len(index), generator)  # the global batch's draws, the same on every process
+        x, m = data.batch(index, ctx.device)
+        total = m.sum()
+        mine = ctx.share(len(index))
+        share = type(params)(
+            params.mode[mine],
+            params.curves[mine],
+            type(params.contrast)(
+                params.contrast.shift[mine], params.contrast.factor[mine], params.contrast.gamma[mine]
+            ),
+        )
+        xs, ms = x[mine], m[mine]
+        y = model(augment.apply(xs, ms, share), ms, clamp=False)
+        squared = (((y - xs) / 255.0) ** 2 * ms).sum()
+        loss = squared * ctx.world / total.clamp_min(1.0)
+        return loss, {"mse": float(ctx.all_sum(squared) / total.clamp_min(1.0))}
+
+    return step
+
+
+def flow_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
+    negatives = FlowNegatives(profile.negatives)
+    margin, relative = profile.flow.margin, profile.flow.margin_mode == "relative"
+
+    def step(
+        model: nn.Module, index: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        x, m = data.batch(index, ctx.device)
+        neg, origin = negatives(x, m, generator)
+        noise = torch.randn(x.shape[0] + neg.shape[0], *x.shape[1:], generator=generator).to(ctx.device)
+        mine = ctx.share(len(index))
+        rows = torch.arange(len(index))[mine]
+        mine_neg = (origin >= rows[0]) & (origin <= rows[-1])
+        xs = torch.cat([x[mine], neg[mine_neg.to(neg.device)]])
+        ms = torch.cat([m[mine], m[origin[mine_neg].to(m.device)]])
+        ns = torch.cat([noise[: len(index)][mine], noise[len(index) :][mine_neg.to(noise.device)]])
+        bpd = model(xs, ms, noise=ns)
+        k = rows.numel()
+        positive_sum = bpd[:k].sum()
+        mean_positive = ctx.all_sum(positive_sum.detach()) / len(index)
+        loss = positive_sum * ctx.world / len(index)
+        stats = {"bpd": float(mean_positive)}
+        n_neg = len(origin)
+        if n_neg:
+            c = mean_positive + margin if relative else torch.tensor(margin, device=bpd.device)
+            hinge = torch.minimum(bpd[k:], c).sum()
+            loss = loss - hinge * ctx.world / n_neg
+            stats["negative_bpd"] = float(ctx.all_sum(bpd[k:].detach().sum()) / n_neg)
+        return loss, stats
+
+    return step
+
+
+class _FlowBpd(nn.Module):
+    """The flow's bpd as the module DDP wraps (its forward is what DDP synchronises)."""
+
+    def __init__(self, flow: Flow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *, noise: torch.Tensor) -> torch.Tensor:
+        return self.flow.bpd(x, mask, noise=noise)
+
+
+def fit_harmonizer(
+    harmonizer: Harmonizer,
+    data: Slices,
+    profile: Profile,
+    ctx: Context,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Pre-train the harmonizer to undo augmentations of the source slices (paper Eq. 5)."""
+    _check_size(data, harmonizer.factor, "harmonizer")
+    return run_training(
+        harmonizer,
+        harmonizer_step(profile, data, ctx),
+        len(data),
+        profile.harmonizer_training,
+        name="harmonizer",
+        seed=profile.seed,
+        ctx=ctx,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def fit_flow(
+    flow: Flow,
+    data: Slices,
+    profile: Profile,
+    ctx: Context,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train the flow on the source slices with guiding negatives (paper Eq. 4)."""
+    _check_size(data, flow.factor, "flow")
+    wrapper = _FlowBpd(flow)
+    return run_training(
+        wrapper,
+        flow_step(profile, data, ctx),
+        len(data),
+        profile.flow_training,
+        name="flow",
+        seed=profile.seed,
+        ctx=ctx,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def _check_size(data: Slices, factor: int, what: str) -> None:
+    h, w = data.images.shape[-2:]
+    if h % factor or w % factor:
+        raise ValueError(f"slices of {h}x{w}: the {what} needs multiples of {factor}; change slices.image_size")
+
+
+@torch.no_grad()
+def measure_bpd(
+    flow: Flow, data: Slices, device: torch.device, *, brain_only: bool = False, seed: int = 0, batch_size: int = 32
+) -> float:
+    """Mean bpd of ``data`` under ``flow`` with fixed dequantization noise (all pixels, or the brain's)."""
+    flow.eval()
+    generator = torch.Generator().manual_seed(stable_seed(seed, "measure"))
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(data)))
+        x, m = data.batch(index, device)
+        noise = torch.randn(x.shape, generator=generator).to(device)
+        total += float(flow.bpd(x, m, noise=noise, brain_only=brain_only).sum())
+    return total / len(data)
+
+
+def fit(
+    source: str | Path,
+    out: str | Path,
+    profile: Profile,
+    *,
+    site: str | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path | None:
+    """Fit a model on one source site: harmonizer, flow, source bpd; write the model folder ``out``.
+
+    Checkpoints go to ``OUT.checkpoints/`` (beside the model folder); with ``resume`` training continues from them.
+    Returns the model folder (None on processes other than the first under torchrun).
+
+    Raises:
+        InputError: Unreadable data, an ambiguous or unknown site, too few subjects to split.
+        OutputExistsError: ``out`` exists and ``overwrite`` is not set.
+    """
+    from harmonizing_flows.errors import OutputExistsError
+
+    source, out = Path(source), Path(out)
+    if out.exists() and not overwrite and not resume:
+        raise OutputExistsError(out)
+    ctx = setup(device)
+    torch.manual_seed(profile.seed)
+    started = time.perf_counter()
+    subjects = select_site(load_subjects(source), site, source)
+    if not all(s.split for s in subjects):
+        subjects = split_subjects(subjects)
+    train = [s for s in subjects if s.split == "train"]
+    val = [s for s in subjects if s.split == "val"] or train
+    site_name = subjects[0].site
+    train_slices = load_slices(train, profile.slices, progress=progress and ctx.main, desc="reading training volumes")
+    val_slices = load_slices(val, profile.slices, progress=progress and ctx.main, desc="reading validation volumes")
+
+    model = Model.create(profile)
+    checkpoints = out.with_name(out.name + ".checkpoints")
+    if ctx.main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
+    harmonizer_history = fit_harmonizer(
+        model.harmonizer,
+        train_slices,
+        profile,
+        ctx,
+        checkpoint=checkpoints / "harmonizer.safetensors",
+        resume=resume,
+        progress=progress,
+    )
+    flow_history = fit_flow(
+        model.flow,
+        train_slices,
+        profile,
+        ctx,
+        checkpoint=checkpoints / "flow.safetensors",
+        resume=resume,
+        progress=progress,
+    )
+    if not ctx.main:
+        return None
+    model.flow.eval()
+    model.harmonizer.eval()
+    source_bpd = {
+        "all_pixels": measure_bpd(model.flow, val_slices, ctx.device, seed=profile.seed),
+        "brain_only": measure_bpd(model.flow, val_slices, ctx.device, brain_only=True, seed=profile.seed),
+    }
+    model.metadata = {
+        "source_site": site_name,
+        "source_subjects": {"train": [s.subject for s in train], "val": [s.subject for s in val]},
+        "source_data": str(source.resolve()),
+        "image_size": list(profile.slices.image_size),
+        "intensity_scaling": {
+            "percentile": profile.slices.percentile,
+            "levels": profile.slices.levels,
+            "axis": profile.slices.axis,
+        },
+        "source_bpd": source_bpd,
+        "training": {
+            "harmonizer": harmonizer_history,
+            "flow": flow_history,
+            "processes": ctx.world,
+            "device": str(ctx.device),
+            "seconds": round(time.perf_counter() - started, 1),
+            "slices": {"train": len(train_slices), "val": len(val_slices)},
+        },
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "adaptation": None,
+    }
+    folder = save_model(model.to("cpu"), out, overwrite=overwrite or resume)
+    return folder
