@@ -46,3 +46,20 @@ def simulated(tmp_path_factory: pytest.TempPathFactory, tiny_config: SimulationC
     from harmonizing_flows.simulate import simulate
 
     return simulate(tmp_path_factory.mktemp("sim") / "out", config=tiny_config, progress=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_profile():
+    """The smoke profile, trained a little longer so that its flow has learned something."""
+    from harmonizing_flows.profiles import load_profile
+
+    return load_profile("smoke", overrides=["flow_training.epochs=6", "harmonizer_training.epochs=6"])
+
+
+@pytest.fixture(scope="session")
+def fitted(tmp_path_factory: pytest.TempPathFactory, simulated, smoke_profile):
+    """A model fitted on the tiny simulation's mprage-3t site at the smoke profile."""
+    from harmonizing_flows.train import fit
+
+    out = tmp_path_factory.mktemp("models") / "model"
+    return fit(simulated.manifest, out, smoke_profile, site="mprage-3t", device="cpu", progress=False)

@@ -1,0 +1,100 @@
+"""Adaptation: it lowers the target bpd, stopping rules pick the right step, guards stop a collapse."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from harmonizing_flows.adapt import adapt, adapt_harmonizer, prediction_entropy
+from harmonizing_flows.datasets import load_subjects
+from harmonizing_flows.errors import OutputExistsError
+from harmonizing_flows.store import load_model
+from harmonizing_flows.train import load_slices
+
+
+@pytest.fixture(scope="module")
+def target(simulated, fitted):
+    model = load_model(fitted)
+    subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t"]
+    return load_slices(subjects, model.profile.slices)
+
+
+def test_adaptation_lowers_the_target_bpd(fitted, target):
+    model = load_model(fitted)
+    config = replace(model.profile.adapt, stop="steps", steps=30, eval_every=10, lr=3e-4)
+    result = adapt_harmonizer(model, target, config, progress=False)
+    bpd = [r["target_bpd"] for r in result.curve]
+    assert [r["step"] for r in result.curve] == [0, 10, 20, 30]
+    assert bpd[-1] < bpd[0]
+    assert result.chosen_step == 30 and "took all 30 steps" in result.reason
+    # The original model is untouched.
+    fresh = load_model(fitted).harmonizer.state_dict().values()
+    assert all(torch.equal(a, b) for a, b in zip(model.harmonizer.state_dict().values(), fresh, strict=True))
+
+
+def test_source_bpd_rule_stops_where_the_target_reaches_the_source(fitted, target):
+    model = load_model(fitted)
+    start = adapt_harmonizer(model, target, replace(model.profile.adapt, stop="steps", steps=0), progress=False)
+    first = start.curve[0]["target_bpd"]
+    # Place the source bpd just below the start, so the rule must move and then stop.
+    model.metadata["source_bpd"]["all_pixels"] = first - 1e-3
+    config = replace(model.profile.adapt, stop="source-bpd", steps=60, eval_every=5, lr=3e-4)
+    result = adapt_harmonizer(model, target, config, progress=False)
+    kept = result.curve[-1]
+    if "reached the source bpd" in result.reason:
+        assert kept["target_bpd"] <= first - 1e-3 and result.chosen_step == kept["step"]
+        assert all(r["target_bpd"] > first - 1e-3 for r in result.curve[:-1])
+    else:  # never reached: the lowest bpd is kept
+        assert result.chosen_step == min(result.curve, key=lambda r: r["target_bpd"])["step"]
+    # Already at or below the source bpd: the pre-trained harmonizer is returned as it is.
+    model.metadata["source_bpd"]["all_pixels"] = first + 1.0
+    result = adapt_harmonizer(model, target, config, progress=False)
+    assert result.chosen_step == 0 and "already reaches" in result.reason and len(result.curve) == 1
+
+
+def test_alpha_guard_stops_a_collapse_and_keeps_an_earlier_step(fitted, target):
+    model = load_model(fitted)
+    with torch.no_grad():  # push the run towards collapse: a strong negative drift on alpha
+        model.harmonizer.alpha_head.weight.zero_()
+    config = replace(model.profile.adapt, stop="steps", steps=200, eval_every=2, lr=5e-2, alpha_guard=0.9)
+    result = adapt_harmonizer(model, target, config, progress=False)
+    if result.guard is None:
+        pytest.skip("this run did not drive alpha down; the guard had nothing to stop")
+    assert "alpha guard" in result.reason
+    assert result.chosen_step < result.curve[-1]["step"]
+    assert result.curve[-1]["alpha"] < 0.9 * result.curve[0]["alpha"]
+
+
+def test_entropy_rule_keeps_the_lowest_entropy_step(fitted, target):
+    model = load_model(fitted)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 3, 3, padding=1)
+
+    def segmenter(x):
+        return conv(x / 255.0) * 4
+
+    config = replace(model.profile.adapt, stop="entropy", steps=20, eval_every=5, lr=3e-4, patience=100)
+    result = adapt_harmonizer(model, target, config, segmenter=segmenter, progress=False)
+    assert all("entropy" in r for r in result.curve)
+    assert result.chosen_step == min(result.curve, key=lambda r: r["entropy"])["step"]
+    with pytest.raises(ValueError, match="needs a segmenter"):
+        adapt_harmonizer(model, target, config, progress=False)
+    x = torch.zeros(1, 1, 8, 8)
+    assert prediction_entropy(lambda v: torch.zeros(1, 4, 8, 8), x, torch.ones_like(x)) == pytest.approx(
+        torch.log(torch.tensor(4.0)).item()
+    )
+
+
+def test_adapt_writes_an_adapted_model_with_its_curve(fitted, simulated, tmp_path):
+    out = tmp_path / "adapted"
+    folder, result = adapt(fitted, simulated.manifest, out, site="spgr-15t", progress=False)
+    model = load_model(folder)
+    assert model.metadata["adaptation"]["target_site"] == "spgr-15t"
+    assert model.metadata["adaptation"]["kept_step"] == result.chosen_step
+    curve = json.loads((folder / "adaptation.json").read_text())["curve"]
+    assert curve[0]["step"] == 0 and {"target_bpd", "alpha", "seconds"} <= set(curve[0])
+    with pytest.raises(OutputExistsError):
+        adapt(fitted, simulated.manifest, out, site="spgr-15t", progress=False)

@@ -1,0 +1,76 @@
+"""Harmonized NIfTI out: the input's grid and header, background zero, inputs never touched."""
+
+from __future__ import annotations
+
+import hashlib
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from harmonizing_flows.config import SliceConfig
+from harmonizing_flows.errors import InputError, OutputExistsError
+from harmonizing_flows.harmonize import harmonize, harmonize_volume
+from harmonizing_flows.harmonizer import Harmonizer
+from harmonizing_flows.profiles import PROFILES
+from harmonizing_flows.store import Model, save_model
+from harmonizing_flows.volume import load_volume, slice_volume, unslice
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_identity_harmonizer_gives_back_the_quantized_input(simulated):
+    subject = next(s for s in simulated.subjects if s.site == "spgr-15t")  # stored PIR
+    out = harmonize_volume(Harmonizer(PROFILES["smoke"].harmonizer), subject.image, subject.mask)
+    source = nib.load(subject.image)
+    assert out.shape == source.shape and np.allclose(out.affine, source.affine)
+    volume = load_volume(subject.image, subject.mask)
+    sliced = slice_volume(volume, SliceConfig(image_size=(64, 64)))
+    expected = np.asarray(unslice(sliced.images, sliced.grid, rescale=False).dataobj)
+    assert np.array_equal(np.asarray(out.dataobj), expected)
+
+
+def test_harmonize_a_folder_keeps_headers_and_names(simulated, fitted, tmp_path):
+    site_folder = simulated.folder / "irspgr-3t"
+    before = {p.name: _digest(p) for p in site_folder.iterdir()}
+    written = harmonize(fitted, site_folder, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in written) == sorted(p for p in before if p.endswith("_T1w.nii.gz"))
+    for path in written:
+        out, src = nib.load(path), nib.load(site_folder / path.name)
+        mask = np.asarray(nib.load(site_folder / path.name.replace("_T1w", "_mask")).dataobj) > 0
+        data = np.asarray(out.dataobj)
+        assert out.shape == src.shape and np.allclose(out.affine, src.affine)
+        assert out.header.get_xyzt_units() == src.header.get_xyzt_units()
+        assert data.dtype == np.uint8 and np.all(data[~mask] == 0) and data[mask].max() > 100
+    assert {p.name: _digest(p) for p in site_folder.iterdir()} == before  # inputs untouched
+
+
+def test_single_file_float_output_and_refusals(simulated, fitted, tmp_path):
+    subject = simulated.subjects[0]
+    target = tmp_path / "one.nii.gz"
+    (written,) = harmonize(fitted, subject.image, target, mask=subject.mask, dtype="float32", progress=False)
+    assert written == target and nib.load(target).get_data_dtype() == np.float32
+    with pytest.raises(OutputExistsError):
+        harmonize(fitted, subject.image, target, progress=False)
+    with pytest.raises(OutputExistsError, match="is an input"):
+        harmonize(fitted, subject.image, subject.image, overwrite=True, progress=False)
+    with pytest.raises(InputError, match="does not exist"):
+        harmonize(fitted, tmp_path / "missing.nii.gz", tmp_path / "o.nii.gz", progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="holds no image"):
+        harmonize(fitted, empty, tmp_path / "o", progress=False)
+    with pytest.raises(InputError, match="model folder does not exist"):
+        harmonize(tmp_path / "nomodel", subject.image, tmp_path / "o.nii.gz", progress=False)
+
+
+def test_a_model_of_another_size_still_harmonizes_whole_volumes(simulated, tmp_path):
+    model = Model.create(PROFILES["smoke"])
+    folder = save_model(model, tmp_path / "m")
+    subject = simulated.subjects[0]
+    (written,) = harmonize(folder, subject.image, tmp_path / "o.nii.gz", mask=subject.mask, progress=False)
+    data = np.asarray(nib.load(written).dataobj)
+    mask = np.asarray(nib.load(subject.mask).dataobj) > 0
+    assert np.count_nonzero(data[mask]) > 0.9 * mask.sum()  # no part of the brain cropped away

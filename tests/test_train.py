@@ -1,0 +1,84 @@
+"""Fitting on a simulated source site at the smoke profile: what is written, what is learned, resuming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harmonizing_flows.augment import FlowNegatives
+from harmonizing_flows.config import NegativeConfig
+from harmonizing_flows.datasets import load_subjects
+from harmonizing_flows.distributed import Context
+from harmonizing_flows.errors import InputError, OutputExistsError
+from harmonizing_flows.flow import Flow
+from harmonizing_flows.profiles import apply_overrides
+from harmonizing_flows.store import load_model
+from harmonizing_flows.train import Slices, fit, fit_flow, load_slices, measure_bpd
+
+
+def test_fit_writes_a_complete_model(fitted):
+    doc = json.loads((fitted / "model.json").read_text())
+    assert doc["source_site"] == "mprage-3t"
+    assert doc["image_size"] == [48, 48]
+    assert set(doc["source_bpd"]) == {"all_pixels", "brain_only"}
+    assert len(doc["training"]["harmonizer"]) == 6 and len(doc["training"]["flow"]) == 6
+    assert doc["training"]["flow"][-1]["bpd"] < doc["training"]["flow"][0]["bpd"]
+    assert doc["training"]["harmonizer"][-1]["mse"] < doc["training"]["harmonizer"][0]["mse"]
+    assert (fitted.parent / "model.checkpoints" / "flow.safetensors").is_file()
+    assert not any(p.name.startswith(".") for p in fitted.parent.iterdir())
+
+
+def test_source_bpd_is_below_that_of_dissimilar_augmentations(fitted, simulated):
+    model = load_model(fitted)
+    subjects = [s for s in load_subjects(simulated.manifest) if s.site == "mprage-3t" and s.split == "val"]
+    val = load_slices(subjects, model.profile.slices)
+    source = measure_bpd(model.flow, val, torch.device("cpu"))
+    negatives, origin = FlowNegatives(NegativeConfig(fraction=1.0))(
+        val.images.float(), val.masks.float(), torch.Generator().manual_seed(0)
+    )
+    assert len(negatives) > 5
+    augmented = Slices(negatives.round().to(torch.uint8), val.masks[origin], [])
+    assert source < measure_bpd(model.flow, augmented, torch.device("cpu"))
+    stored = json.loads((fitted / "model.json").read_text())["source_bpd"]["all_pixels"]
+    assert stored == pytest.approx(source, rel=1e-5)
+
+
+def test_resuming_continues_exactly(simulated, smoke_profile):
+    subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t" and s.split == "train"]
+    data = load_slices(subjects, smoke_profile.slices)
+    data = Slices(data.images[:24], data.masks[:24], data.subjects)
+    ctx = Context()
+
+    def run(epochs, checkpoint=None, resume=False, flow=None):
+        profile = apply_overrides(smoke_profile, [f"flow_training.epochs={epochs}", "flow_training.checkpoint_every=1"])
+        torch.manual_seed(0)
+        flow = flow or Flow(profile.flow)
+        fit_flow(flow, data, profile, ctx, checkpoint=checkpoint, resume=resume, progress=False)
+        return flow
+
+    straight = run(3)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "flow.safetensors"
+        run(2, ckpt)
+        torch.manual_seed(0)
+        resumed = run(3, ckpt, resume=True)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_refuses_existing_output_and_ambiguous_sites(simulated, smoke_profile, tmp_path, fitted):
+    with pytest.raises(OutputExistsError):
+        fit(simulated.manifest, fitted, smoke_profile, site="mprage-3t", progress=False)
+    with pytest.raises(InputError, match=r"several sites .*choose one with --site"):
+        fit(simulated.manifest, tmp_path / "m", smoke_profile, progress=False)
+    with pytest.raises(InputError, match="has no site 'nowhere'"):
+        fit(simulated.manifest, tmp_path / "m", smoke_profile, site="nowhere", progress=False)
+    bad = apply_overrides(smoke_profile, ["slices.image_size=[44, 44]"])
+    with pytest.raises(ValueError, match="multiples of"):
+        fit(simulated.manifest, tmp_path / "m", bad, site="mprage-3t", progress=False)
+    assert not (tmp_path / "m").exists()
