@@ -79,3 +79,40 @@ def test_sites_lists_builtin_and_file_sites(tmp_path):
 def test_console_script_runs():
     exe = subprocess.run([sys.executable, "-m", "harmonizing_flows.cli", "--version"], capture_output=True, text=True)
     assert exe.returncode == 0 and __version__ in exe.stdout
+
+
+def test_fit_adapt_harmonize_from_the_command_line(simulated, tmp_path):
+    model, adapted, out = tmp_path / "model", tmp_path / "adapted", tmp_path / "harmonized"
+    fit = runner.invoke(app, ["fit", str(simulated.manifest), "--site", "mprage-3t", "--out", str(model),
+                              "--profile", "smoke", "--set", "flow_training.epochs=1",
+                              "--set", "harmonizer_training.epochs=1", "--seed", "3", "--quiet"])  # fmt: skip
+    assert fit.exit_code == 0, fit.output
+    assert "fitted on site mprage-3t" in fit.stdout and "source validation bpd" in fit.stdout
+    adapt = runner.invoke(app, ["adapt", str(model), str(simulated.manifest), "--site", "spgr-15t", "--out",
+                                str(adapted), "--stop", "steps", "--steps", "4", "--quiet"])  # fmt: skip
+    assert adapt.exit_code == 0, adapt.output
+    assert "took all 4 steps" in adapt.stdout and "kept step 4" in adapt.stdout
+    site_folder = simulated.folder / "spgr-15t"
+    result = runner.invoke(app, ["harmonize", str(adapted), str(site_folder), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("*_T1w.nii.gz"))) == len(list(site_folder.glob("*_T1w.nii.gz")))
+    again = runner.invoke(app, ["harmonize", str(adapted), str(site_folder), "--out", str(out), "--quiet"])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "missing.csv", "--out", "m"], "missing.csv: does not exist"),
+        (["fit", "{manifest}", "--out", "m", "--profile", "huge"], "unknown profile"),
+        (["fit", "{manifest}", "--out", "m", "--set", "flow.nothing=1"], "unknown setting"),
+        (["adapt", "nomodel", "{manifest}", "--out", "a"], "nomodel: model folder does not exist"),
+        (["harmonize", "nomodel", "x.nii.gz", "--out", "o.nii.gz"], "does not exist"),
+    ],
+)
+def test_method_commands_report_bad_input(simulated, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    args = [a.replace("{manifest}", str(simulated.manifest)) for a in args]
+    result = runner.invoke(app, [*args, "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
