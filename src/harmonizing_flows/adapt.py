@@ -33,6 +33,7 @@ from harmonizing_flows.errors import InputError
 from harmonizing_flows.harmonizer import Harmonizer
 from harmonizing_flows.store import Model, load_model, save_model
 from harmonizing_flows.train import Slices, load_slices, select_site
+from harmonizing_flows.unet import channels_last
 
 __all__ = ["AdaptationResult", "adapt", "adapt_harmonizer", "prediction_entropy"]
 
@@ -87,10 +88,10 @@ def adapt_harmonizer(
     source_bpd = float((model.metadata.get("source_bpd") or {}).get(bpd_key, float("nan")))
     if config.stop == "source-bpd" and not source_bpd == source_bpd:  # NaN: the model has no stored source bpd
         raise ValueError("this model has no stored source bpd; fit it with `hflow fit` or use another stopping rule")
-    flow = model.flow.to(device).eval()
+    flow = channels_last(model.flow.to(device)).eval()
     for p in flow.parameters():
         p.requires_grad_(False)
-    harmonizer = copy.deepcopy(model.harmonizer).to(device).train()
+    harmonizer = channels_last(copy.deepcopy(model.harmonizer).to(device)).train()
     optimizer = torch.optim.Adam(harmonizer.parameters(), lr=config.lr)
 
     n = len(target)

@@ -23,6 +23,7 @@ from harmonizing_flows.distributed import resolve_device
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.harmonizer import Harmonizer
 from harmonizing_flows.store import load_model
+from harmonizing_flows.unet import channels_last
 from harmonizing_flows.volume import VOLUME_SUFFIXES, load_volume, save_nifti, slice_volume, to_plane, unslice
 
 __all__ = ["harmonize", "harmonize_volume"]
@@ -48,7 +49,7 @@ def harmonize_volume(
     f = harmonizer.factor
     size = (math.ceil(extent[0] / f) * f, math.ceil(extent[1] / f) * f)
     sliced = slice_volume(volume, replace(config, image_size=size))
-    harmonizer = harmonizer.to(device).eval()
+    harmonizer = channels_last(harmonizer.to(device)).eval()
     out = np.zeros(sliced.images.shape, dtype=np.float32)
     brain = np.flatnonzero(sliced.mask.reshape(len(sliced.mask), -1).any(1))
     for start in range(0, len(brain), batch_size):

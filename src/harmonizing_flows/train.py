@@ -30,6 +30,7 @@ from harmonizing_flows.flow import Flow
 from harmonizing_flows.harmonizer import Harmonizer
 from harmonizing_flows.profiles import Profile
 from harmonizing_flows.store import Model, save_model
+from harmonizing_flows.unet import channels_last
 from harmonizing_flows.volume import load_volume, slice_volume
 
 __all__ = ["Slices", "fit", "fit_flow", "fit_harmonizer", "load_slices", "measure_bpd", "select_site"]
@@ -149,7 +150,7 @@ def run_training(
     """
     from tqdm.auto import tqdm
 
-    module.to(ctx.device)
+    channels_last(module.to(ctx.device))
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
     start, history = 0, []
     if resume and checkpoint is not None and checkpoint.is_file():

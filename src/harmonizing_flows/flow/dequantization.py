@@ -35,9 +35,8 @@ class Dequantization(nn.Module):
             Coupling(1, widths, "checkerboard", parity=i, condition_channels=1) for i in range(couplings)
         )
 
-    @property
-    def factor(self) -> int:
-        return max((c.factor for c in self.couplings), default=1)
+        self.factor = 2 ** (len(widths) - 1) if couplings else 1
+        """Image height and width must be multiples of this."""
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``u`` for images ``x`` ``(B, 1, H, W)``; ``noise`` (standard normal, same shape) fixes the draw."""

@@ -52,11 +52,8 @@ class Flow(nn.Module):
         )
         self.squeeze = Squeeze()
 
-    @property
-    def factor(self) -> int:
+        self.factor = max(4 * 2 ** (len(config.widths) - 1), self.dequantization.factor)
         """Image height and width must be multiples of this."""
-        conditioner = 2 ** (len(self.config.widths) - 1)
-        return max(4 * conditioner, self.dequantization.factor)
 
     def check_size(self, x: torch.Tensor) -> None:
         """Refuse images whose height or width the flow's squeezes and conditioners cannot divide."""
