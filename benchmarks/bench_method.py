@@ -1,0 +1,199 @@
+"""Speed and memory of the method (issue 3), on this machine, for the paper and the fast profiles.
+
+Measures, each case in a fresh child process (so its peak memory is its own):
+
+* flow training step (forward, backward, Adam) and images per second: the paper profile at the authors' reference
+  point (batch 4 at 224x224) and at its own batch (32), and the fast profile (batch 16 at 80x80);
+* the same paper-size step of ``reference_flow.ReferenceFlow``, a straightforward implementation with the same
+  layers and parameters, and ours as a ratio to it (the authors' model: about 9 s per step here);
+* harmonizer training step: paper (batch 32 at 224x224) and fast (batch 32 at 80x80);
+* end to end with the fast profile, through the CLI as a user runs it: ``hflow simulate`` (2 mm, and one 1 mm
+  site), ``hflow fit`` on one site, ``hflow adapt`` to another (the adaptation time), and ``hflow harmonize`` of
+  one 1 mm volume (target: under 10 s).
+
+Usage: ``python benchmarks/bench_method.py [--skip-end-to-end] [--steps 3]``. Writes
+``benchmarks/results/method.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    RESULTS,
+    describe_machine,
+    git_state,
+    hflow_command,
+    machine_info,
+    run_timed,
+    utc_now,
+    verdict,
+    write_json,
+)
+
+HERE = Path(__file__).resolve().parent
+
+
+def _child(case: str, steps: int) -> dict[str, Any]:
+    """Run one micro-benchmark in this process; print its JSON result."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from harmonizing_flows.flow import Flow
+    from harmonizing_flows.harmonizer import Harmonizer
+    from harmonizing_flows.profiles import PROFILES
+    from harmonizing_flows.unet import channels_last
+    from reference_flow import ReferenceFlow
+
+    kind, profile_name, batch = case.split(":")
+    batch_size = int(batch)
+    profile = PROFILES[profile_name]
+    size = profile.slices.image_size
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (batch_size, 1, *size)).float()
+    mask = torch.ones_like(x)
+    if kind == "reference":
+        module: Any = ReferenceFlow(profile.flow.widths, profile.flow.couplings[0])
+
+        def loss():
+            return module.bpd(x).mean()
+    elif kind == "flow":
+        module = channels_last(Flow(profile.flow))
+        x = x.contiguous(memory_format=torch.channels_last)
+
+        def loss():
+            return module.bpd(x).mean()
+    else:
+        module = channels_last(Harmonizer(profile.harmonizer))
+        target = x.clone()
+
+        def loss():
+            return ((module(x, mask, clamp=False) - target) ** 2).mean()
+
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
+    times = []
+    for _ in range(steps + 1):  # the first step warms up allocators and oneDNN kernels
+        start = time.perf_counter()
+        value = loss()
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    with torch.no_grad():
+        start = time.perf_counter()
+        loss()
+        forward = time.perf_counter() - start
+    best = min(times[1:])
+    return {
+        "case": case,
+        "parameters": sum(p.numel() for p in module.parameters()),
+        "image_size": list(size),
+        "batch": batch_size,
+        "step_s": best,
+        "step_s_all": times,
+        "images_per_s": batch_size / best,
+        "forward_no_grad_s": forward,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "threads": torch.get_num_threads(),
+    }
+
+
+MICRO = [
+    "reference:paper:4",
+    "flow:paper:4",
+    "flow:paper:32",
+    "flow:fast:16",
+    "harmonizer:paper:32",
+    "harmonizer:fast:32",
+]
+
+
+def micro(steps: int) -> list[dict[str, Any]]:
+    results = []
+    for case in MICRO:
+        done = subprocess.run([sys.executable, __file__, "--child", case, "--steps", str(steps)],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"  {case:22s} {result['step_s']:7.2f} s/step  {result['images_per_s']:7.1f} img/s  "
+              f"peak {result['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)  # fmt: skip
+        results.append(result)
+    return results
+
+
+def end_to_end(work: Path) -> dict[str, Any]:
+    hflow = hflow_command()
+    runs: dict[str, Any] = {}
+
+    def run(name: str, args: list[str]) -> None:
+        timed = run_timed([*hflow, *args])
+        if timed.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{timed.stderr[-3000:]}")
+        runs[name] = {**timed.summary(), "stdout": timed.stdout.strip()}
+        print(f"  {name:22s} {timed.wall_s:7.1f} s   peak {timed.peak_rss_bytes / 2**30:.2f} GiB", flush=True)
+
+    run("simulate 2 mm", ["simulate", "--out", str(work / "sim2"), "--voxel-size", "2", "--quiet"])
+    run("fit fast", ["fit", str(work / "sim2" / "manifest.csv"), "--site", "mprage-3t", "--out", str(work / "model"),
+                     "--profile", "fast", "--quiet"])  # fmt: skip
+    run("adapt fast", ["adapt", str(work / "model"), str(work / "sim2" / "manifest.csv"), "--site", "spgr-15t",
+                       "--out", str(work / "adapted"), "--quiet"])  # fmt: skip
+    run("simulate 1 mm site", ["simulate", "--out", str(work / "sim1"), "--voxel-size", "1", "--sites", "spgr-15t",
+                               "--subjects-per-site", "3", "--quiet"])  # fmt: skip
+    volume = sorted((work / "sim1" / "spgr-15t").glob("*_T1w.nii.gz"))[0]
+    mask = volume.with_name(volume.name.replace("_T1w", "_mask"))
+    run("harmonize 1 mm volume", ["harmonize", str(work / "adapted"), str(volume), "--mask", str(mask),
+                                  "--out", str(work / "harmonized.nii.gz"), "--quiet"])  # fmt: skip
+    runs["model"] = json.loads((work / "model" / "model.json").read_text())["training"]
+    runs["adaptation"] = json.loads((work / "adapted" / "model.json").read_text())["adaptation"]
+    return runs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per micro-benchmark (after one warm-up)")
+    parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, default=RESULTS / "method.json")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child, args.steps)))
+        return 0
+
+    machine, git = machine_info(), git_state()
+    started = utc_now()
+    print(f"{describe_machine(machine)}\ncommit {git.get('commit')}, {started}\nmicro-benchmarks:", flush=True)
+    results = micro(args.steps)
+    by_case = {r["case"]: r for r in results}
+    ratio = by_case["reference:paper:4"]["step_s"] / by_case["flow:paper:4"]["step_s"]
+    print(f"  ours is {ratio:.2f}x the reference speed at the paper size (aim: 2x)")
+    runs: dict[str, Any] = {}
+    if not args.skip_end_to_end:
+        print("end to end, fast profile:", flush=True)
+        with tempfile.TemporaryDirectory(prefix="hflow-bench-method-") as tmp:
+            runs = end_to_end(Path(tmp))
+        harmonize_s = runs["harmonize 1 mm volume"]["wall_s"]
+        print(f"  harmonize one 1 mm volume: {harmonize_s:.1f} s (< 10 s: {verdict(harmonize_s < 10)})")
+    write_json(args.output, {
+        "benchmark": "method (issue 3)",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "started": started,
+        "finished": utc_now(),
+        **git,
+        "machine": machine,
+        "micro": results,
+        "ratio_reference_over_ours_paper_batch4": ratio,
+        "end_to_end": runs,
+    })  # fmt: skip
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
