@@ -5,7 +5,8 @@ Measures, each case in a fresh child process (so its peak memory is its own):
 * flow training step (forward, backward, Adam) and images per second: the paper profile at the authors' reference
   point (batch 4 at 224x224), at batch 8, and at its own batch (32), and the fast profile (batch 16 at 80x80);
 * the same paper-size step of ``reference_flow.ReferenceFlow``, a straightforward implementation with the same
-  layers and parameters, and ours as a ratio to it (the authors' model: about 9 s per step here);
+  layers and parameters, in a default process and in one with the allocator setting ``hflow`` makes
+  (``reference-tuned``), and ours as a ratio to it (the authors' model: about 9 s per step here);
 * harmonizer training step: paper (batch 32 at 224x224) and fast (batch 32 at 80x80);
 * end to end with the fast profile, through the CLI as a user runs it: ``hflow simulate`` (2 mm, and one 1 mm
   site), ``hflow fit`` on one site, ``hflow adapt`` to another (the adaptation time), and ``hflow harmonize`` of
@@ -54,13 +55,17 @@ def _child(case: str, steps: int) -> dict[str, Any]:
     from reference_flow import ReferenceFlow
 
     kind, profile_name, batch = case.split(":")
+    if kind != "reference":
+        from harmonizing_flows.allocator import keep_freed_memory
+
+        keep_freed_memory()  # what the hflow command does at start
     batch_size = int(batch)
     profile = PROFILES[profile_name]
     size = profile.slices.image_size
     torch.manual_seed(0)
     x = torch.randint(0, 256, (batch_size, 1, *size)).float()
     mask = torch.ones_like(x)
-    if kind == "reference":
+    if kind.startswith("reference"):
         module: Any = ReferenceFlow(profile.flow.widths, profile.flow.couplings[0])
 
         def loss():
@@ -108,6 +113,7 @@ def _child(case: str, steps: int) -> dict[str, Any]:
 
 MICRO = [
     "reference:paper:4",
+    "reference-tuned:paper:4",
     "flow:paper:4",
     "flow:paper:8",
     "flow:paper:32",

@@ -116,3 +116,9 @@ def test_method_commands_report_bad_input(simulated, tmp_path, monkeypatch, args
     result = runner.invoke(app, [*args, "--quiet"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_the_cli_keeps_freed_memory_on_linux():
+    code = "from harmonizing_flows.allocator import keep_freed_memory as k; print(k())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ("True" if sys.platform.startswith("linux") else "False")

@@ -43,6 +43,9 @@ def main(
     ] = False,
 ) -> None:
     """Harmonizing Flows: make brain MRI from different scanners look as if one scanner took it."""
+    from harmonizing_flows.allocator import keep_freed_memory
+
+    keep_freed_memory()
 
 
 @app.command()

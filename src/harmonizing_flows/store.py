@@ -16,7 +16,6 @@ which file is wrong otherwise.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from harmonizing_flows import __version__
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.flow import Flow
 from harmonizing_flows.harmonizer import Harmonizer
+from harmonizing_flows.outputs import publish_folder
 from harmonizing_flows.profiles import Profile, profile_from_dict, profile_to_dict
 
 __all__ = ["FORMAT", "Model", "load_model", "load_weights", "save_model", "save_weights", "write_folder"]
@@ -105,13 +105,7 @@ def write_folder(out: Path, overwrite: bool, write: Any) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         write(tmp)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        publish_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

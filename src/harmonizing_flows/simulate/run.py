@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from harmonizing_flows.datasets import Subject, split_counts, split_subjects, wr
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.figures import site_montage
 from harmonizing_flows.labels import to_classes
+from harmonizing_flows.outputs import publish_folder
 from harmonizing_flows.simulate.anatomy import Anatomy, Grid, deform, load_anatomy, output_grid
 from harmonizing_flows.simulate.scanner import acquire
 from harmonizing_flows.simulate.sites import Site, resolve_sites
@@ -95,17 +95,6 @@ def _prepare_output(out: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
             raise InputError(p, f"is inside the output folder {out}, which the simulation would replace")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an earlier simulation there is replaced only now."""
-    if out.is_dir():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def _montage_slice(labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     """The coronal slice through the middle of the thalamus (or of the brain), in display order."""
     planes = to_plane(np.isin(labels, _THALAMUS), "coronal")
@@ -161,7 +150,7 @@ def simulate(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         result = _simulate_into(tmp, chosen, config, reference, grid, split_config, progress, tqdm)
-        _publish(tmp, out)
+        publish_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
