@@ -95,6 +95,8 @@ def test_adapt_writes_an_adapted_model_with_its_curve(fitted, simulated, tmp_pat
     assert model.metadata["adaptation"]["target_site"] == "spgr-15t"
     assert model.metadata["adaptation"]["kept_step"] == result.chosen_step
     curve = json.loads((folder / "adaptation.json").read_text())["curve"]
+    assert (folder / "adaptation.png").read_bytes().startswith(b"\x89PNG")
+    assert set(result.preview) == {"target", "pre-trained harmonizer", f"adapted (step {result.chosen_step})"}
     assert curve[0]["step"] == 0 and {"target_bpd", "alpha", "seconds"} <= set(curve[0])
     with pytest.raises(OutputExistsError):
         adapt(fitted, simulated.manifest, out, site="spgr-15t", progress=False)

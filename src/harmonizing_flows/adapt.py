@@ -51,6 +51,8 @@ class AdaptationResult:
     reason: str
     guard: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    preview: dict[str, Any] = field(default_factory=dict)
+    """A monitoring slice as it was, after the pre-trained harmonizer, and after the kept step (0..255)."""
 
 
 @torch.no_grad()
@@ -181,9 +183,18 @@ def adapt_harmonizer(
     finally:
         bar.close()
     harmonizer.load_state_dict(best_state)
-    harmonizer.eval().cpu()
+    harmonizer.eval()
+    with torch.no_grad():  # the monitoring slice with the most brain, for the figure
+        k = int(mm.flatten(1).sum(1).argmax())
+        before = channels_last(model.harmonizer.to(device)).eval()(mx[k : k + 1], mm[k : k + 1])
+        preview = {
+            "target": mx[k, 0].cpu().numpy(),
+            "pre-trained harmonizer": before[0, 0].cpu().numpy(),
+            f"adapted (step {int(best['step'])})": harmonizer(mx[k : k + 1], mm[k : k + 1])[0, 0].cpu().numpy(),
+        }
+    harmonizer.cpu()
     summary = {"source_bpd": source_bpd, "start": curve[0], "kept": best, "steps_taken": curve[-1]["step"]}
-    return AdaptationResult(harmonizer, curve, int(best["step"]), reason, guard, summary)
+    return AdaptationResult(harmonizer, curve, int(best["step"]), reason, guard, summary, preview)
 
 
 def adapt(
@@ -243,7 +254,17 @@ def adapt(
         "guard": result.guard,
         "summary": result.summary,
     }
+    from harmonizing_flows.figures import adaptation_figure
+
     folder = save_model(
         model, out, overwrite=overwrite, extra={"adaptation.json": {"curve": result.curve, "reason": result.reason}}
+    )
+    adaptation_figure(
+        result.curve,
+        result.preview,
+        folder / "adaptation.png",
+        kept_step=result.chosen_step,
+        source_bpd=result.summary["source_bpd"],
+        title=f"{model.source_site} -> {target_site}: {result.reason}"[:110],
     )
     return folder, result

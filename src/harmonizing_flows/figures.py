@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["site_montage"]
+__all__ = ["adaptation_figure", "site_montage"]
 
 
 def site_montage(
@@ -56,6 +56,62 @@ def site_montage(
     ax.set_xlabel("intensity (0..255), inside the brain mask")
     ax.set_ylabel("fraction of voxels")
     ax.legend(fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    path = Path(path)
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def adaptation_figure(
+    curve: Sequence[Mapping[str, float]],
+    panels: Mapping[str, np.ndarray],
+    path: str | Path,
+    *,
+    kept_step: int,
+    source_bpd: float | None = None,
+    title: str = "",
+) -> Path:
+    """The adaptation at a glance: target bpd and alpha against the step, and one target slice as it was, after
+    the pre-trained harmonizer, and after the kept step.
+
+    Args:
+        curve: The adaptation curve (``step``, ``target_bpd``, ``alpha``, optionally ``entropy``).
+        panels: Caption -> 2D slice on 0..255 (display order).
+        kept_step: The step the stopping rule kept (marked on the curves).
+        source_bpd: The source validation bpd the ``source-bpd`` rule aims for (a dashed line).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    n = len(panels)
+    fig = plt.figure(figsize=(max(3.0 * n, 9.0), 6.4), dpi=110)
+    grid = fig.add_gridspec(2, max(n, 2), height_ratios=[2, 3], hspace=0.35, wspace=0.1)
+    steps = [r["step"] for r in curve]
+    ax = fig.add_subplot(grid[0, : max(n, 2) // 2])
+    ax.plot(steps, [r["target_bpd"] for r in curve], marker=".", color="tab:blue", label="target bpd")
+    if source_bpd is not None and np.isfinite(source_bpd):
+        ax.axhline(source_bpd, color="tab:gray", ls="--", lw=1, label="source bpd")
+    ax.axvline(kept_step, color="tab:green", lw=1, label="kept step")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per dimension")
+    ax.legend(fontsize=7, frameon=False)
+    ax = fig.add_subplot(grid[0, max(n, 2) // 2 :])
+    ax.plot(steps, [r["alpha"] for r in curve], marker=".", color="tab:orange", label="alpha")
+    if all("entropy" in r for r in curve):
+        ax.plot(steps, [r["entropy"] for r in curve], marker=".", color="tab:purple", label="entropy")
+    ax.axvline(kept_step, color="tab:green", lw=1)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7, frameon=False)
+    for i, (caption, image) in enumerate(panels.items()):
+        ax = fig.add_subplot(grid[1, i])
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(caption, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=12)
     path = Path(path)
