@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,11 +106,11 @@ def adapt_harmonizer(
     def evaluate(step: int, started: float) -> dict[str, float]:
         harmonizer.eval()
         with torch.no_grad():
-            y = harmonizer(mx, mm)
+            y, alpha = harmonizer.harmonize(mx, mm)
             record = {
                 "step": step,
                 "target_bpd": float(flow.bpd(y, mm, noise=monitor_noise, brain_only=config.brain_only).mean()),
-                "alpha": float(harmonizer.alpha(mx).mean()),
+                "alpha": float(alpha.mean()),
                 "brain_mean": float((y * mm).sum() / mm.sum().clamp_min(1.0)),
                 "seconds": round(time.perf_counter() - started, 3),
             }
@@ -241,8 +241,6 @@ def adapt(
     )
     model.harmonizer = result.harmonizer
     model.flow.cpu()
-    from dataclasses import asdict
-
     model.metadata["adaptation"] = {
         "target_site": target_site,
         "target_data": str(Path(target).resolve()),
@@ -256,15 +254,11 @@ def adapt(
     }
     from harmonizing_flows.figures import adaptation_figure
 
-    folder = save_model(
-        model, out, overwrite=overwrite, extra={"adaptation.json": {"curve": result.curve, "reason": result.reason}}
-    )
-    adaptation_figure(
-        result.curve,
-        result.preview,
-        folder / "adaptation.png",
-        kept_step=result.chosen_step,
-        source_bpd=result.summary["source_bpd"],
-        title=f"{model.source_site} -> {target_site}: {result.reason}"[:110],
-    )
+    def figure(path: Path) -> None:
+        title = f"{model.source_site} -> {target_site}: {result.reason}"[:110]
+        adaptation_figure(result.curve, result.preview, path, kept_step=result.chosen_step,
+                          source_bpd=result.summary["source_bpd"], title=title)  # fmt: skip
+
+    extra = {"adaptation.json": {"curve": result.curve, "reason": result.reason}, "adaptation.png": figure}
+    folder = save_model(model, out, overwrite=overwrite, extra=extra)
     return folder, result

@@ -114,6 +114,13 @@ class MixParams:
     curves: torch.Tensor
     contrast: ContrastParams
 
+    def select(self, rows: slice | torch.Tensor) -> MixParams:
+        """The parameters of some images only (a process's share of a batch)."""
+        c = self.contrast
+        return MixParams(
+            self.mode[rows], self.curves[rows], ContrastParams(c.shift[rows], c.factor[rows], c.gamma[rows])
+        )
+
 
 class HarmonizerAugmentation:
     """The harmonizer's pre-training augmentation: curve only, pipeline only, or pipeline then curve.

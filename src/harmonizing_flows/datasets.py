@@ -46,11 +46,13 @@ from harmonizing_flows.volume import (
 __all__ = [
     "SliceDataset",
     "Subject",
+    "folder_images",
     "load_subjects",
     "read_bids",
     "read_manifest",
     "read_site_folders",
     "split_subjects",
+    "strip_volume_suffix",
     "write_manifest",
 ]
 
@@ -86,7 +88,7 @@ class Subject:
     split: str | None = None
 
 
-def _strip_volume_suffix(name: str) -> str | None:
+def strip_volume_suffix(name: str) -> str | None:
     lower = name.lower()
     for suffix in VOLUME_SUFFIXES:
         if lower.endswith(suffix):
@@ -183,6 +185,32 @@ def _freesurfer_subject(folder: Path, site: str) -> Subject | None:
     return Subject(folder.name, site, image, mask if mask.is_file() else None, labels if labels.is_file() else None)
 
 
+def folder_images(folder: Path) -> list[tuple[str, Path, Path | None, Path | None]]:
+    """``(subject, image, mask, labels)`` for each image file directly in ``folder``.
+
+    Companions ``<name>_mask`` (or ``_brainmask``, ``_desc-brain_mask``) and ``<name>_labels`` (or ``_aseg``,
+    ``_seg``, ``_dseg``) go with ``<name>`` and are not images themselves; a trailing ``_T1w`` is dropped from the
+    subject id and may be left out of the companions' names. Hidden files are skipped.
+    """
+    stems: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        stem = strip_volume_suffix(f.name)
+        if f.is_file() and stem is not None and not f.name.startswith("."):
+            stems[stem] = f
+
+    def companion(names: tuple[str, ...], suffixes: tuple[str, ...]) -> Path | None:
+        return next((stems[n + sfx] for n in names for sfx in suffixes if n + sfx in stems), None)
+
+    found = []
+    for stem, image in stems.items():
+        if stem.endswith(_MASK_SUFFIXES + _LABEL_SUFFIXES):
+            continue
+        subject = re.sub(r"_T1w$", "", stem)
+        names = (stem, subject) if subject != stem else (stem,)
+        found.append((subject, image, companion(names, _MASK_SUFFIXES), companion(names, _LABEL_SUFFIXES)))
+    return found
+
+
 def read_site_folders(root: str | Path) -> list[Subject]:
     """Read ``ROOT/<site>/...`` (see the module docstring for the file names)."""
     root = Path(root)
@@ -191,28 +219,12 @@ def read_site_folders(root: str | Path) -> list[Subject]:
     subjects = []
     for site_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         site = site_dir.name
-        stems: dict[str, Path] = {}
         seen: dict[str, Path] = {}
-        for f in sorted(site_dir.iterdir()):
-            if f.is_dir():
-                fs = _freesurfer_subject(f, site)
-                if fs is not None:
-                    subjects.append(fs)
-                continue
-            stem = _strip_volume_suffix(f.name)
-            if stem is not None and not f.name.startswith("."):
-                stems[stem] = f
-        companions = {s for s in stems if s.endswith(_MASK_SUFFIXES + _LABEL_SUFFIXES)}
-        for stem, image in stems.items():
-            if stem in companions:
-                continue
-            mask = next((stems[stem + sfx] for sfx in _MASK_SUFFIXES if stem + sfx in stems), None)
-            labels = next((stems[stem + sfx] for sfx in _LABEL_SUFFIXES if stem + sfx in stems), None)
-            subject = re.sub(r"_T1w$", "", stem)
-            if mask is None and stem.endswith("_T1w"):
-                mask = next((stems[subject + sfx] for sfx in _MASK_SUFFIXES if subject + sfx in stems), None)
-            if labels is None and stem.endswith("_T1w"):
-                labels = next((stems[subject + sfx] for sfx in _LABEL_SUFFIXES if subject + sfx in stems), None)
+        for f in sorted(p for p in site_dir.iterdir() if p.is_dir()):
+            fs = _freesurfer_subject(f, site)
+            if fs is not None:
+                subjects.append(fs)
+        for subject, image, mask, labels in folder_images(site_dir):
             if subject in seen:
                 raise InputError(image, f"subject id {subject!r} of site {site} is also used by {seen[subject].name}")
             seen[subject] = image
@@ -270,7 +282,7 @@ def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]
         if not sites[sub] or sites[sub].lower() == "n/a":
             raise InputError(table, f"{sub} has no site in column {site_column!r}")
         for image in sorted(sub_dir.glob("**/anat/*_T1w.nii*")):
-            stem = _strip_volume_suffix(image.name)
+            stem = strip_volume_suffix(image.name)
             assert stem is not None
             prefix = stem[: -len("_T1w")]
             rel_dir = image.parent.relative_to(root)

@@ -58,10 +58,7 @@ def site_montage(
     ax.legend(fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=12)
-    path = Path(path)
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def adaptation_figure(
@@ -114,6 +111,13 @@ def adaptation_figure(
         ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=12)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write a figure as PNG without the library's version in its metadata (same inputs, same bytes)."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from harmonizing_flows.config import SliceConfig
-from harmonizing_flows.datasets import _strip_volume_suffix
+from harmonizing_flows.datasets import folder_images, strip_volume_suffix
 from harmonizing_flows.distributed import resolve_device
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.harmonizer import Harmonizer
@@ -27,8 +27,6 @@ from harmonizing_flows.unet import channels_last
 from harmonizing_flows.volume import VOLUME_SUFFIXES, load_volume, save_nifti, slice_volume, to_plane, unslice
 
 __all__ = ["harmonize", "harmonize_volume"]
-
-_COMPANION = ("_mask", "_brainmask", "_labels", "_aseg", "_seg", "_dseg")
 
 
 @torch.inference_mode()
@@ -63,23 +61,12 @@ def harmonize_volume(
 
 
 def _inputs(path: Path) -> list[tuple[Path, Path | None]]:
-    """(image, mask) pairs: a file alone, or every image of a folder with its ``_mask`` companion if present."""
+    """(image, mask) pairs: a file alone, or every image of a folder with its mask companion if present."""
     if path.is_file():
         return [(path, None)]
     if not path.is_dir():
         raise InputError(path, "does not exist")
-    stems = {}
-    for f in sorted(path.iterdir()):
-        stem = _strip_volume_suffix(f.name)
-        if f.is_file() and stem is not None and not f.name.startswith("."):
-            stems[stem] = f
-    pairs = []
-    for stem, f in stems.items():
-        if stem.endswith(_COMPANION):
-            continue
-        base = stem[: -len("_T1w")] if stem.endswith("_T1w") else stem
-        mask = next((stems[b + s] for b in (stem, base) for s in ("_mask", "_brainmask") if b + s in stems), None)
-        pairs.append((f, mask))
+    pairs = [(image, mask) for _, image, mask, _ in folder_images(path)]
     if not pairs:
         raise InputError(path, f"holds no image ({', '.join(VOLUME_SUFFIXES)})")
     return pairs
@@ -123,7 +110,7 @@ def harmonize(
     single_file = inputs.is_file() and out.name.endswith((".nii", ".nii.gz"))
     targets = []
     for image, _ in pairs:
-        stem = _strip_volume_suffix(image.name)
+        stem = strip_volume_suffix(image.name)
         name = out if single_file else out / f"{stem}{'.nii' if image.name.endswith('.nii') else '.nii.gz'}"
         if name.resolve() == image.resolve() or (mask is not None and name.resolve() == Path(mask).resolve()):
             raise OutputExistsError(name, "is an input; choose another output")

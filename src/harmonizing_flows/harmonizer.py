@@ -48,13 +48,19 @@ class Harmonizer(nn.Module):
         alpha = torch.exp(a) if self.config.positive_alpha else a
         return alpha, beta * 255.0
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
-        """Harmonized images, zero outside the mask, clamped to 0..255 unless ``clamp`` is false."""
+    def harmonize(
+        self, x: torch.Tensor, mask: torch.Tensor, *, clamp: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Harmonized images and their ``alpha`` from one pass of the network."""
         alpha, beta = self.parts(x)
         y = alpha.view(-1, 1, 1, 1) * x + beta
         if clamp:
             y = y.clamp(0.0, 255.0)
-        return y * mask
+        return y * mask, alpha
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
+        """Harmonized images, zero outside the mask, clamped to 0..255 unless ``clamp`` is false."""
+        return self.harmonize(x, mask, clamp=clamp)[0]
 
     def alpha(self, x: torch.Tensor) -> torch.Tensor:
         return self.parts(x)[0]

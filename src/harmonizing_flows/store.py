@@ -115,7 +115,11 @@ def write_folder(out: Path, overwrite: bool, write: Any) -> Path:
 def save_model(
     model: Model, out: str | Path, *, overwrite: bool = False, extra: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write ``model`` as a model folder (see the module docstring); ``extra`` files are JSON-dumped beside it."""
+    """Write ``model`` as a model folder (see the module docstring).
+
+    ``extra`` maps file names to JSON-ready content, or to a callable that writes the file at the path it is given;
+    they are written inside the same atomic step as the model.
+    """
 
     def write(folder: Path) -> None:
         meta = {"version": __version__}
@@ -130,7 +134,10 @@ def save_model(
         }
         (folder / "model.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         for name, content in (extra or {}).items():
-            (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+            if callable(content):  # a writer, such as a figure
+                content(folder / name)
+            else:
+                (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
     return write_folder(Path(out), overwrite, write)
 

@@ -214,13 +214,7 @@ def harmonizer_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
         x, m = data.batch(index, ctx.device)
         total = m.sum()
         mine = ctx.share(len(index))
-        share = type(params)(
-            params.mode[mine],
-            params.curves[mine],
-            type(params.contrast)(
-                params.contrast.shift[mine], params.contrast.factor[mine], params.contrast.gamma[mine]
-            ),
-        )
+        share = params.select(mine)
         xs, ms = x[mine], m[mine]
         y = model(augment.apply(xs, ms, share), ms, clamp=False)
         squared = (((y - xs) / 255.0) ** 2 * ms).sum()

@@ -12,6 +12,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -24,8 +25,10 @@ from harmonizing_flows.unet import UNet
 __all__ = ["Coupling", "Squeeze", "checkerboard"]
 
 
+@functools.lru_cache(maxsize=64)
 def checkerboard(height: int, width: int, parity: int, device: torch.device | None = None) -> torch.Tensor:
-    """A ``(1, 1, H, W)`` float mask, 1 where ``(i + j + parity)`` is even."""
+    """A ``(1, 1, H, W)`` float mask, 1 where ``(i + j + parity)`` is even (cached: every coupling asks at every
+    step; callers must not modify it)."""
     i = torch.arange(height, device=device).view(-1, 1)
     j = torch.arange(width, device=device).view(1, -1)
     return ((i + j + parity) % 2 == 0).float().view(1, 1, height, width)
