@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from harmonizing_flows.store import Model, load_model, save_model
 from harmonizing_flows.train import Slices, load_slices, select_site
 from harmonizing_flows.unet import channels_last
 
-__all__ = ["AdaptationResult", "adapt", "adapt_harmonizer", "prediction_entropy"]
+__all__ = ["AdaptationResult", "Decision", "adapt", "adapt_harmonizer", "decide", "prediction_entropy"]
 
 Segmenter = Callable[[torch.Tensor], torch.Tensor]
 """Images ``(B, 1, H, W)`` on 0..255 -> class logits ``(B, C, H, W)``."""
@@ -62,6 +62,70 @@ def prediction_entropy(segmenter: Segmenter, images: torch.Tensor, masks: torch.
     log_p = torch.log_softmax(logits.float(), dim=1)
     entropy = -(log_p.exp() * log_p).sum(1, keepdim=True)
     return float((entropy * masks).sum() / masks.sum().clamp_min(1.0))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a stopping rule makes of an adaptation curve so far."""
+
+    index: int
+    """The curve record (and so the harmonizer state) to keep."""
+    stop: bool
+    """Whether adaptation should stop now."""
+    reason: str
+    guard: str | None = None
+    """The guard that stopped it, if one did."""
+
+
+def decide(
+    curve: Sequence[Mapping[str, float]], config: AdaptConfig, source_bpd: float, *, final: bool = False
+) -> Decision:
+    """Apply ``config.stop`` and the alpha guard to the evaluations so far (``curve[0]`` is the start).
+
+    A pure function of the curve's records, so the same rule can be replayed on a recorded curve: the benchmark
+    runs adaptation once and asks each rule which step it would have kept. ``final`` marks the last evaluation.
+    """
+    rule = config.stop
+
+    def score(record: Mapping[str, float]) -> float:
+        if rule == "entropy":
+            return record["entropy"]
+        if rule == "source-bpd":
+            return record["target_bpd"]
+        return -record["step"]
+
+    if rule == "source-bpd" and curve[0]["target_bpd"] <= source_bpd:
+        return Decision(0, True, f"the pre-trained harmonizer already reaches the source bpd ({source_bpd:.3f})")
+    alpha0 = curve[0]["alpha"]
+    best, stale = 0, 0
+    for i in range(1, len(curve)):
+        record = curve[i]
+        if config.alpha_guard and record["alpha"] < config.alpha_guard * alpha0:
+            guard = (
+                f"alpha fell to {record['alpha']:.3f}, below {config.alpha_guard:g} of its start {alpha0:.3f}, "
+                f"at step {int(record['step'])}"
+            )
+            return Decision(best, True, f"stopped by the alpha guard ({guard}); kept the best step before it", guard)
+        if score(record) < score(curve[best]):
+            best, stale = i, 0
+        else:
+            stale += 1
+        if rule == "source-bpd" and record["target_bpd"] <= source_bpd:
+            return Decision(
+                i, True, f"the target bpd {record['target_bpd']:.3f} reached the source bpd {source_bpd:.3f}"
+            )
+        if rule == "entropy" and stale >= config.patience:
+            return Decision(best, True, f"the entropy did not improve for {config.patience} evaluations")
+    if not final:
+        return Decision(best, False, "")
+    steps = int(curve[-1]["step"])
+    reason = {
+        "source-bpd": f"the target bpd never reached the source bpd {source_bpd:.3f} in {steps} steps; "
+        "kept the step with the lowest target bpd",
+        "entropy": f"took all {steps} steps; kept the step with the lowest entropy",
+        "steps": f"took all {steps} steps",
+    }[rule]
+    return Decision(best, True, reason)
 
 
 def adapt_harmonizer(
@@ -121,27 +185,15 @@ def adapt_harmonizer(
         harmonizer.train()
         return record
 
-    def score(record: dict[str, float]) -> float:
-        if config.stop == "entropy":
-            return record["entropy"]
-        if config.stop == "source-bpd":
-            return record["target_bpd"]
-        return -record["step"]
-
     started = time.perf_counter()
     curve = [evaluate(0, started)]
-    alpha0 = curve[0]["alpha"]
-    best_state, best = copy.deepcopy(harmonizer.state_dict()), curve[0]
-    guard: str | None = None
-    reason = ""
-    stale = 0
-    batch = min(config.batch_size, n)
+    best_state = copy.deepcopy(harmonizer.state_dict())
+    decision = decide(curve, config, source_bpd, final=config.steps == 0)
     bar = tqdm(total=config.steps, desc="adapting", unit="step", disable=not progress)
+    batch = min(config.batch_size, n)
     try:
-        if config.stop == "source-bpd" and curve[0]["target_bpd"] <= source_bpd:
-            reason = f"the pre-trained harmonizer already reaches the source bpd ({source_bpd:.3f})"
         step = 0
-        while not reason and step < config.steps:
+        while not decision.stop and step < config.steps:
             step += 1
             g = torch.Generator().manual_seed(stable_seed(seed, "adapt", step))
             index = torch.randperm(n, generator=g)[:batch]
@@ -154,34 +206,15 @@ def adapt_harmonizer(
             bar.update()
             if step % config.eval_every and step != config.steps:
                 continue
-            record = evaluate(step, started)
-            curve.append(record)
-            bar.set_postfix(bpd=f"{record['target_bpd']:.3f}", alpha=f"{record['alpha']:.3f}", refresh=False)
-            if config.alpha_guard and record["alpha"] < config.alpha_guard * alpha0:
-                guard = (
-                    f"alpha fell to {record['alpha']:.3f}, below {config.alpha_guard:g} of its start "
-                    f"{alpha0:.3f}, at step {step}"
-                )
-                reason = f"stopped by the alpha guard ({guard}); kept the best step before it"
-                break
-            if score(record) < score(best):
-                best_state, best, stale = copy.deepcopy(harmonizer.state_dict()), record, 0
-            else:
-                stale += 1
-            if config.stop == "source-bpd" and record["target_bpd"] <= source_bpd:
-                best_state, best = copy.deepcopy(harmonizer.state_dict()), record
-                reason = f"the target bpd {record['target_bpd']:.3f} reached the source bpd {source_bpd:.3f}"
-            elif config.stop == "entropy" and stale >= config.patience:
-                reason = f"the entropy did not improve for {config.patience} evaluations"
-        if not reason:
-            reason = {
-                "source-bpd": f"the target bpd never reached the source bpd {source_bpd:.3f} in {config.steps} "
-                f"steps; kept the step with the lowest target bpd",
-                "entropy": f"took all {config.steps} steps; kept the step with the lowest entropy",
-                "steps": f"took all {config.steps} steps",
-            }[config.stop]
+            curve.append(evaluate(step, started))
+            bar.set_postfix(bpd=f"{curve[-1]['target_bpd']:.3f}", alpha=f"{curve[-1]['alpha']:.3f}", refresh=False)
+            decision = decide(curve, config, source_bpd, final=step >= config.steps)
+            if decision.index == len(curve) - 1:
+                best_state = copy.deepcopy(harmonizer.state_dict())
     finally:
         bar.close()
+    best = curve[decision.index]
+    reason, guard = decision.reason, decision.guard
     harmonizer.load_state_dict(best_state)
     harmonizer.eval()
     with torch.no_grad():  # the monitoring slice with the most brain, for the figure

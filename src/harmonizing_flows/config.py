@@ -10,14 +10,18 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "AdaptConfig",
     "AugmentConfig",
+    "EvaluationConfig",
     "FlowConfig",
     "HarmonizerConfig",
     "NegativeConfig",
+    "SegmenterConfig",
     "SimulationConfig",
     "SliceAxis",
     "SliceConfig",
     "SplitConfig",
+    "TrainConfig",
 ]
 
 SliceAxis = Literal["sagittal", "coronal", "axial"]
@@ -297,3 +301,56 @@ class AdaptConfig:
             raise ValueError(f"lr, batch_size and eval_every must be positive and steps non-negative: {self}")
         if not 0 <= self.alpha_guard < 1:
             raise ValueError(f"alpha_guard must be in [0, 1), not {self.alpha_guard}")
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """The frozen segmenter that judges harmonization (paper section 4): a 2D MONAI U-Net over the 15 classes.
+
+    Attributes:
+        channels: Channels per level (each level after the first halves the image).
+        res_units: Residual units per level.
+        dropout: Dropout inside the units.
+        dice_weight: Weight of the soft Dice term added to the cross-entropy (0: cross-entropy only).
+    """
+
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    res_units: int = 2
+    dropout: float = 0.0
+    dice_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if len(self.channels) < 2 or min(self.channels) < 1 or self.res_units < 0:
+            raise ValueError(f"segmenter needs at least two positive channel counts, not {self.channels}")
+
+    @property
+    def factor(self) -> int:
+        """Image height and width must be multiples of this."""
+        return 2 ** (len(self.channels) - 1)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """The evaluation protocol's own settings (``hflow benchmark``).
+
+    Attributes:
+        tent_lr: Adam learning rate of TENT on the segmenter's batch-norm affine parameters.
+        tent_steps: TENT steps on the target's slices.
+        tent_batch_size: Target slices per TENT step (also the batch whose statistics TENT normalises with).
+        curve_slice_stride: The Dice curve during adaptation is measured on every this-many test slices (the
+            tables use every slice of every test volume).
+        combat_min_share: ComBat runs voxel-wise on the voxels that are brain in at least this share of the
+            volumes; the rest of each brain follows that volume's own fitted intensity map.
+    """
+
+    tent_lr: float = 1e-3
+    tent_steps: int = 50
+    tent_batch_size: int = 16
+    curve_slice_stride: int = 3
+    combat_min_share: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.tent_lr <= 0 or self.tent_steps < 0 or self.tent_batch_size < 2 or self.curve_slice_stride < 1:
+            raise ValueError(f"invalid evaluation settings: {self}")
+        if not 0 < self.combat_min_share <= 1:
+            raise ValueError(f"combat_min_share must be in (0, 1], not {self.combat_min_share}")

@@ -22,9 +22,11 @@ from typing import Any, get_type_hints
 from harmonizing_flows.config import (
     AdaptConfig,
     AugmentConfig,
+    EvaluationConfig,
     FlowConfig,
     HarmonizerConfig,
     NegativeConfig,
+    SegmenterConfig,
     SliceConfig,
     TrainConfig,
 )
@@ -56,6 +58,11 @@ class Profile:
         default_factory=lambda: TrainConfig(epochs=1600, batch_size=32, lr=1e-3, halve_every=200, checkpoint_every=50)
     )
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    segmenter_training: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=200, batch_size=32, lr=4e-3, halve_every=30)
+    )
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
 PROFILES: dict[str, Profile] = {
@@ -70,6 +77,8 @@ PROFILES: dict[str, Profile] = {
         ),
         flow_training=TrainConfig(epochs=8, batch_size=16, lr=2e-3, halve_every=4, checkpoint_every=2),
         adapt=AdaptConfig(lr=2e-5, batch_size=16, steps=300, eval_every=10, monitor_slices=48),
+        segmenter=SegmenterConfig(channels=(16, 32, 64, 128)),
+        segmenter_training=TrainConfig(epochs=20, batch_size=32, lr=4e-3, halve_every=8, checkpoint_every=5),
     ),
     "smoke": Profile(
         name="smoke",
@@ -79,6 +88,9 @@ PROFILES: dict[str, Profile] = {
         flow=FlowConfig(dequantization_couplings=1, couplings=(1, 1, 1), widths=(4, 8), dequantization_widths=(4,)),
         flow_training=TrainConfig(epochs=2, batch_size=8, lr=3e-3, halve_every=1, checkpoint_every=1),
         adapt=AdaptConfig(lr=1e-4, batch_size=8, steps=20, eval_every=5, monitor_slices=16),
+        segmenter=SegmenterConfig(channels=(4, 8, 8), res_units=1),
+        segmenter_training=TrainConfig(epochs=3, batch_size=8, lr=4e-3, halve_every=2, checkpoint_every=1),
+        evaluation=EvaluationConfig(tent_steps=4, tent_batch_size=8, curve_slice_stride=2),
     ),
 }
 """The named profiles (see the module docstring)."""

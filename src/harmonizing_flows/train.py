@@ -40,11 +40,13 @@ StepFn = Callable[[nn.Module, torch.Tensor, torch.Generator], tuple[torch.Tensor
 
 @dataclass
 class Slices:
-    """Brain-containing slices of some subjects: uint8 images and bool masks ``(N, 1, H, W)``."""
+    """Brain-containing slices of some subjects: uint8 images and bool masks ``(N, 1, H, W)``, and, when read,
+    uint8 class labels ``(N, H, W)``."""
 
     images: torch.Tensor
     masks: torch.Tensor
     subjects: list[str]
+    labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -54,20 +56,31 @@ class Slices:
         return self.images[index].to(device).float(), self.masks[index].to(device).float()
 
 
-def load_slices(subjects: Sequence[Subject], config: SliceConfig, *, progress: bool = False, desc: str = "") -> Slices:
-    """Read, quantize and slice each subject once; keep the slices that hold brain."""
+def load_slices(
+    subjects: Sequence[Subject],
+    config: SliceConfig,
+    *,
+    progress: bool = False,
+    desc: str = "",
+    labels: bool = False,
+) -> Slices:
+    """Read, quantize and slice each subject once; keep the slices that hold brain (and their labels if asked)."""
     from tqdm.auto import tqdm
 
-    images, masks, names = [], [], []
+    images, masks, classes, names = [], [], [], []
     for s in tqdm(subjects, desc=desc or "reading volumes", unit="vol", disable=not progress, leave=False):
-        sliced = slice_volume(load_volume(s.image, s.mask), config)
+        if labels and s.labels is None:
+            raise InputError(s.image, f"subject {s.subject} has no label map, and labels are needed here")
+        sliced = slice_volume(load_volume(s.image, s.mask, s.labels if labels else None), config)
         keep = sliced.mask.reshape(sliced.mask.shape[0], -1).any(1)
         images.append(torch.from_numpy(sliced.images[keep]))
         masks.append(torch.from_numpy(sliced.mask[keep]))
+        if labels:
+            classes.append(torch.from_numpy(sliced.labels[keep]))
         names.append(s.subject)
     if not images or sum(len(i) for i in images) == 0:
         raise InputError(subjects[0].image if subjects else None, "no slice with brain in these volumes")
-    return Slices(torch.cat(images)[:, None], torch.cat(masks)[:, None], names)
+    return Slices(torch.cat(images)[:, None], torch.cat(masks)[:, None], names, torch.cat(classes) if labels else None)
 
 
 def select_site(subjects: Sequence[Subject], site: str | None, source: Path) -> list[Subject]:

@@ -1,0 +1,210 @@
+"""The frozen segmenter that judges harmonization: a 2D U-Net over the 15 classes, trained on the source site.
+
+The paper measures a harmonizer by what a segmenter trained on the source site, then frozen, makes of its output
+(section 4). The network is MONAI's residual U-Net (a well-kept, widely used implementation; nothing here needs a
+custom one) with batch normalisation, so that TENT has normalisation parameters to adapt. It sees images on the
+0..255 scale divided by 255, trains with cross-entropy plus soft Dice on the source's training slices (Adam,
+the learning rate halved on a schedule, as :mod:`harmonizing_flows.train` does for the other networks), and is
+saved as a folder like the models: ``model.json`` and ``segmenter.safetensors``, never pickled.
+
+Predictions are forced to background outside the brain mask: every method is judged on the same brain.
+
+References:
+    | Kerfoot et al. Left-ventricle quantification using residual U-Net. STACOM 2018 (MONAI's ``UNet``).
+    | Beizaee et al. Harmonizing Flows. IPMI 2023, section 4 (the protocol).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harmonizing_flows import __version__
+from harmonizing_flows.config import SegmenterConfig
+from harmonizing_flows.distributed import Context, setup
+from harmonizing_flows.errors import InputError
+from harmonizing_flows.labels import NUM_CLASSES
+from harmonizing_flows.profiles import Profile, profile_from_dict, profile_to_dict
+from harmonizing_flows.train import Slices, StepFn, run_training
+
+__all__ = [
+    "SEGMENTER_FORMAT",
+    "Segmenter",
+    "fit_segmenter",
+    "load_segmenter",
+    "predict",
+    "save_segmenter",
+    "segmenter_step",
+]
+
+SEGMENTER_FORMAT = "harmonizing-flows segmenter"
+
+
+class Segmenter(nn.Module):
+    """Images ``(B, 1, H, W)`` on 0..255 -> class logits ``(B, 15, H, W)``.
+
+    ``profile`` keeps the settings it was made with (its slicing is the one its inputs must follow).
+    """
+
+    def __init__(self, profile: Profile, metadata: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        self.profile = profile
+        self.config: SegmenterConfig = profile.segmenter
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.net = UNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=NUM_CLASSES,
+            channels=self.config.channels,
+            strides=(2,) * (len(self.config.channels) - 1),
+            num_res_units=self.config.res_units,
+            norm="batch",
+            dropout=self.config.dropout,
+        )
+
+    @property
+    def factor(self) -> int:
+        return self.config.factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * (1.0 / 255.0))
+
+
+def segmenter_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
+    """One step of cross-entropy plus (weighted) soft Dice on a batch of labelled source slices."""
+    from monai.losses import DiceCELoss
+
+    if data.labels is None:
+        raise ValueError("the segmenter needs labelled slices")
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=profile.segmenter.dice_weight)
+    labels = data.labels
+
+    def step(model: nn.Module, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        mine = index[ctx.share(len(index))]
+        x, _ = data.batch(mine, ctx.device)
+        y = labels[mine].to(ctx.device).long()
+        loss = loss_fn(model(x), y)
+        return loss, {"loss": float(ctx.all_sum(loss.detach())) / ctx.world}
+
+    return step
+
+
+def fit_segmenter(
+    data: Slices,
+    profile: Profile,
+    *,
+    device: str | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> Segmenter:
+    """Train a segmenter on labelled source slices (``profile.segmenter`` and ``profile.segmenter_training``)."""
+    ctx = setup(device)
+    h, w = data.images.shape[-2:]
+    if h % profile.segmenter.factor or w % profile.segmenter.factor:
+        raise ValueError(
+            f"slices of {h}x{w}: the segmenter needs multiples of {profile.segmenter.factor}; "
+            "change slices.image_size or segmenter.channels"
+        )
+    torch.manual_seed(profile.seed)
+    segmenter = Segmenter(profile)
+    started = time.perf_counter()
+    history = run_training(
+        segmenter,
+        segmenter_step(profile, data, ctx),
+        len(data),
+        profile.segmenter_training,
+        name="segmenter",
+        seed=profile.seed,
+        ctx=ctx,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+    )
+    segmenter.eval().cpu()
+    segmenter.metadata = {
+        **(metadata or {}),
+        "image_size": [int(h), int(w)],
+        "training": {"history": history, "seconds": round(time.perf_counter() - started, 1), "slices": len(data)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return segmenter
+
+
+def save_segmenter(segmenter: Segmenter, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``model.json`` (format, profile, metadata) and ``segmenter.safetensors`` atomically into ``out``."""
+    from harmonizing_flows.store import save_weights, write_folder
+
+    def write(folder: Path) -> None:
+        save_weights(segmenter, folder / "segmenter.safetensors", {"version": __version__})
+        document = {
+            "format": SEGMENTER_FORMAT,
+            "format_version": 1,
+            "package_version": __version__,
+            "profile": profile_to_dict(segmenter.profile),
+            **segmenter.metadata,
+        }
+        (folder / "model.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+    return write_folder(Path(out), overwrite, write)
+
+
+def load_segmenter(folder: str | Path) -> Segmenter:
+    """Read a segmenter folder; a missing, damaged or mismatched file is an InputError naming it."""
+    from harmonizing_flows.store import load_weights
+
+    folder = Path(folder)
+    doc_path = folder / "model.json"
+    if not doc_path.is_file():
+        raise InputError(folder, "is not a segmenter folder (no model.json)")
+    try:
+        document = json.loads(doc_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(doc_path, f"is not valid JSON ({exc})") from exc
+    if not isinstance(document, dict) or document.get("format") != SEGMENTER_FORMAT:
+        found = document.get("format") if isinstance(document, dict) else None
+        raise InputError(doc_path, f"is not a segmenter (format {found!r}); fit one with `hflow fit-segmenter`")
+    try:
+        profile = profile_from_dict(document["profile"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(doc_path, f"holds invalid settings ({exc})") from exc
+    metadata = {k: v for k, v in document.items() if k not in ("format", "format_version", "profile")}
+    segmenter = Segmenter(profile, metadata)
+    load_weights(segmenter, folder / "segmenter.safetensors")
+    return segmenter.eval()
+
+
+@torch.no_grad()
+def predict(
+    segmenter: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    masks: np.ndarray | torch.Tensor,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Class indices ``(N, H, W)`` uint8 for slices ``(N, H, W)`` on 0..255; background outside the masks.
+
+    Only slices with brain go through the network. ``segmenter`` is used in whatever mode it is in (TENT relies on
+    training-mode batch statistics).
+    """
+    images = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
+    masks = torch.as_tensor(np.asarray(masks) if isinstance(masks, np.ndarray) else masks).bool()
+    out = torch.zeros(images.shape, dtype=torch.uint8)
+    brain = torch.nonzero(masks.flatten(1).any(1)).flatten()
+    for start in range(0, len(brain), batch_size):
+        rows = brain[start : start + batch_size]
+        x = images[rows].to(device).float()[:, None]
+        labels = segmenter(x).argmax(1).to(torch.uint8).cpu()
+        out[rows] = labels * masks[rows]
+    return out.numpy()
