@@ -91,7 +91,7 @@ def segmenter_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
     def step(model: nn.Module, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         mine = index[ctx.share(len(index))]
         x, _ = data.batch(mine, ctx.device)
-        y = labels[mine].to(ctx.device).long()
+        y = labels[mine].to(ctx.device).long()[:, None]
         loss = loss_fn(model(x), y)
         return loss, {"loss": float(ctx.all_sum(loss.detach())) / ctx.world}
 

@@ -33,7 +33,17 @@ from harmonizing_flows.store import Model, save_model
 from harmonizing_flows.unet import channels_last
 from harmonizing_flows.volume import load_volume, slice_volume
 
-__all__ = ["Slices", "fit", "fit_flow", "fit_harmonizer", "load_slices", "measure_bpd", "select_site"]
+__all__ = [
+    "Slices",
+    "fit",
+    "fit_flow",
+    "fit_harmonizer",
+    "fit_model",
+    "load_slices",
+    "measure_bpd",
+    "select_site",
+    "source_bpd",
+]
 
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 
@@ -356,6 +366,70 @@ def measure_bpd(
     return total / len(data)
 
 
+def fit_model(
+    train: Slices,
+    val: Slices,
+    profile: Profile,
+    ctx: Context,
+    *,
+    checkpoints: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Model | None:
+    """Pre-train a harmonizer and train a flow on ``train``; measure the source bpd on ``val``.
+
+    Returns the model on the CPU with its metadata (image size, scaling, source bpd, training history), or None on
+    processes other than the first under torchrun. Checkpoints go to the folder ``checkpoints`` when given.
+    """
+    model = Model.create(profile)
+    if checkpoints is not None and ctx.main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
+    started = time.perf_counter()
+
+    def checkpoint(name: str) -> Path | None:
+        return checkpoints / f"{name}.safetensors" if checkpoints is not None else None
+
+    harmonizer_history = fit_harmonizer(
+        model.harmonizer, train, profile, ctx, checkpoint=checkpoint("harmonizer"), resume=resume, progress=progress
+    )
+    flow_history = fit_flow(
+        model.flow, train, profile, ctx, checkpoint=checkpoint("flow"), resume=resume, progress=progress
+    )
+    if not ctx.main:
+        return None
+    model.flow.eval()
+    model.harmonizer.eval()
+    model.metadata = {
+        "image_size": list(profile.slices.image_size),
+        "intensity_scaling": {
+            "percentile": profile.slices.percentile,
+            "levels": profile.slices.levels,
+            "axis": profile.slices.axis,
+        },
+        "source_bpd": source_bpd(model.flow, val, ctx.device, seed=profile.seed),
+        "training": {
+            "harmonizer": harmonizer_history,
+            "flow": flow_history,
+            "processes": ctx.world,
+            "device": str(ctx.device),
+            "seconds": round(time.perf_counter() - started, 1),
+            "slices": {"train": len(train), "val": len(val)},
+        },
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "adaptation": None,
+    }
+    return model.to("cpu")
+
+
+def source_bpd(flow: Flow, val: Slices, device: torch.device, *, seed: int = 0) -> dict[str, float]:
+    """The source validation bpd that the ``source-bpd`` stopping rule aims for, over all pixels and the brain's."""
+    return {
+        "all_pixels": measure_bpd(flow, val, device, seed=seed),
+        "brain_only": measure_bpd(flow, val, device, brain_only=True, seed=seed),
+    }
+
+
 def fit(
     source: str | Path,
     out: str | Path,
@@ -393,58 +467,16 @@ def fit(
     train_slices = load_slices(train, profile.slices, progress=progress and ctx.main, desc="reading training volumes")
     val_slices = load_slices(val, profile.slices, progress=progress and ctx.main, desc="reading validation volumes")
 
-    model = Model.create(profile)
     checkpoints = out.with_name(out.name + ".checkpoints")
-    if ctx.main:
-        checkpoints.mkdir(parents=True, exist_ok=True)
-    ctx.barrier()
-    harmonizer_history = fit_harmonizer(
-        model.harmonizer,
-        train_slices,
-        profile,
-        ctx,
-        checkpoint=checkpoints / "harmonizer.safetensors",
-        resume=resume,
-        progress=progress,
-    )
-    flow_history = fit_flow(
-        model.flow,
-        train_slices,
-        profile,
-        ctx,
-        checkpoint=checkpoints / "flow.safetensors",
-        resume=resume,
-        progress=progress,
-    )
-    if not ctx.main:
+    model = fit_model(train_slices, val_slices, profile, ctx, checkpoints=checkpoints, resume=resume, progress=progress)
+    if model is None:
         return None
-    model.flow.eval()
-    model.harmonizer.eval()
-    source_bpd = {
-        "all_pixels": measure_bpd(model.flow, val_slices, ctx.device, seed=profile.seed),
-        "brain_only": measure_bpd(model.flow, val_slices, ctx.device, brain_only=True, seed=profile.seed),
-    }
     model.metadata = {
         "source_site": site_name,
         "source_subjects": {"train": [s.subject for s in train], "val": [s.subject for s in val]},
         "source_data": str(source.resolve()),
-        "image_size": list(profile.slices.image_size),
-        "intensity_scaling": {
-            "percentile": profile.slices.percentile,
-            "levels": profile.slices.levels,
-            "axis": profile.slices.axis,
-        },
-        "source_bpd": source_bpd,
-        "training": {
-            "harmonizer": harmonizer_history,
-            "flow": flow_history,
-            "processes": ctx.world,
-            "device": str(ctx.device),
-            "seconds": round(time.perf_counter() - started, 1),
-            "slices": {"train": len(train_slices), "val": len(val_slices)},
-        },
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "adaptation": None,
+        **model.metadata,
     }
+    model.metadata["training"]["seconds"] = round(time.perf_counter() - started, 1)
     folder = save_model(model.to("cpu"), out, overwrite=overwrite or resume)
     return folder

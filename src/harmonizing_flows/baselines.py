@@ -1,0 +1,254 @@
+"""The methods Harmonizing Flows is compared with, each under the benchmark's protocol.
+
+Every intensity method maps a target subject's slice stack ``(N, H, W)`` on 0..255 to a harmonized stack on
+0..255 (float, zero outside the brain), which the frozen source segmenter then labels. What each needs at test
+time is what the paper's SF / TA / UD columns record (:data:`REQUIREMENTS`):
+
+* **histogram matching**: each target brain's intensity quantiles mapped onto the source training brains'
+  pooled histogram (a stored summary of the source, not its images);
+* **Nyul**: piecewise-linear standardisation of percentile landmarks (intensity-normalization's
+  ``NyulNormalizer``, the field's reference implementation), fitted on the source training brains; the standard
+  scale is mapped back onto the source's own intensities, since the segmenter was trained on those;
+* **ComBat**: neuroCombat voxel-wise, with the source site as reference batch: it needs source and target images
+  together, and all of a target site's images at once;
+* **TENT**: no image change; the segmenter's batch-norm scales and shifts are adapted to the target by minimising
+  the entropy of its predictions (so it is tied to that segmenter: not task-agnostic).
+
+References:
+    | Nyul, Udupa, Zhang. New variants of a method of MRI scale standardization. IEEE TMI 19(2), 2000.
+    | Johnson, Li, Rabinovic. Adjusting batch effects in microarray expression data using empirical Bayes
+    | methods. Biostatistics 8(1), 2007; Fortin et al. Harmonization of cortical thickness measurements across
+    | scanners and sites. NeuroImage 167, 2018 (neuroCombat).
+    | Wang, Shelhamer, Liu, Olshausen, Darrell. Tent: fully test-time adaptation by entropy minimization.
+    | ICLR 2021.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import sys
+import types
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from harmonizing_flows.config import EvaluationConfig
+from harmonizing_flows.distributed import stable_seed
+from harmonizing_flows.train import Slices
+
+__all__ = ["REQUIREMENTS", "HistogramMatching", "NyulStandardization", "combat", "tent"]
+
+REQUIREMENTS: dict[str, tuple[bool, bool, bool]] = {
+    # name: (source-free, task-agnostic, handles unseen domains without refitting)
+    "none": (True, True, True),
+    "histogram matching": (True, True, True),
+    "Nyul": (True, True, True),
+    "ComBat": (False, True, False),
+    "TENT": (True, False, True),
+    "pre-trained harmonizer": (True, True, True),
+    "Harmonizing Flows": (True, True, True),
+}
+"""What each method needs at test time, as the paper's columns: SF source-free (no source images; a stored
+summary such as a histogram is allowed), TA task-agnostic (no task model or labels involved), UD unseen domains
+(a new site needs no refitting on other sites' data)."""
+
+
+def _finish(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.clip(values, 0.0, 255.0).astype(np.float32) * mask
+
+
+class HistogramMatching:
+    """Map each brain's intensity quantiles onto the source brains' pooled histogram."""
+
+    def __init__(self, levels: int = 256) -> None:
+        self.levels = levels
+        self.quantiles: np.ndarray | None = None
+
+    def fit(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> HistogramMatching:
+        counts = np.zeros(self.levels)
+        for image, mask in zip(images, masks, strict=True):
+            counts += np.bincount(np.clip(np.rint(image[mask]), 0, self.levels - 1).astype(int), minlength=self.levels)
+        self.quantiles = np.cumsum(counts) / counts.sum()
+        return self
+
+    def transform(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.quantiles is None:
+            raise RuntimeError("fit before transform")
+        values = image[mask].astype(np.float64)
+        # mid-rank quantile of each value inside this brain, then the source level at that quantile
+        order = np.sort(values)
+        q = (np.searchsorted(order, values, "left") + np.searchsorted(order, values, "right")) / (2.0 * len(values))
+        out = np.zeros(image.shape, dtype=np.float64)
+        out[mask] = np.interp(q, self.quantiles, np.arange(self.levels, dtype=np.float64))
+        return _finish(out, mask)
+
+
+class NyulStandardization:
+    """intensity-normalization's Nyul normaliser, fitted on source brains, mapped back to source intensities."""
+
+    def __init__(self) -> None:
+        from intensity_normalization import NyulNormalizer
+
+        self.normalizer = NyulNormalizer()
+        self.source_landmarks: np.ndarray | None = None
+
+    def fit(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> NyulStandardization:
+        from intensity_normalization import create_image
+
+        self.normalizer.fit_population(
+            [create_image(i.astype(np.float32)) for i in images], [create_image(m.astype(np.float32)) for m in masks]
+        )
+        percentiles = self.normalizer.percentiles
+        self.source_landmarks = np.mean([np.percentile(i[m], percentiles) for i, m in zip(images, masks, strict=True)], 0)
+        return self
+
+    def transform(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        from intensity_normalization import create_image
+
+        if self.source_landmarks is None:
+            raise RuntimeError("fit before transform")
+        standard = self.normalizer.transform(create_image(image.astype(np.float32)), create_image(mask.astype(np.float32)))
+        scale = self.normalizer.standard_scale
+        back = np.interp(standard.get_data(), scale, self.source_landmarks)
+        # np.interp holds the ends flat; extend linearly as the normaliser itself does
+        lo = standard.get_data() < scale[0]
+        hi = standard.get_data() > scale[-1]
+        slope_lo = (self.source_landmarks[1] - self.source_landmarks[0]) / (scale[1] - scale[0])
+        slope_hi = (self.source_landmarks[-1] - self.source_landmarks[-2]) / (scale[-1] - scale[-2])
+        back[lo] = self.source_landmarks[0] + (standard.get_data()[lo] - scale[0]) * slope_lo
+        back[hi] = self.source_landmarks[-1] + (standard.get_data()[hi] - scale[-1]) * slope_hi
+        return _finish(back, mask)
+
+
+def _align(stacks: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list]:
+    """Stack volumes on one grid, each placed so that its brain's slice range is centred (the in-plane window is
+    already centred on the brain by the slicing)."""
+    ranges = []
+    for m in masks:
+        rows = np.flatnonzero(m.reshape(len(m), -1).any(1))
+        ranges.append((int(rows[0]), int(rows[-1]) + 1))
+    length = max(hi - lo for lo, hi in ranges)
+    shape = (len(stacks), length, *stacks[0].shape[1:])
+    images, brains, places = np.zeros(shape, np.float64), np.zeros(shape, bool), []
+    for k, (s, m, (lo, hi)) in enumerate(zip(stacks, masks, ranges, strict=True)):
+        if s.shape[1:] != shape[2:]:
+            raise ValueError(f"ComBat needs slices of one size, not {s.shape[1:]} and {shape[2:]}")
+        at = (length - (hi - lo)) // 2
+        images[k, at : at + hi - lo] = s[lo:hi]
+        brains[k, at : at + hi - lo] = m[lo:hi]
+        places.append((lo, hi, at))
+    return images, brains, places
+
+
+def _neurocombat():
+    """neuroCombat 0.2.12 (its latest release) still calls ``np.int``, which NumPy 2 removed; give its module a
+    NumPy that has it, without touching NumPy itself."""
+    import neuroCombat  # noqa: F401  (imports the module below)
+
+    module = sys.modules["neuroCombat.neuroCombat"]
+    if not hasattr(module.np, "int"):
+
+        class _NumPy(types.ModuleType):
+            int = int
+
+            def __getattr__(self, name: str):
+                return getattr(np, name)
+
+        module.np = _NumPy("numpy")
+    return module.neuroCombat
+
+
+def combat(
+    source: Sequence[np.ndarray],
+    source_masks: Sequence[np.ndarray],
+    target: Sequence[np.ndarray],
+    target_masks: Sequence[np.ndarray],
+    config: EvaluationConfig | None = None,
+) -> list[np.ndarray]:
+    """Voxel-wise ComBat of target stacks towards the source (reference batch); returns the target stacks.
+
+    ComBat models each voxel across subjects, so it runs on the voxels that are brain in at least
+    ``config.combat_min_share`` of all volumes; the rest of each target brain follows that volume's own map from
+    raw to harmonized intensity, fitted on its ComBat voxels (the mean output in 64 intensity bins, interpolated).
+    """
+    import pandas as pd
+
+    config = config or EvaluationConfig()
+    run = _neurocombat()
+    stacks = [*source, *target]
+    images, brains, places = _align(stacks, [*source_masks, *target_masks])
+    voxels = brains.mean(0) >= config.combat_min_share - 1e-9
+    if voxels.sum() < 10:
+        raise ValueError("ComBat: the volumes share almost no brain voxels; they are not on comparable grids")
+    data = images[:, voxels].T  # features x samples
+    batch = pd.DataFrame({"site": [0] * len(source) + [1] * len(target)})
+    with contextlib.redirect_stdout(io.StringIO()):
+        corrected = run(data, batch, "site", ref_batch=0)["data"]
+    out = []
+    for k in range(len(source), len(stacks)):
+        lo, hi, at = places[k]
+        raw, brain = images[k], brains[k]
+        result = np.zeros_like(raw)
+        result[voxels] = corrected[:, k]
+        rest = brain & ~voxels
+        if rest.any():
+            x, y = raw[voxels], corrected[:, k]
+            edges = np.quantile(x, np.linspace(0, 1, 65))
+            which = np.clip(np.searchsorted(edges, x, "right") - 1, 0, 63)
+            counts = np.bincount(which, minlength=64)
+            centres = np.bincount(which, x, 64)[counts > 0] / counts[counts > 0]
+            means = np.bincount(which, y, 64)[counts > 0] / counts[counts > 0]
+            result[rest] = np.interp(raw[rest], centres, means)
+        stack = np.zeros(stacks[k].shape, np.float64)
+        stack[lo:hi] = result[at : at + hi - lo]
+        mask = np.asarray(target_masks[k - len(source)], bool)
+        out.append(_finish(stack, mask))
+    return out
+
+
+def _norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def tent(
+    segmenter: nn.Module,
+    target: Slices,
+    config: EvaluationConfig,
+    *,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> nn.Module:
+    """A copy of ``segmenter`` adapted to ``target`` by TENT; it normalises with each batch's own statistics, as
+    TENT does, so predict with batches of target slices."""
+    model = copy.deepcopy(segmenter).to(device)
+    model.train()
+    model.requires_grad_(False)
+    layers = _norm_layers(model)
+    if not layers:
+        raise ValueError("TENT needs a segmenter with batch normalisation")
+    params = []
+    for layer in layers:
+        layer.track_running_stats = False
+        layer.running_mean = None
+        layer.running_var = None
+        layer.requires_grad_(True)
+        params += [layer.weight, layer.bias]
+    optimizer = torch.optim.Adam(params, lr=config.tent_lr)
+    n = len(target)
+    batch = min(config.tent_batch_size, n)
+    for step in range(config.tent_steps):
+        g = torch.Generator().manual_seed(stable_seed(seed, "tent", step))
+        index = torch.randperm(n, generator=g)[:batch]
+        x, m = target.batch(index, torch.device(device))
+        log_p = torch.log_softmax(model(x), 1)
+        entropy = -(log_p.exp() * log_p).sum(1, keepdim=True)
+        loss = (entropy * m).sum() / m.sum().clamp_min(1.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.requires_grad_(False)
+    return model

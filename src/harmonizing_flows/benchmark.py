@@ -1,0 +1,460 @@
+"""The paper's evaluation protocol as a tool: settings A-D, baselines, stopping rules, guards, tables, figures.
+
+For each setting one site is the source and every other site a target. On the source's training split it fits a
+model (harmonizer and flow, :func:`harmonizing_flows.train.fit_model`) and a segmenter, which is then frozen. Each
+method harmonizes the target sites' test volumes, the segmenter labels them, and :mod:`harmonizing_flows.metrics`
+scores every test volume against its reference labels, in mm. Adaptation uses all of a target site's volumes,
+without their labels, as the paper's test-time setting allows.
+
+Harmonizing Flows is adapted once per target and variant, taking every step; the stopping rules (minimum entropy,
+source bpd, fixed steps, the alpha guard) are then replayed on the recorded curve with
+:func:`harmonizing_flows.adapt.decide`, which keeps the same step that a run stopped by that rule keeps. The
+oracle keeps the step with the best Dice on the test slices: it reads labels, so it is for analysis only.
+
+Averages over settings are the mean of the settings' means, with the mean of their standard deviations, as in
+the paper's tables. The gap closed is ``(method - none) / (ceiling - none)`` in Dice, where the ceiling is the
+segmenter on its own source site's test volumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harmonizing_flows.config import SliceConfig
+from harmonizing_flows.datasets import Subject, load_subjects, split_subjects
+from harmonizing_flows.errors import InputError
+from harmonizing_flows.labels import NUM_CLASSES
+from harmonizing_flows.metrics import score_volume, subject_means
+from harmonizing_flows.profiles import Profile, apply_overrides, profile_to_dict
+from harmonizing_flows.train import Slices
+
+__all__ = [
+    "RULES",
+    "VARIANTS",
+    "Stack",
+    "benchmark",
+    "load_stacks",
+    "stacks_to_slices",
+]
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "paper-faithful": (),
+    "brain-only": ("adapt.brain_only=true",),
+    "positive-alpha": ("harmonizer.positive_alpha=true",),
+    "collapse-negatives": ("negatives.collapse_modes=true",),
+}
+"""The method's variants of Table 2: the paper-faithful one and one per guard that changes the adaptation's
+path. The alpha guard only stops a path early, so it is replayed on each variant's curve (see :data:`RULES`)."""
+
+RULES = ("entropy", "source-bpd", "steps", "alpha-guard", "oracle")
+"""Stopping rules of Table 3; ``alpha-guard`` is source-bpd with the alpha guard at 0.5."""
+
+MIN_FOREGROUND_CLASSES = 10
+"""A whole-brain label map holds nearly all 14 foreground classes; fewer means the classes do not match."""
+
+
+@dataclass
+class Stack:
+    """One labelled subject volume as its fixed-size slices (``(N, H, W)``), with the voxel spacing in mm."""
+
+    subject: str
+    site: str
+    split: str
+    images: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray
+    spacing: tuple[float, float, float]
+    path: Path = field(default_factory=Path)
+
+
+def _plane_spacing(affine: np.ndarray, axis: str) -> tuple[float, float, float]:
+    from harmonizing_flows.volume import to_plane
+
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+    # the permutation of to_plane, read off a 1x2x3 array
+    probe = to_plane(np.zeros((1, 2, 3)), axis).shape
+    order = [(1, 2, 3).index(n) for n in probe]
+    return tuple(float(zooms[i]) for i in order)  # type: ignore[return-value]
+
+
+def load_stacks(subjects: Sequence[Subject], config: SliceConfig, *, progress: bool = False) -> list[Stack]:
+    """Read each labelled subject once (image, mask, labels), checking that its labels are the 15-class table."""
+    from tqdm.auto import tqdm
+
+    from harmonizing_flows.volume import load_volume, slice_volume
+
+    stacks = []
+    for s in tqdm(subjects, desc="reading volumes", unit="vol", disable=not progress, leave=False):
+        if s.labels is None:
+            raise InputError(s.image, f"subject {s.subject} has no label map; evaluation needs one per subject")
+        volume = load_volume(s.image, s.mask, s.labels)
+        sliced = slice_volume(volume, config)
+        present = np.unique(sliced.labels)
+        foreground = [int(c) for c in present if c > 0]
+        if len(foreground) < MIN_FOREGROUND_CLASSES:
+            raise InputError(
+                s.labels,
+                f"label map holds only classes {foreground} of the 14 foreground classes; expected FreeSurfer "
+                "aseg codes or the 15-class table of harmonizing_flows.labels",
+            )
+        stacks.append(
+            Stack(s.subject, s.site, s.split or "", sliced.images, sliced.mask, sliced.labels,
+                  _plane_spacing(volume.affine, config.axis), Path(s.image))  # fmt: skip
+        )
+    return stacks
+
+
+def stacks_to_slices(stacks: Sequence[Stack], *, labels: bool = False) -> Slices:
+    """The brain-containing slices of some stacks, as training and adaptation take them."""
+    if not stacks:
+        raise InputError(None, "no subjects to take slices from")
+    keep = [s.mask.reshape(len(s.mask), -1).any(1) for s in stacks]
+    if sum(int(k.sum()) for k in keep) == 0:
+        raise InputError(stacks[0].path, "no slice with brain in these volumes")
+    images = torch.from_numpy(np.concatenate([s.images[k] for s, k in zip(stacks, keep, strict=True)]))[:, None]
+    masks = torch.from_numpy(np.concatenate([s.mask[k] for s, k in zip(stacks, keep, strict=True)]))[:, None]
+    classes = None
+    if labels:
+        classes = torch.from_numpy(np.concatenate([s.labels[k] for s, k in zip(stacks, keep, strict=True)]))
+    return Slices(images, masks, [s.subject for s in stacks], classes)
+
+
+@torch.no_grad()
+def _harmonize_stack(harmonizer: torch.nn.Module, stack: Stack, device: torch.device) -> np.ndarray:
+    out = np.zeros(stack.images.shape, np.float32)
+    brain = np.flatnonzero(stack.mask.reshape(len(stack.mask), -1).any(1))
+    for start in range(0, len(brain), 32):
+        rows = brain[start : start + 32]
+        x = torch.from_numpy(stack.images[rows]).to(device).float()[:, None]
+        m = torch.from_numpy(stack.mask[rows]).to(device).float()[:, None]
+        out[rows] = harmonizer(x, m)[:, 0].cpu().numpy()
+    return out
+
+
+def _score(segmenter, images: np.ndarray, stack: Stack, device) -> dict[str, float]:
+    from harmonizing_flows.segment import predict
+
+    pred = predict(segmenter, images, stack.mask, device=device)
+    return subject_means(score_volume(pred, stack.labels, stack.spacing))
+
+
+def _pooled_dice(segmenter, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over classes of the Dice pooled over a set of slices (the cheap Dice of the adaptation curves)."""
+    pred = segmenter(images).argmax(1) * masks[:, 0].long()
+    scores = []
+    for c in range(1, NUM_CLASSES):
+        p, r = pred == c, labels == c
+        total = int(p.sum() + r.sum())
+        if total:
+            scores.append(2.0 * int((p & r).sum()) / total)
+    return 100.0 * float(np.mean(scores)) if scores else float("nan")
+
+
+def _summary(values: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for metric in values[0]:
+        v = np.array([x[metric] for x in values], float)
+        out[metric] = {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v)), "n": int(np.isfinite(v).sum())}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- one setting
+
+
+@dataclass
+class _Setting:
+    letter: str
+    source: str
+    profile: Profile
+    device: torch.device
+    out: Path
+    progress: bool
+    log: Callable[[str], None]
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def _fit_or_load(setting: _Setting, name: str, profile: Profile, build: Callable[[], Any], save, load) -> Any:
+    """Fit once and keep the result under OUT/models/SOURCE/NAME, so that a benchmark run can be resumed."""
+    folder = setting.out / "models" / setting.source / name
+    doc = folder / "model.json"
+    if doc.is_file():
+        stored = json.loads(doc.read_text(encoding="utf-8")).get("profile")
+        if stored == json.loads(json.dumps(profile_to_dict(profile))):
+            setting.log(f"  {name}: reusing {folder}")
+            return load(folder)
+    started = time.perf_counter()
+    made = build()
+    save(made, folder)
+    setting.log(f"  {name}: fitted in {time.perf_counter() - started:.0f} s")
+    return made
+
+
+def _run_setting(
+    setting: _Setting,
+    stacks: dict[str, list[Stack]],
+    variants: Sequence[str],
+) -> dict[str, Any]:
+    from harmonizing_flows.adapt import adapt_harmonizer, decide
+    from harmonizing_flows.baselines import HistogramMatching, NyulStandardization, combat, tent
+    from harmonizing_flows.distributed import Context
+    from harmonizing_flows.segment import fit_segmenter, load_segmenter, predict, save_segmenter
+    from harmonizing_flows.store import Model, load_model, save_model
+    from harmonizing_flows.train import fit_flow, fit_harmonizer, fit_model, source_bpd
+
+    profile, device, log = setting.profile, setting.device, setting.log
+    source = stacks[setting.source]
+    train = [s for s in source if s.split == "train"]
+    val = [s for s in source if s.split == "val"] or train
+    test = [s for s in source if s.split == "test"]
+    if not train or not test:
+        raise InputError(source[0].path.parent, f"site {setting.source} needs subjects in its train and test splits")
+    train_slices = stacks_to_slices(train, labels=True)
+    val_slices = stacks_to_slices(val)
+    ctx = Context(device=device)
+
+    def fit_base() -> Model:
+        model = fit_model(train_slices, val_slices, profile, ctx, progress=setting.progress)
+        assert model is not None
+        model.metadata.update(source_site=setting.source, source_subjects=[s.subject for s in train])
+        return model
+
+    def save(model: Model, folder: Path) -> None:
+        save_model(model, folder, overwrite=True)
+
+    base = _fit_or_load(setting, "model", profile, fit_base, save, load_model)
+
+    def fit_seg():
+        seg = fit_segmenter(train_slices, profile, device=str(device), progress=setting.progress,
+                            metadata={"source_site": setting.source})  # fmt: skip
+        return seg
+
+    segmenter = _fit_or_load(setting, "segmenter", profile, fit_seg, lambda s, f: save_segmenter(s, f, overwrite=True),
+                             load_segmenter).to(device).eval()  # fmt: skip
+
+    models: dict[str, Model] = {}
+    for variant in variants:
+        vprofile = apply_overrides(profile, VARIANTS[variant])
+        if variant in ("paper-faithful", "brain-only"):
+            models[variant] = base
+            continue
+
+        def fit_variant(vprofile: Profile = vprofile, variant: str = variant) -> Model:
+            model = copy.deepcopy(base)
+            model.profile = vprofile
+            if variant == "positive-alpha":
+                from harmonizing_flows.harmonizer import Harmonizer
+
+                model.harmonizer = Harmonizer(vprofile.harmonizer)
+                fit_harmonizer(model.harmonizer, train_slices, vprofile, ctx, progress=setting.progress)
+            else:
+                from harmonizing_flows.flow import Flow
+
+                model.flow = Flow(vprofile.flow)
+                fit_flow(model.flow, train_slices, vprofile, ctx, progress=setting.progress)
+                model.metadata["source_bpd"] = source_bpd(model.flow.eval(), val_slices, device, seed=vprofile.seed)
+            return model.to("cpu")
+
+        models[variant] = _fit_or_load(setting, variant, vprofile, fit_variant, save, load_model)
+
+    log("  ceiling: the segmenter on its own test volumes")
+    ceiling = [_score(segmenter, s.images, s, device) for s in test]
+    histogram = HistogramMatching().fit([s.images for s in train], [s.mask for s in train])
+    nyul = NyulStandardization().fit([s.images for s in train], [s.mask for s in train])
+
+    per_target: dict[str, Any] = {}
+    examples: dict[str, dict[str, np.ndarray]] = {}
+    for target_site, target in stacks.items():
+        if target_site == setting.source:
+            continue
+        t_test = [s for s in target if s.split == "test"]
+        if not t_test:
+            raise InputError(target[0].path.parent, f"target site {target_site} has no subject in its test split")
+        t_slices = stacks_to_slices(target)
+        log(f"  target {target_site}: {len(target)} volumes ({len(t_slices)} slices), {len(t_test)} to score")
+        harmonized: dict[str, list[np.ndarray]] = {
+            "none": [s.images.astype(np.float32) for s in t_test],
+            "histogram matching": [histogram.transform(s.images, s.mask) for s in t_test],
+            "Nyul": [nyul.transform(s.images, s.mask) for s in t_test],
+        }
+        combat_all = combat([s.images for s in train], [s.mask for s in train], [s.images for s in target],
+                            [s.mask for s in target], profile.evaluation)  # fmt: skip
+        harmonized["ComBat"] = [combat_all[target.index(s)] for s in t_test]
+        scores: dict[str, list[dict[str, float]]] = {
+            name: [_score(segmenter, imgs, s, device) for imgs, s in zip(images, t_test, strict=True)]
+            for name, images in harmonized.items()
+        }
+        adapted_segmenter = tent(segmenter, t_slices, profile.evaluation, device=device, seed=profile.seed)
+        scores["TENT"] = [
+            subject_means(score_volume(predict(adapted_segmenter, s.images, s.mask, device=device,
+                                               batch_size=profile.evaluation.tent_batch_size), s.labels, s.spacing))
+            for s in t_test
+        ]  # fmt: skip
+        del adapted_segmenter
+
+        # the cheap Dice of the curves: every k-th brain slice of the test volumes
+        curve_slices = stacks_to_slices(t_test, labels=True)
+        pick = torch.arange(0, len(curve_slices), profile.evaluation.curve_slice_stride)
+        cx, cm = curve_slices.batch(pick, device)
+        assert curve_slices.labels is not None
+        cl = curve_slices.labels[pick].to(device).long()
+
+        variant_results: dict[str, Any] = {}
+        for variant in variants:
+            model = models[variant]
+            vprofile = apply_overrides(profile, VARIANTS[variant])
+            pretrained = model.harmonizer.to(device).eval()
+            scores_v = {"pre-trained harmonizer": [_score(segmenter, _harmonize_stack(pretrained, s, device), s, device)
+                                                   for s in t_test]}  # fmt: skip
+            snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+            def observer(harmonizer, step: int, snapshots=snapshots) -> dict[str, float]:
+                snapshots[step] = {k: v.detach().cpu().clone() for k, v in harmonizer.state_dict().items()}
+                with torch.no_grad():
+                    return {"dice": _pooled_dice(segmenter, harmonizer(cx, cm), cm, cl)}
+
+            config = replace(vprofile.adapt, stop="steps", alpha_guard=0.0)
+            result = adapt_harmonizer(model, t_slices, config, device=device, segmenter=segmenter,
+                                      seed=profile.seed, progress=setting.progress, observer=observer)  # fmt: skip
+            curve = result.curve
+            source_value = result.summary["source_bpd"]
+            chosen: dict[str, tuple[int, str]] = {}
+            for rule in RULES:
+                if rule == "oracle":
+                    index = int(np.nanargmax([r["dice"] for r in curve]))
+                    chosen[rule] = (index, "best Dice on the test slices (reads labels: analysis only)")
+                    continue
+                rule_config = replace(
+                    vprofile.adapt,
+                    stop="source-bpd" if rule == "alpha-guard" else rule,
+                    alpha_guard=0.5 if rule == "alpha-guard" else 0.0,
+                )
+                decision = decide(curve, rule_config, source_value, final=True)
+                chosen[rule] = (decision.index, decision.reason)
+            harmonizer = copy.deepcopy(model.harmonizer).to(device).eval()
+            kept_images: dict[int, list[np.ndarray]] = {}
+            for rule, (index, _) in chosen.items():
+                step = int(curve[index]["step"])
+                if step not in kept_images:
+                    harmonizer.load_state_dict(snapshots[step])
+                    kept_images[step] = [_harmonize_stack(harmonizer, s, device) for s in t_test]
+                    if variant == variants[0] and rule == "source-bpd":
+                        examples.setdefault(target_site, {})["Harmonizing Flows"] = kept_images[step][0]
+                scores_v[f"adapted ({rule})"] = [
+                    _score(segmenter, imgs, s, device) for imgs, s in zip(kept_images[step], t_test, strict=True)
+                ]
+            if variant == variants[0]:
+                examples.setdefault(target_site, {})["pre-trained harmonizer"] = _harmonize_stack(
+                    pretrained, t_test[0], device
+                )
+            variant_results[variant] = {
+                "scores": scores_v,
+                "curve": curve,
+                "kept": {rule: {"step": int(curve[i]["step"]), "reason": why} for rule, (i, why) in chosen.items()},
+                "source_bpd": source_value,
+            }
+            model.harmonizer.cpu()
+            log(
+                f"    {variant}: Dice none {np.mean([x['dice'] for x in scores['none']]):.1f} -> pre-trained "
+                f"{np.mean([x['dice'] for x in scores_v['pre-trained harmonizer']]):.1f} -> source-bpd "
+                f"{np.mean([x['dice'] for x in scores_v['adapted (source-bpd)']]):.1f} "
+                f"(kept step {int(curve[chosen['source-bpd'][0]]['step'])})"
+            )
+        for name in ("none", "histogram matching", "Nyul", "ComBat"):
+            examples.setdefault(target_site, {})[name] = harmonized[name][0]
+        per_target[target_site] = {
+            "test_subjects": [s.subject for s in t_test],
+            "scores": scores,
+            "variants": variant_results,
+        }
+    return {
+        "source": setting.source,
+        "ceiling": ceiling,
+        "test_subjects": [s.subject for s in test],
+        "targets": per_target,
+        "examples": examples,
+        "source_example": test[0].images,
+        "source_mask": test[0].mask,
+    }
+
+
+# --------------------------------------------------------------------------------------------- the whole run
+
+
+def benchmark(
+    data: str | Path,
+    out: str | Path,
+    profile: Profile,
+    *,
+    settings: Sequence[str] | None = None,
+    variants: Sequence[str] = tuple(VARIANTS),
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    command: str = "",
+) -> dict[str, Path]:
+    """Run settings (each site in turn as the source) and write the tables, JSON and figures into ``out``.
+
+    Args:
+        data: A multi-site labelled dataset (manifest, site folders or BIDS), such as ``hflow simulate`` writes.
+        out: The results folder: ``tables.md``, ``results.json``, ``figures/``, and ``models/`` (fitted networks,
+            reused when the same run is repeated).
+        settings: Letters (A, B, ...) of the settings to run, in the order of the sorted site names; all by default.
+        variants: Keys of :data:`VARIANTS`; the first is the one Table 1 reports.
+
+    Returns:
+        Name -> path of each written result file.
+    """
+    from harmonizing_flows.distributed import resolve_device
+    from harmonizing_flows.errors import OutputExistsError
+    from harmonizing_flows.report import write_report
+
+    out = Path(out)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if (out / "results.json").exists() and not overwrite:
+        raise OutputExistsError(out / "results.json")
+    resolved = resolve_device(device)
+    started = time.perf_counter()
+    subjects = load_subjects(data)
+    if not all(s.split for s in subjects):
+        subjects = split_subjects(subjects)
+    sites = sorted({s.site for s in subjects})
+    if len(sites) < 2:
+        raise InputError(data, f"holds {len(sites)} site(s); the benchmark needs a source and at least one target")
+    letters = {chr(ord("A") + i): site for i, site in enumerate(sites)}
+    chosen = list(settings or letters)
+    bad = [x for x in chosen if x not in letters]
+    if bad:
+        raise ValueError(f"unknown setting(s) {bad}; this data has {', '.join(f'{k}={v}' for k, v in letters.items())}")
+    log(f"reading {len(subjects)} labelled volumes from {len(sites)} sites")
+    stacks: dict[str, list[Stack]] = {}
+    for site in sites:
+        stacks[site] = load_stacks([s for s in subjects if s.site == site], profile.slices, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    for letter in chosen:
+        log(f"setting {letter}: source {letters[letter]} -> {', '.join(s for s in sites if s != letters[letter])}")
+        setting = _Setting(letter, letters[letter], profile, resolved, out, progress, log)
+        results[letter] = _run_setting(setting, stacks, variants)
+    meta = {
+        "command": command,
+        "data": str(Path(data).resolve()),
+        "sites": letters,
+        "settings": chosen,
+        "variants": list(variants),
+        "profile": profile_to_dict(profile),
+        "device": str(resolved),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return write_report(results, meta, out)
