@@ -103,7 +103,8 @@ class NyulStandardization:
             [create_image(i.astype(np.float32)) for i in images], [create_image(m.astype(np.float32)) for m in masks]
         )
         percentiles = self.normalizer.percentiles
-        self.source_landmarks = np.mean([np.percentile(i[m], percentiles) for i, m in zip(images, masks, strict=True)], 0)
+        landmarks = [np.percentile(i[m], percentiles) for i, m in zip(images, masks, strict=True)]
+        self.source_landmarks = np.mean(landmarks, 0)
         return self
 
     def transform(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -111,16 +112,14 @@ class NyulStandardization:
 
         if self.source_landmarks is None:
             raise RuntimeError("fit before transform")
-        standard = self.normalizer.transform(create_image(image.astype(np.float32)), create_image(mask.astype(np.float32)))
-        scale = self.normalizer.standard_scale
-        back = np.interp(standard.get_data(), scale, self.source_landmarks)
-        # np.interp holds the ends flat; extend linearly as the normaliser itself does
-        lo = standard.get_data() < scale[0]
-        hi = standard.get_data() > scale[-1]
-        slope_lo = (self.source_landmarks[1] - self.source_landmarks[0]) / (scale[1] - scale[0])
-        slope_hi = (self.source_landmarks[-1] - self.source_landmarks[-2]) / (scale[-1] - scale[-2])
-        back[lo] = self.source_landmarks[0] + (standard.get_data()[lo] - scale[0]) * slope_lo
-        back[hi] = self.source_landmarks[-1] + (standard.get_data()[hi] - scale[-1]) * slope_hi
+        image_in = create_image(image.astype(np.float32))
+        standard = self.normalizer.transform(image_in, create_image(mask.astype(np.float32))).get_data()
+        scale, source = self.normalizer.standard_scale, self.source_landmarks
+        back = np.interp(standard, scale, source)
+        # np.interp holds the ends flat; extend linearly, as the normaliser itself does
+        lo, hi = standard < scale[0], standard > scale[-1]
+        back[lo] = source[0] + (standard[lo] - scale[0]) * (source[1] - source[0]) / (scale[1] - scale[0])
+        back[hi] = source[-1] + (standard[hi] - scale[-1]) * (source[-1] - source[-2]) / (scale[-1] - scale[-2])
         return _finish(back, mask)
 
 
@@ -186,7 +185,7 @@ def combat(
         raise ValueError("ComBat: the volumes share almost no brain voxels; they are not on comparable grids")
     data = images[:, voxels].T  # features x samples
     batch = pd.DataFrame({"site": [0] * len(source) + [1] * len(target)})
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), np.errstate(divide="ignore", invalid="ignore"):
         corrected = run(data, batch, "site", ref_batch=0)["data"]
     out = []
     for k in range(len(source), len(stacks)):

@@ -107,8 +107,16 @@ def load_stacks(subjects: Sequence[Subject], config: SliceConfig, *, progress: b
                 "aseg codes or the 15-class table of harmonizing_flows.labels",
             )
         stacks.append(
-            Stack(s.subject, s.site, s.split or "", sliced.images, sliced.mask, sliced.labels,
-                  _plane_spacing(volume.affine, config.axis), Path(s.image))  # fmt: skip
+            Stack(
+                s.subject,
+                s.site,
+                s.split or "",
+                sliced.images,
+                sliced.mask,
+                sliced.labels,
+                _plane_spacing(volume.affine, config.axis),
+                Path(s.image),
+            )
         )
     return stacks
 
@@ -233,12 +241,22 @@ def _run_setting(
     base = _fit_or_load(setting, "model", profile, fit_base, save, load_model)
 
     def fit_seg():
-        seg = fit_segmenter(train_slices, profile, device=str(device), progress=setting.progress,
-                            metadata={"source_site": setting.source})  # fmt: skip
+        seg = fit_segmenter(
+            train_slices,
+            profile,
+            device=str(device),
+            progress=setting.progress,
+            metadata={"source_site": setting.source},
+        )
         return seg
 
-    segmenter = _fit_or_load(setting, "segmenter", profile, fit_seg, lambda s, f: save_segmenter(s, f, overwrite=True),
-                             load_segmenter).to(device).eval()  # fmt: skip
+    segmenter = (
+        _fit_or_load(
+            setting, "segmenter", profile, fit_seg, lambda s, f: save_segmenter(s, f, overwrite=True), load_segmenter
+        )
+        .to(device)
+        .eval()
+    )
 
     models: dict[str, Model] = {}
     for variant in variants:
@@ -285,8 +303,13 @@ def _run_setting(
             "histogram matching": [histogram.transform(s.images, s.mask) for s in t_test],
             "Nyul": [nyul.transform(s.images, s.mask) for s in t_test],
         }
-        combat_all = combat([s.images for s in train], [s.mask for s in train], [s.images for s in target],
-                            [s.mask for s in target], profile.evaluation)  # fmt: skip
+        combat_all = combat(
+            [s.images for s in train],
+            [s.mask for s in train],
+            [s.images for s in target],
+            [s.mask for s in target],
+            profile.evaluation,
+        )
         harmonized["ComBat"] = [combat_all[target.index(s)] for s in t_test]
         scores: dict[str, list[dict[str, float]]] = {
             name: [_score(segmenter, imgs, s, device) for imgs, s in zip(images, t_test, strict=True)]
@@ -294,10 +317,21 @@ def _run_setting(
         }
         adapted_segmenter = tent(segmenter, t_slices, profile.evaluation, device=device, seed=profile.seed)
         scores["TENT"] = [
-            subject_means(score_volume(predict(adapted_segmenter, s.images, s.mask, device=device,
-                                               batch_size=profile.evaluation.tent_batch_size), s.labels, s.spacing))
+            subject_means(
+                score_volume(
+                    predict(
+                        adapted_segmenter,
+                        s.images,
+                        s.mask,
+                        device=device,
+                        batch_size=profile.evaluation.tent_batch_size,
+                    ),
+                    s.labels,
+                    s.spacing,
+                )
+            )
             for s in t_test
-        ]  # fmt: skip
+        ]
         del adapted_segmenter
 
         # the cheap Dice of the curves: every k-th brain slice of the test volumes
@@ -312,18 +346,29 @@ def _run_setting(
             model = models[variant]
             vprofile = apply_overrides(profile, VARIANTS[variant])
             pretrained = model.harmonizer.to(device).eval()
-            scores_v = {"pre-trained harmonizer": [_score(segmenter, _harmonize_stack(pretrained, s, device), s, device)
-                                                   for s in t_test]}  # fmt: skip
+            scores_v = {
+                "pre-trained harmonizer": [
+                    _score(segmenter, _harmonize_stack(pretrained, s, device), s, device) for s in t_test
+                ]
+            }
             snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
-            def observer(harmonizer, step: int, snapshots=snapshots) -> dict[str, float]:
+            def observer(harmonizer, step: int, snapshots=snapshots, cx=cx, cm=cm, cl=cl) -> dict[str, float]:
                 snapshots[step] = {k: v.detach().cpu().clone() for k, v in harmonizer.state_dict().items()}
                 with torch.no_grad():
                     return {"dice": _pooled_dice(segmenter, harmonizer(cx, cm), cm, cl)}
 
             config = replace(vprofile.adapt, stop="steps", alpha_guard=0.0)
-            result = adapt_harmonizer(model, t_slices, config, device=device, segmenter=segmenter,
-                                      seed=profile.seed, progress=setting.progress, observer=observer)  # fmt: skip
+            result = adapt_harmonizer(
+                model,
+                t_slices,
+                config,
+                device=device,
+                segmenter=segmenter,
+                seed=profile.seed,
+                progress=setting.progress,
+                observer=observer,
+            )
             curve = result.curve
             source_value = result.summary["source_bpd"]
             chosen: dict[str, tuple[int, str]] = {}

@@ -28,6 +28,13 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _command() -> str:
+    """The command line as typed, for the reports that record how they were made."""
+    import shlex
+
+    return shlex.join(["hflow", *sys.argv[1:]])
+
+
 def _print_version(value: bool) -> None:
     if value:
         from harmonizing_flows import __version__
@@ -147,7 +154,12 @@ def adapt(
     split: Annotated[
         list[str] | None, typer.Option(help="Only subjects of this split (repeatable); default: all.")
     ] = None,
-    stop: Annotated[str | None, typer.Option(help="Stopping rule: source-bpd or steps (default: the model's).")] = None,
+    stop: Annotated[
+        str | None, typer.Option(help="Stopping rule: source-bpd, entropy (needs --segmenter) or steps.")
+    ] = None,
+    segmenter: Annotated[
+        Path | None, typer.Option(help="A segmenter folder from `hflow fit-segmenter`: adds its entropy to the curve.")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Most adaptation steps.")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override adapt.* settings, e.g. adapt.lr=1e-5.")
@@ -168,13 +180,19 @@ def adapt(
         fitted = load_model(model)
         settings = apply_overrides(fitted.profile, set_ or []).adapt
         if stop is not None:
-            if stop == "entropy":
-                raise ValueError("the entropy rule needs a segmenter: use the Python API (adapt(..., segmenter=...))")
             settings = replace(settings, stop=stop)
+        seg = None
+        if segmenter is not None:
+            from harmonizing_flows.segment import check_compatible, load_segmenter
+
+            seg = load_segmenter(segmenter)
+            check_compatible(seg, fitted, segmenter)
+        elif settings.stop == "entropy":
+            raise ValueError("the entropy rule needs a segmenter: pass --segmenter (see `hflow fit-segmenter`)")
         if steps is not None:
             settings = replace(settings, steps=steps)
         folder, result = run(model, target, out, config=settings, site=site, splits=tuple(split) if split else None,
-                             device=device, overwrite=overwrite, progress=not quiet)  # fmt: skip
+                             device=device, segmenter=seg, overwrite=overwrite, progress=not quiet)  # fmt: skip
     except (HflowError, ValueError) as exc:
         _fail(exc)
     kept = result.summary["kept"]
@@ -209,6 +227,106 @@ def harmonize(
     except (HflowError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"harmonized {len(written)} volume(s) into {out}")
+
+
+@app.command("fit-segmenter")
+def fit_segmenter(
+    source: Annotated[Path, typer.Argument(help="Labelled source data: a manifest CSV, site folders or BIDS.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Segmenter folder to write.")],
+    site: Annotated[str | None, typer.Option(help="The source site, if SOURCE holds several.")] = None,
+    profile: Annotated[str, typer.Option(help=_PROFILE_HELP)] = "fast",
+    config: Annotated[Path | None, typer.Option(help="TOML file of settings.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the profile's).")] = None,
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing segmenter folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train the 15-class segmenter on a source site's training split (for evaluation and entropy stopping)."""
+    from harmonizing_flows.errors import HflowError
+    from harmonizing_flows.segment import fit_segmenter_on
+
+    try:
+        folder = fit_segmenter_on(source, out, _profile(profile, config, set_, seed), site=site, device=device,
+                                  overwrite=overwrite, progress=not quiet)  # fmt: skip
+    except (HflowError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"segmenter: {folder}")
+
+
+@app.command()
+def benchmark(
+    data: Annotated[Path, typer.Argument(help="Labelled multi-site data, e.g. the manifest of `hflow simulate`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (tables, JSON, figures, models).")],
+    settings: Annotated[
+        str | None, typer.Option(help="Settings to run, e.g. A,C (A = first site in name order). Default: all.")
+    ] = None,
+    variants: Annotated[
+        str, typer.Option(help="Method variants: paper-faithful, brain-only, positive-alpha, collapse-negatives.")
+    ] = "paper-faithful,brain-only,positive-alpha,collapse-negatives",
+    profile: Annotated[str, typer.Option(help=_PROFILE_HELP)] = "fast",
+    config: Annotated[Path | None, typer.Option(help="TOML file of settings.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the profile's).")] = None,
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier report in OUT (fitted models are reused).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """The paper's protocol: each site in turn as the source, every method on the others' test volumes."""
+    from harmonizing_flows.benchmark import benchmark as run
+    from harmonizing_flows.errors import HflowError
+
+    try:
+        chosen = [x.strip() for x in settings.split(",")] if settings else None
+        written = run(data, out, _profile(profile, config, set_, seed), settings=chosen,
+                      variants=[x.strip() for x in variants.split(",") if x.strip()], device=device,
+                      overwrite=overwrite, progress=not quiet, log=typer.echo, command=_command())  # fmt: skip
+    except (HflowError, ValueError) as exc:
+        _fail(exc)
+    typer.echo((written["tables.md"]).read_text(encoding="utf-8"))
+    typer.echo("written: " + ", ".join(str(p) for p in written.values()))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder: data/ and results/.")] = Path("hflow-demo"),
+    subjects_per_site: Annotated[int, typer.Option(min=4, help="Simulated subjects per site.")] = 12,
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUT.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Everything in one command: simulate 4 sites, fit on one, adapt to the others, compare with the baselines."""
+    import time
+
+    from harmonizing_flows.benchmark import benchmark as run
+    from harmonizing_flows.errors import HflowError
+    from harmonizing_flows.profiles import load_profile
+    from harmonizing_flows.simulate import simulate as simulate_sites
+
+    started = time.perf_counter()
+    data = out / "data"
+    try:
+        if (out / "results").exists() and not overwrite:
+            from harmonizing_flows.errors import OutputExistsError
+
+            raise OutputExistsError(out)
+        typer.echo(f"1/2 simulating 4 sites x {subjects_per_site} subjects at 2 mm into {data}")
+        simulate_sites(data, config=SimulationConfig(subjects_per_site=subjects_per_site, voxel_size=2.0),
+                       overwrite=overwrite, progress=not quiet)  # fmt: skip
+        typer.echo("2/2 setting A: fit on the first site, adapt to the other three, evaluate every method")
+        written = run(data / "manifest.csv", out / "results", load_profile("fast"), settings=["A"],
+                      variants=["paper-faithful", "brain-only"], device=device, overwrite=overwrite,
+                      progress=not quiet, log=typer.echo, command=_command())  # fmt: skip
+    except (HflowError, ValueError) as exc:
+        _fail(exc)
+    typer.echo((written["tables.md"]).read_text(encoding="utf-8"))
+    typer.echo(f"demo finished in {time.perf_counter() - started:.0f} s")
+    typer.echo("  tables:  " + str(written["tables.md"]))
+    typer.echo("  numbers: " + str(written["results.json"]))
+    typer.echo("  figures: " + str(written["figures"]))
+    typer.echo("  data:    " + str(data))
 
 
 @app.command()

@@ -50,9 +50,7 @@ def _surface(region: np.ndarray) -> np.ndarray:
     return region & ~ndimage.binary_erosion(region, structure=_CROSS, border_value=0)
 
 
-def surface_distances(
-    a: np.ndarray, b: np.ndarray, spacing: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Distances (mm) from each surface voxel of ``a`` to the surface of ``b``, and from ``b`` to ``a``.
 
     Both regions must be non-empty. The work is cropped to the regions' joint bounding box (plus one voxel of

@@ -121,9 +121,12 @@ def _table2(results, letters, variants: Sequence[str]) -> list[str]:
     head = "| variant | stage | " + " | ".join(letters) + " | average |"
     lines = ["**Dice (%)**", "", head, "|" + "---|" * (head.count("|") - 1)]
     for variant in variants:
-        for stage, method in (("none", "none"), ("pre-trained harmonizer", "pre-trained harmonizer"),
-                              ("adapted (source bpd)", "Harmonizing Flows (source bpd)"),
-                              ("adapted (min entropy)", "Harmonizing Flows (min entropy)")):  # fmt: skip
+        for stage, method in (
+            ("none", "none"),
+            ("pre-trained harmonizer", "pre-trained harmonizer"),
+            ("adapted (source bpd)", "Harmonizing Flows (source bpd)"),
+            ("adapted (min entropy)", "Harmonizing Flows (min entropy)"),
+        ):
             row = table_rows(results, (method,), "dice", variant)[method]
             cells = " | ".join(_cell(row[x], 1) for x in (*letters, "average"))
             lines.append(f"| {variant} | {stage} | {cells} |")
@@ -135,13 +138,20 @@ def _table3(results, letters, variants: Sequence[str]) -> list[str]:
 
     head = "| variant | stopping rule | " + " | ".join(letters) + " | average | mean kept step |"
     lines = ["**Dice (%)**", "", head, "|" + "---|" * (head.count("|") - 1)]
-    names = {"entropy": "minimum entropy", "source-bpd": "source bpd", "steps": "fixed steps (all)",
-             "alpha-guard": "source bpd + alpha guard 0.5", "oracle": "oracle (best Dice) *"}  # fmt: skip
+    names = {
+        "entropy": "minimum entropy",
+        "source-bpd": "source bpd",
+        "steps": "fixed steps (all)",
+        "alpha-guard": "source bpd + alpha guard 0.5",
+        "oracle": "oracle (best Dice) *",
+    }
     for variant in variants:
         for rule in RULES:
             key = f"adapted ({rule})"
             row = table_rows(results, (key,), "dice", variant)[key]
-            kept = [t["variants"][variant]["kept"][rule]["step"] for s in results.values() for t in s["targets"].values()]
+            kept = [
+                t["variants"][variant]["kept"][rule]["step"] for s in results.values() for t in s["targets"].values()
+            ]
             cells = " | ".join(_cell(row[x], 1) for x in (*letters, "average"))
             lines.append(f"| {variant} | {names[rule]} | {cells} | {np.mean(kept):.0f} |")
     return [*lines, ""]

@@ -37,7 +37,9 @@ from harmonizing_flows.train import Slices, StepFn, run_training
 __all__ = [
     "SEGMENTER_FORMAT",
     "Segmenter",
+    "check_compatible",
     "fit_segmenter",
+    "fit_segmenter_on",
     "load_segmenter",
     "predict",
     "save_segmenter",
@@ -208,3 +210,52 @@ def predict(
         labels = segmenter(x).argmax(1).to(torch.uint8).cpu()
         out[rows] = labels * masks[rows]
     return out.numpy()
+
+
+def check_compatible(segmenter: Segmenter, model: Any, segmenter_path: str | Path | None = None) -> None:
+    """A segmenter can judge a model's harmonizer only if both come from the same source site and image size."""
+    seg_site, model_site = segmenter.metadata.get("source_site"), model.metadata.get("source_site")
+    if seg_site and model_site and seg_site != model_site:
+        raise InputError(
+            segmenter_path, f"segmenter was trained on site {seg_site!r}, but the model's source site is {model_site!r}"
+        )
+    seg_size = segmenter.metadata.get("image_size")
+    model_size = model.metadata.get("image_size") or list(model.profile.slices.image_size)
+    if seg_size and list(seg_size) != list(model_size):
+        raise InputError(
+            segmenter_path,
+            f"segmenter works on {seg_size[0]}x{seg_size[1]} slices, the model on {model_size[0]}x{model_size[1]}",
+        )
+
+
+def fit_segmenter_on(
+    source: str | Path,
+    out: str | Path,
+    profile: Profile,
+    *,
+    site: str | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train a segmenter on one site's training split of a labelled dataset and write its folder ``out``."""
+    from harmonizing_flows.datasets import load_subjects, split_subjects
+    from harmonizing_flows.errors import OutputExistsError
+    from harmonizing_flows.train import load_slices, select_site
+
+    source, out = Path(source), Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(out)
+    subjects = select_site(load_subjects(source), site, source)
+    if not all(s.split for s in subjects):
+        subjects = split_subjects(subjects)
+    train = [s for s in subjects if s.split == "train"]
+    data = load_slices(train, profile.slices, progress=progress, desc="reading labelled volumes", labels=True)
+    segmenter = fit_segmenter(
+        data,
+        profile,
+        device=device,
+        progress=progress,
+        metadata={"source_site": subjects[0].site, "source_subjects": [s.subject for s in train]},
+    )
+    return save_segmenter(segmenter, out, overwrite=overwrite)
