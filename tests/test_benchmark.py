@@ -1,0 +1,146 @@
+"""The benchmark end to end at the smoke profile, and the bad input it must refuse."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from harmonizing_flows.benchmark import RULES, benchmark, load_stacks
+from harmonizing_flows.datasets import load_subjects
+from harmonizing_flows.errors import InputError, OutputExistsError
+from harmonizing_flows.report import TABLE1_METHODS
+
+
+@pytest.fixture(scope="module")
+def report(simulated, smoke_profile, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results"
+    lines: list[str] = []
+    written = benchmark(
+        simulated.manifest,
+        out,
+        smoke_profile,
+        settings=["B"],
+        variants=["paper-faithful", "brain-only"],
+        progress=False,
+        log=lines.append,
+        command="test",
+    )
+    return out, written, lines
+
+
+def test_tables_json_and_figures_are_written(report):
+    out, written, _ = report
+    assert set(written) == {"tables.md", "results.json", "figures"}
+    tables = (out / "tables.md").read_text()
+    for heading in ("Table 1", "Table 2", "Table 3", "Dice (%)", "HD95 (mm)", "modified Hausdorff distance (mm)"):
+        assert heading in tables
+    for method in TABLE1_METHODS:
+        assert f"| {method} " in tables
+    assert "ceiling: segmenter on its source test split" in tables
+    for name in ("slices_B.png", "histograms_B.png", "curves_B.png"):
+        assert (out / "figures" / name).stat().st_size > 10_000
+
+
+def test_every_method_is_scored_on_every_test_volume_of_every_target(report, simulated):
+    out, _, _ = report
+    doc = json.loads((out / "results.json").read_text())
+    setting = doc["results"]["B"]
+    sites = sorted({s.site for s in load_subjects(simulated.manifest)})
+    assert setting["source"] == sites[1]
+    assert set(setting["targets"]) == set(sites) - {sites[1]}
+    for target in setting["targets"].values():
+        n = len(target["test_subjects"])
+        for method in ("none", "histogram matching", "Nyul", "ComBat", "TENT"):
+            assert len(target["scores"][method]) == n
+            assert all(0 <= s["dice"] <= 100 and s["hd95"] >= 0 for s in target["scores"][method])
+        for variant in target["variants"].values():
+            for rule in RULES:
+                assert len(variant["scores"][f"adapted ({rule})"]) == n
+                assert variant["kept"][rule]["step"] in [r["step"] for r in variant["curve"]]
+            dice = [r["dice"] for r in variant["curve"]]
+            oracle = variant["kept"]["oracle"]["step"]
+            assert dice[[r["step"] for r in variant["curve"]].index(oracle)] == max(dice)
+            assert variant["kept"]["steps"]["step"] == variant["curve"][-1]["step"]
+
+
+def test_a_second_run_needs_overwrite_and_then_reuses_the_fitted_networks(report, simulated, smoke_profile):
+    out, _, _ = report
+    with pytest.raises(OutputExistsError):
+        benchmark(simulated.manifest, out, smoke_profile, settings=["B"], progress=False, log=lambda _: None)
+    lines: list[str] = []
+    benchmark(
+        simulated.manifest,
+        out,
+        smoke_profile,
+        settings=["B"],
+        variants=["paper-faithful"],
+        overwrite=True,
+        progress=False,
+        log=lines.append,
+    )
+    assert any("model: reusing" in line for line in lines)
+    assert any("segmenter: reusing" in line for line in lines)
+
+
+def _copy_site_data(simulated, tmp_path: Path, *, sites=None, relabel=None, drop_test=None) -> Path:
+    """A manifest over the simulated files, optionally for fewer sites, one label map rewritten, or a site's
+    test subjects moved to validation."""
+    rows = list(csv.DictReader(simulated.manifest.open()))
+    root = simulated.manifest.parent
+    out_rows = []
+    for row in rows:
+        if sites and row["site"] not in sites:
+            continue
+        row = {k: (str(root / v) if k in ("image", "mask", "labels") and v else v) for k, v in row.items()}
+        if relabel and row["subject"] == relabel:
+            img = nib.load(row["labels"])
+            data = np.asarray(img.dataobj)
+            bad = np.where(data > 0, 1 + (data % 3), 0).astype(np.int16)  # a 3-class tissue map
+            path = tmp_path / "tissue_labels.nii.gz"
+            nib.save(nib.Nifti1Image(bad, img.affine), path)
+            row["labels"] = str(path)
+        if drop_test and row["site"] == drop_test and row["split"] == "test":
+            row["split"] = "val"
+        out_rows.append(row)
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(out_rows[0]))
+        writer.writeheader()
+        writer.writerows(out_rows)
+    return manifest
+
+
+def test_a_label_map_with_other_classes_is_refused(simulated, tmp_path, smoke_profile):
+    subject = next(iter(load_subjects(simulated.manifest))).subject
+    manifest = _copy_site_data(simulated, tmp_path, relabel=subject)
+    with pytest.raises(InputError, match=r"tissue_labels.nii.gz.*only classes \[1, 2, 3\]"):
+        load_stacks([s for s in load_subjects(manifest) if s.subject == subject], smoke_profile.slices)
+
+
+def test_a_target_without_test_volumes_or_a_single_site_is_refused(simulated, tmp_path, smoke_profile):
+    sites = sorted({s.site for s in load_subjects(simulated.manifest)})
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = _copy_site_data(simulated, tmp_path / "one", sites=[sites[0]])
+    with pytest.raises(InputError, match="holds 1 site"):
+        benchmark(one, tmp_path / "r1", smoke_profile, progress=False, log=lambda _: None)
+    two = _copy_site_data(simulated, tmp_path / "two", sites=sites[:2], drop_test=sites[1])
+    with pytest.raises(InputError, match=f"target site {sites[1]} has no subject in its test split"):
+        benchmark(
+            two,
+            tmp_path / "r2",
+            smoke_profile,
+            settings=["A"],
+            variants=["paper-faithful"],
+            progress=False,
+            log=lambda _: None,
+        )
+    with pytest.raises(ValueError, match="unknown setting"):
+        benchmark(simulated.manifest, tmp_path / "r3", smoke_profile, settings=["Z"], progress=False, log=print)
+    with pytest.raises(ValueError, match="unknown variant"):
+        benchmark(simulated.manifest, tmp_path / "r4", smoke_profile, variants=["magic"], progress=False, log=print)
