@@ -5,7 +5,7 @@
 # With CUDA present, the package's plain `torch>=2.2` requirement gives the usual GPU build.
 PYTHON ?= python3
 VENV ?= .venv
-OUT ?= hflow-sim
+OUT ?= hflow-demo
 TORCH_CPU ?= torch==2.13.0
 TORCH_CPU_ARGS ?=
 BIN := $(VENV)/bin
@@ -27,7 +27,7 @@ install: $(BIN)/hflow
 
 # The main job.
 demo: $(BIN)/hflow
-	$(BIN)/hflow simulate --out $(OUT) --overwrite
+	$(BIN)/hflow demo --out $(OUT) --overwrite
 
 # The test suite (what CI runs).
 test: $(BIN)/hflow

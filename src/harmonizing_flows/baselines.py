@@ -177,6 +177,8 @@ def combat(
     import pandas as pd
 
     config = config or EvaluationConfig()
+    if len(source) < 2 or len(target) < 2:
+        raise ValueError(f"ComBat needs at least two volumes per site, not {len(source)} and {len(target)}")
     run = _neurocombat()
     stacks = [*source, *target]
     images, brains, places = _align(stacks, [*source_masks, *target_masks])

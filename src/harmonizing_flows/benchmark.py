@@ -187,20 +187,27 @@ class _Setting:
     out: Path
     progress: bool
     log: Callable[[str], None]
-    results: dict[str, Any] = field(default_factory=dict)
+    train_files: list[Path] = field(default_factory=list)
 
 
 def _fit_or_load(setting: _Setting, name: str, profile: Profile, build: Callable[[], Any], save, load) -> Any:
-    """Fit once and keep the result under OUT/models/SOURCE/NAME, so that a benchmark run can be resumed."""
+    """Fit once and keep the result under OUT/models/SOURCE/NAME, so that a benchmark run can be resumed.
+
+    A stored network is reused only when it was fitted with the same settings on the same training files
+    (path, size and modification time of each), so new data is never judged by a stale network.
+    """
+    import hashlib
+
     folder = setting.out / "models" / setting.source / name
+    files = sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in setting.train_files)
+    key = hashlib.sha256(json.dumps([profile_to_dict(profile), files], default=str).encode()).hexdigest()
     doc = folder / "model.json"
-    if doc.is_file():
-        stored = json.loads(doc.read_text(encoding="utf-8")).get("profile")
-        if stored == json.loads(json.dumps(profile_to_dict(profile))):
-            setting.log(f"  {name}: reusing {folder}")
-            return load(folder)
+    if doc.is_file() and json.loads(doc.read_text(encoding="utf-8")).get("benchmark_key") == key:
+        setting.log(f"  {name}: reusing {folder}")
+        return load(folder)
     started = time.perf_counter()
     made = build()
+    made.metadata["benchmark_key"] = key
     save(made, folder)
     setting.log(f"  {name}: fitted in {time.perf_counter() - started:.0f} s")
     return made
@@ -227,6 +234,7 @@ def _run_setting(
         raise InputError(source[0].path.parent, f"site {setting.source} needs subjects in its train and test splits")
     train_slices = stacks_to_slices(train, labels=True)
     val_slices = stacks_to_slices(val)
+    setting.train_files = [s.path for s in train]
     ctx = Context(device=device)
 
     def fit_base() -> Model:
@@ -303,9 +311,10 @@ def _run_setting(
             "histogram matching": [histogram.transform(s.images, s.mask) for s in t_test],
             "Nyul": [nyul.transform(s.images, s.mask) for s in t_test],
         }
+        reference = train + [s for s in val if s not in train]  # source intensities only, never labels
         combat_all = combat(
-            [s.images for s in train],
-            [s.mask for s in train],
+            [s.images for s in reference],
+            [s.mask for s in reference],
             [s.images for s in target],
             [s.mask for s in target],
             profile.evaluation,
@@ -482,6 +491,16 @@ def benchmark(
     bad = [x for x in chosen if x not in letters]
     if bad:
         raise ValueError(f"unknown setting(s) {bad}; this data has {', '.join(f'{k}={v}' for k, v in letters.items())}")
+    # refuse unusable splits before any network is fitted
+    for site in sites:
+        splits = [s.split for s in subjects if s.site == site]
+        if "test" not in splits:
+            raise InputError(data, f"target site {site} has no subject in its test split")
+        if len(splits) < 2:
+            raise InputError(data, f"site {site} has {len(splits)} subject; ComBat and the splits need at least 2")
+    for letter in chosen:
+        if not any(s.site == letters[letter] and s.split == "train" for s in subjects):
+            raise InputError(data, f"source site {letters[letter]} has no subject in its train split")
     log(f"reading {len(subjects)} labelled volumes from {len(sites)} sites")
     stacks: dict[str, list[Stack]] = {}
     for site in sites:
