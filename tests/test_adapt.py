@@ -100,3 +100,21 @@ def test_adapt_writes_an_adapted_model_with_its_curve(fitted, simulated, tmp_pat
     assert curve[0]["step"] == 0 and {"target_bpd", "alpha", "seconds"} <= set(curve[0])
     with pytest.raises(OutputExistsError):
         adapt(fitted, simulated.manifest, out, site="spgr-15t", progress=False)
+
+
+@pytest.mark.parametrize("rule", ["source-bpd", "entropy"])
+def test_a_rule_replayed_on_the_whole_curve_keeps_the_step_a_live_run_keeps(fitted, target, rule):
+    from harmonizing_flows.adapt import decide
+
+    def segmenter(images):  # any fixed segmenter will do: entropy just has to vary along the curve
+        return torch.cat([images / 255.0, 1.0 - images / 255.0, 0.5 * torch.ones_like(images)], 1) * 4.0
+
+    model = load_model(fitted)
+    base = replace(model.profile.adapt, steps=40, eval_every=5, lr=3e-4, patience=2)
+    whole = adapt_harmonizer(model, target, replace(base, stop="steps"), segmenter=segmenter, progress=False)
+    live = adapt_harmonizer(model, target, replace(base, stop=rule), segmenter=segmenter, progress=False)
+    replayed = decide(whole.curve, replace(base, stop=rule), whole.summary["source_bpd"], final=True)
+    assert whole.curve[replayed.index]["step"] == live.chosen_step
+    assert replayed.reason == live.reason
+    # the live run stopped where the rule said so, and its curve is the whole run's up to there
+    assert [r["step"] for r in live.curve] == [r["step"] for r in whole.curve][: len(live.curve)]

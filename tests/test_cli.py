@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -27,8 +28,20 @@ def test_help_and_version_are_quick_and_do_not_import_torch():
 
 def test_simulate_writes_a_loadable_dataset(tmp_path):
     out = tmp_path / "sim"
-    args = ["simulate", "--out", str(out), "--sites", "mprage-3t,spgr-15t", "--subjects-per-site", "3",
-            "--voxel-size", "6", "--seed", "2", "--quiet"]  # fmt: skip
+    args = [
+        "simulate",
+        "--out",
+        str(out),
+        "--sites",
+        "mprage-3t,spgr-15t",
+        "--subjects-per-site",
+        "3",
+        "--voxel-size",
+        "6",
+        "--seed",
+        "2",
+        "--quiet",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "simulated 6 subjects at 2 sites" in result.stdout
@@ -83,13 +96,45 @@ def test_console_script_runs():
 
 def test_fit_adapt_harmonize_from_the_command_line(simulated, tmp_path):
     model, adapted, out = tmp_path / "model", tmp_path / "adapted", tmp_path / "harmonized"
-    fit = runner.invoke(app, ["fit", str(simulated.manifest), "--site", "mprage-3t", "--out", str(model),
-                              "--profile", "smoke", "--set", "flow_training.epochs=1",
-                              "--set", "harmonizer_training.epochs=1", "--seed", "3", "--quiet"])  # fmt: skip
+    fit = runner.invoke(
+        app,
+        [
+            "fit",
+            str(simulated.manifest),
+            "--site",
+            "mprage-3t",
+            "--out",
+            str(model),
+            "--profile",
+            "smoke",
+            "--set",
+            "flow_training.epochs=1",
+            "--set",
+            "harmonizer_training.epochs=1",
+            "--seed",
+            "3",
+            "--quiet",
+        ],
+    )
     assert fit.exit_code == 0, fit.output
     assert "fitted on site mprage-3t" in fit.stdout and "source validation bpd" in fit.stdout
-    adapt = runner.invoke(app, ["adapt", str(model), str(simulated.manifest), "--site", "spgr-15t", "--out",
-                                str(adapted), "--stop", "steps", "--steps", "4", "--quiet"])  # fmt: skip
+    adapt = runner.invoke(
+        app,
+        [
+            "adapt",
+            str(model),
+            str(simulated.manifest),
+            "--site",
+            "spgr-15t",
+            "--out",
+            str(adapted),
+            "--stop",
+            "steps",
+            "--steps",
+            "4",
+            "--quiet",
+        ],
+    )
     assert adapt.exit_code == 0, adapt.output
     assert "took all 4 steps" in adapt.stdout and "kept step 4" in adapt.stdout
     site_folder = simulated.folder / "spgr-15t"
@@ -122,3 +167,64 @@ def test_the_cli_keeps_freed_memory_on_linux():
     code = "from harmonizing_flows.allocator import keep_freed_memory as k; print(k())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ("True" if sys.platform.startswith("linux") else "False")
+
+
+def test_fit_segmenter_then_adapt_with_the_entropy_rule(simulated, fitted, smoke_profile, tmp_path):
+    runner = CliRunner()
+    seg = tmp_path / "seg"
+    result = runner.invoke(
+        app,
+        [
+            "fit-segmenter",
+            str(simulated.manifest),
+            "--site",
+            "mprage-3t",
+            "--out",
+            str(seg),
+            "--profile",
+            "smoke",
+            "--device",
+            "cpu",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "adapted"
+    result = runner.invoke(
+        app,
+        [
+            "adapt",
+            str(fitted),
+            str(simulated.manifest),
+            "--site",
+            "spgr-15t",
+            "--out",
+            str(out),
+            "--stop",
+            "entropy",
+            "--segmenter",
+            str(seg),
+            "--steps",
+            "10",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    curve = json.loads((out / "adaptation.json").read_text())["curve"]
+    assert all("entropy" in r for r in curve)
+    result = runner.invoke(
+        app,
+        [
+            "adapt",
+            str(fitted),
+            str(simulated.manifest),
+            "--site",
+            "spgr-15t",
+            "--out",
+            str(tmp_path / "x"),
+            "--stop",
+            "entropy",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 2 and "needs a segmenter" in result.output

@@ -292,7 +292,7 @@ def benchmark(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder: data/ and results/.")] = Path("hflow-demo"),
-    subjects_per_site: Annotated[int, typer.Option(min=4, help="Simulated subjects per site.")] = 12,
+    subjects_per_site: Annotated[int, typer.Option(min=4, help="Simulated subjects per site.")] = 10,
     device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUT.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -317,7 +317,7 @@ def demo(
                        overwrite=overwrite, progress=not quiet)  # fmt: skip
         typer.echo("2/2 setting A: fit on the first site, adapt to the other three, evaluate every method")
         written = run(data / "manifest.csv", out / "results", load_profile("fast"), settings=["A"],
-                      variants=["paper-faithful", "brain-only"], device=device, overwrite=overwrite,
+                      variants=["paper-faithful"], device=device, overwrite=overwrite,
                       progress=not quiet, log=typer.echo, command=_command())  # fmt: skip
     except (HflowError, ValueError) as exc:
         _fail(exc)
