@@ -14,6 +14,9 @@ from harmonizing_flows.errors import OutputExistsError
 from harmonizing_flows.store import load_model
 from harmonizing_flows.train import load_slices
 
+# The rules' own tests run at learning rates that move intensities fast, so the intensity guard (tested on its own
+# below, on curves shaped like a measured collapse) is off in them.
+
 
 @pytest.fixture(scope="module")
 def target(simulated, fitted):
@@ -24,7 +27,7 @@ def target(simulated, fitted):
 
 def test_adaptation_lowers_the_target_bpd(fitted, target):
     model = load_model(fitted)
-    config = replace(model.profile.adapt, stop="steps", steps=30, eval_every=10, lr=3e-4)
+    config = replace(model.profile.adapt, intensity_guard=0.0, stop="steps", steps=30, eval_every=10, lr=3e-4)
     result = adapt_harmonizer(model, target, config, progress=False)
     bpd = [r["target_bpd"] for r in result.curve]
     assert [r["step"] for r in result.curve] == [0, 10, 20, 30]
@@ -37,11 +40,13 @@ def test_adaptation_lowers_the_target_bpd(fitted, target):
 
 def test_source_bpd_rule_stops_where_the_target_reaches_the_source(fitted, target):
     model = load_model(fitted)
-    start = adapt_harmonizer(model, target, replace(model.profile.adapt, stop="steps", steps=0), progress=False)
+    start = adapt_harmonizer(
+        model, target, replace(model.profile.adapt, intensity_guard=0.0, stop="steps", steps=0), progress=False
+    )
     first = start.curve[0]["target_bpd"]
     # Place the source bpd just below the start, so the rule must move and then stop.
     model.metadata["source_bpd"]["all_pixels"] = first - 1e-3
-    config = replace(model.profile.adapt, stop="source-bpd", steps=60, eval_every=5, lr=3e-4)
+    config = replace(model.profile.adapt, intensity_guard=0.0, stop="source-bpd", steps=60, eval_every=5, lr=3e-4)
     result = adapt_harmonizer(model, target, config, progress=False)
     kept = result.curve[-1]
     if "reached the source bpd" in result.reason:
@@ -59,7 +64,9 @@ def test_alpha_guard_stops_a_collapse_and_keeps_an_earlier_step(fitted, target):
     model = load_model(fitted)
     with torch.no_grad():  # push the run towards collapse: a strong negative drift on alpha
         model.harmonizer.alpha_head.weight.zero_()
-    config = replace(model.profile.adapt, stop="steps", steps=200, eval_every=2, lr=5e-2, alpha_guard=0.9)
+    config = replace(
+        model.profile.adapt, intensity_guard=0.0, stop="steps", steps=200, eval_every=2, lr=5e-2, alpha_guard=0.9
+    )
     result = adapt_harmonizer(model, target, config, progress=False)
     if result.guard is None:
         pytest.skip("this run did not drive alpha down; the guard had nothing to stop")
@@ -76,7 +83,9 @@ def test_entropy_rule_keeps_the_lowest_entropy_step(fitted, target):
     def segmenter(x):
         return conv(x / 255.0) * 4
 
-    config = replace(model.profile.adapt, stop="entropy", steps=20, eval_every=5, lr=3e-4, patience=100)
+    config = replace(
+        model.profile.adapt, intensity_guard=0.0, stop="entropy", steps=20, eval_every=5, lr=3e-4, patience=100
+    )
     result = adapt_harmonizer(model, target, config, segmenter=segmenter, progress=False)
     assert all("entropy" in r for r in result.curve)
     assert result.chosen_step == min(result.curve, key=lambda r: r["entropy"])["step"]
@@ -110,7 +119,7 @@ def test_a_rule_replayed_on_the_whole_curve_keeps_the_step_a_live_run_keeps(fitt
         return torch.cat([images / 255.0, 1.0 - images / 255.0, 0.5 * torch.ones_like(images)], 1) * 4.0
 
     model = load_model(fitted)
-    base = replace(model.profile.adapt, steps=40, eval_every=5, lr=3e-4, patience=2)
+    base = replace(model.profile.adapt, intensity_guard=0.0, steps=40, eval_every=5, lr=3e-4, patience=2)
     whole = adapt_harmonizer(model, target, replace(base, stop="steps"), segmenter=segmenter, progress=False)
     live = adapt_harmonizer(model, target, replace(base, stop=rule), segmenter=segmenter, progress=False)
     replayed = decide(whole.curve, replace(base, stop=rule), whole.summary["source_bpd"], final=True)
@@ -118,3 +127,66 @@ def test_a_rule_replayed_on_the_whole_curve_keeps_the_step_a_live_run_keeps(fitt
     assert replayed.reason == live.reason
     # the live run stopped where the rule said so, and its curve is the whole run's up to there
     assert [r["step"] for r in live.curve] == [r["step"] for r in whole.curve][: len(live.curve)]
+
+
+def _record(step: int, bpd: float, entropy: float, mean: float, std: float, alpha: float = 0.9) -> dict[str, float]:
+    return {"step": step, "target_bpd": bpd, "entropy": entropy, "brain_mean": mean, "brain_std": std, "alpha": alpha}
+
+
+# Shaped like the demo's measured collapse: the bpd and the entropy plunge as the brain goes dark, alpha still high.
+COLLAPSE = [
+    _record(0, 3.45, 0.30, 135.0, 40.0),
+    _record(10, 3.40, 0.28, 137.0, 41.0),
+    _record(20, 3.36, 0.26, 131.0, 40.0),
+    _record(30, 3.30, 0.27, 112.0, 36.0),  # darkened by 17 %
+    _record(40, 1.50, 0.01, 10.0, 3.0),
+    _record(50, 0.90, 0.008, 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("rule", ["entropy", "source-bpd", "steps"])
+def test_without_a_guard_every_rule_keeps_a_collapsed_step(rule):
+    from harmonizing_flows.adapt import decide
+    from harmonizing_flows.config import AdaptConfig
+
+    decision = decide(COLLAPSE, AdaptConfig(stop=rule, intensity_guard=0.0), source_bpd=3.0, final=True)
+    assert decision.index in (4, 5) and decision.guard is None
+
+
+@pytest.mark.parametrize("rule", ["entropy", "source-bpd", "steps"])
+def test_the_intensity_guard_stops_at_the_darkening_and_keeps_the_best_step_before(rule):
+    from harmonizing_flows.adapt import decide
+    from harmonizing_flows.config import AdaptConfig
+
+    decision = decide(COLLAPSE, AdaptConfig(stop=rule, intensity_guard=0.1), source_bpd=3.0, final=True)
+    assert decision.stop and decision.guard is not None and "intensity guard" in decision.reason
+    assert "step 30" in decision.guard
+    assert decision.index == 2  # each rule's best before step 30; for "steps", the last
+
+
+def test_the_intensity_guard_sees_a_flattened_brain_at_the_same_mean():
+    from harmonizing_flows.adapt import decide
+    from harmonizing_flows.config import AdaptConfig
+
+    flat = [_record(0, 3.4, 0.3, 120.0, 40.0), _record(10, 3.3, 0.2, 121.0, 39.0), _record(20, 3.1, 0.1, 119.0, 20.0)]
+    decision = decide(flat, AdaptConfig(stop="source-bpd", intensity_guard=0.1), source_bpd=2.0, final=True)
+    assert decision.index == 1 and "spread fell" in (decision.guard or "")
+    # a mild drift within the tolerance is harmonization, not a collapse
+    mild = [*flat[:2], _record(20, 3.1, 0.1, 112.0, 38.0)]
+    assert decide(mild, AdaptConfig(stop="source-bpd", intensity_guard=0.1), source_bpd=2.0, final=True).index == 2
+
+
+def test_the_alpha_guard_stops_when_alpha_falls():
+    from harmonizing_flows.adapt import decide
+    from harmonizing_flows.config import AdaptConfig
+
+    falling = [_record(0, 3.4, 0.3, 120.0, 40.0, alpha=0.9), _record(10, 3.3, 0.2, 120.0, 40.0, alpha=0.8),
+               _record(20, 3.2, 0.1, 120.0, 40.0, alpha=0.3)]  # fmt: skip
+    decision = decide(falling, AdaptConfig(stop="steps", alpha_guard=0.5), source_bpd=2.0, final=True)
+    assert decision.index == 1 and "alpha guard" in (decision.guard or "")
+
+
+def test_the_intensity_guard_is_on_by_default():
+    from harmonizing_flows.profiles import PROFILES
+
+    assert all(p.adapt.intensity_guard == 0.1 for p in PROFILES.values())

@@ -12,7 +12,8 @@ adaptation never returns the last step of a run that went wrong:
 * ``steps``: take every step and keep the last.
 
 Guards, each a named option: ``harmonizer.positive_alpha`` (alpha cannot turn negative), ``adapt.alpha_guard``
-(stop when alpha falls below a share of its start, keeping the best step before), ``negatives.collapse_modes``
+(stop when alpha falls below a share of its start, keeping the best step before), ``adapt.intensity_guard`` (the
+same when the harmonized brain's mean intensity drifts or its spread shrinks), ``negatives.collapse_modes``
 (the flow learns that collapsed images are unlikely), ``adapt.brain_only`` (the likelihood counts brain pixels).
 """
 
@@ -80,7 +81,7 @@ class Decision:
 def decide(
     curve: Sequence[Mapping[str, float]], config: AdaptConfig, source_bpd: float, *, final: bool = False
 ) -> Decision:
-    """Apply ``config.stop`` and the alpha guard to the evaluations so far (``curve[0]`` is the start).
+    """Apply ``config.stop`` and the guards to the evaluations so far (``curve[0]`` is the start).
 
     A pure function of the curve's records, so the same rule can be replayed on a recorded curve: the benchmark
     runs adaptation once and asks each rule which step it would have kept. ``final`` marks the last evaluation.
@@ -96,16 +97,12 @@ def decide(
 
     if rule == "source-bpd" and curve[0]["target_bpd"] <= source_bpd:
         return Decision(0, True, f"the pre-trained harmonizer already reaches the source bpd ({source_bpd:.3f})")
-    alpha0 = curve[0]["alpha"]
     best, stale = 0, 0
     for i in range(1, len(curve)):
         record = curve[i]
-        if config.alpha_guard and record["alpha"] < config.alpha_guard * alpha0:
-            guard = (
-                f"alpha fell to {record['alpha']:.3f}, below {config.alpha_guard:g} of its start {alpha0:.3f}, "
-                f"at step {int(record['step'])}"
-            )
-            return Decision(best, True, f"stopped by the alpha guard ({guard}); kept the best step before it", guard)
+        guard = _guard(curve[0], record, config)
+        if guard:
+            return Decision(best, True, f"stopped by the {guard}; kept the best step before it", guard)
         if score(record) < score(curve[best]):
             best, stale = i, 0
         else:
@@ -126,6 +123,31 @@ def decide(
         "steps": f"took all {steps} steps",
     }[rule]
     return Decision(best, True, reason)
+
+
+def _guard(start: Mapping[str, float], record: Mapping[str, float], config: AdaptConfig) -> str | None:
+    """Which guard, if any, this evaluation trips (see ``AdaptConfig.alpha_guard`` and ``intensity_guard``)."""
+    at = f"at step {int(record['step'])}"
+    if config.alpha_guard and record["alpha"] < config.alpha_guard * start["alpha"]:
+        return (
+            f"alpha guard (alpha fell to {record['alpha']:.3f}, below {config.alpha_guard:g} of its start "
+            f"{start['alpha']:.3f}, {at})"
+        )
+    tolerance = config.intensity_guard
+    if tolerance:
+        mean0, mean = start["brain_mean"], record["brain_mean"]
+        if abs(mean - mean0) > tolerance * mean0:
+            return (
+                f"intensity guard (the brain's mean intensity moved from {mean0:.1f} to {mean:.1f}, more than "
+                f"{tolerance:.0%}, {at})"
+            )
+        std0, std = start.get("brain_std"), record.get("brain_std")
+        if std0 is not None and std is not None and std < (1 - tolerance) * std0:
+            return (
+                f"intensity guard (the brain's intensity spread fell from {std0:.1f} to {std:.1f}, more than "
+                f"{tolerance:.0%}, {at})"
+            )
+    return None
 
 
 def adapt_harmonizer(
@@ -171,11 +193,14 @@ def adapt_harmonizer(
         harmonizer.eval()
         with torch.no_grad():
             y, alpha = harmonizer.harmonize(mx, mm)
+            pixels = mm.sum().clamp_min(1.0)
+            brain_mean = float((y * mm).sum() / pixels)
             record = {
                 "step": step,
                 "target_bpd": float(flow.bpd(y, mm, noise=monitor_noise, brain_only=config.brain_only).mean()),
                 "alpha": float(alpha.mean()),
-                "brain_mean": float((y * mm).sum() / mm.sum().clamp_min(1.0)),
+                "brain_mean": brain_mean,
+                "brain_std": float((((y - brain_mean) ** 2 * mm).sum() / pixels).sqrt()),
                 "seconds": round(time.perf_counter() - started, 3),
             }
             if segmenter is not None:

@@ -7,7 +7,7 @@ scores every test volume against its reference labels, in mm. Adaptation uses al
 without their labels, as the paper's test-time setting allows.
 
 Harmonizing Flows is adapted once per target and variant, taking every step; the stopping rules (minimum entropy,
-source bpd, fixed steps, the alpha guard) are then replayed on the recorded curve with
+source bpd, fixed steps, each with and without a guard) are then replayed on the recorded curve with
 :func:`harmonizing_flows.adapt.decide`, which keeps the same step that a run stopped by that rule keeps. The
 oracle keeps the step with the best Dice on the test slices: it reads labels, so it is for analysis only.
 
@@ -55,8 +55,20 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 """The method's variants of Table 2: the paper-faithful one and one per guard that changes the adaptation's
 path. The alpha guard only stops a path early, so it is replayed on each variant's curve (see :data:`RULES`)."""
 
-RULES = ("entropy", "source-bpd", "steps", "alpha-guard", "oracle")
-"""Stopping rules of Table 3; ``alpha-guard`` is source-bpd with the alpha guard at 0.5."""
+GUARD = 0.1
+"""The intensity guard's tolerance in the replayed rules (see ``AdaptConfig.intensity_guard``)."""
+
+RULES: dict[str, tuple[str, dict[str, Any]]] = {
+    "entropy": ("minimum entropy", {"stop": "entropy"}),
+    "entropy+guard": (f"minimum entropy + intensity guard {GUARD:g}", {"stop": "entropy", "intensity_guard": GUARD}),
+    "source-bpd": ("source bpd", {"stop": "source-bpd"}),
+    "source-bpd+guard": (f"source bpd + intensity guard {GUARD:g}", {"stop": "source-bpd", "intensity_guard": GUARD}),
+    "alpha-guard": ("source bpd + alpha guard 0.5", {"stop": "source-bpd", "alpha_guard": 0.5}),
+    "steps": ("fixed steps (all)", {"stop": "steps"}),
+    "oracle": ("oracle (best Dice) *", {}),
+}
+"""Stopping rules of Table 3: name -> (label, the ``AdaptConfig`` fields it sets; every other guard is off).
+The oracle keeps the best Dice on the test slices, reading labels: analysis only."""
 
 MIN_FOREGROUND_CLASSES = 10
 """A whole-brain label map holds nearly all 14 foreground classes; fewer means the classes do not match."""
@@ -367,7 +379,8 @@ def _run_setting(
                 with torch.no_grad():
                     return {"dice": _pooled_dice(segmenter, harmonizer(cx, cm), cm, cl)}
 
-            config = replace(vprofile.adapt, stop="steps", alpha_guard=0.0)
+            unguarded = replace(vprofile.adapt, alpha_guard=0.0, intensity_guard=0.0)
+            config = replace(unguarded, stop="steps")
             result = adapt_harmonizer(
                 model,
                 t_slices,
@@ -381,17 +394,12 @@ def _run_setting(
             curve = result.curve
             source_value = result.summary["source_bpd"]
             chosen: dict[str, tuple[int, str]] = {}
-            for rule in RULES:
+            for rule, (_, fields) in RULES.items():
                 if rule == "oracle":
                     index = int(np.nanargmax([r["dice"] for r in curve]))
                     chosen[rule] = (index, "best Dice on the test slices (reads labels: analysis only)")
                     continue
-                rule_config = replace(
-                    vprofile.adapt,
-                    stop="source-bpd" if rule == "alpha-guard" else rule,
-                    alpha_guard=0.5 if rule == "alpha-guard" else 0.0,
-                )
-                decision = decide(curve, rule_config, source_value, final=True)
+                decision = decide(curve, replace(unguarded, **fields), source_value, final=True)
                 chosen[rule] = (decision.index, decision.reason)
             harmonizer = copy.deepcopy(model.harmonizer).to(device).eval()
             kept_images: dict[int, list[np.ndarray]] = {}

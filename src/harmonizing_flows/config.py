@@ -281,6 +281,12 @@ class AdaptConfig:
         patience: With ``"entropy"``, evaluations without improvement before stopping.
         alpha_guard: Guard: stop, and keep the best step so far, when the mean alpha falls below this fraction of
             its starting value (0 disables). A collapsing harmonizer drives alpha down before the image goes dark.
+        intensity_guard: Guard: stop, and keep the best step so far, when the harmonized brain's mean intensity on
+            the monitoring slices moves by more than this fraction of its starting value, or its standard deviation
+            falls by more than it (0 disables). The start is the pre-trained harmonizer's output, already near the
+            source's intensities, so a large drift from it is the flow's collapse (a darkened or flattened brain),
+            not harmonization. On the simulator the collapse darkened the brain while alpha still rose. On by
+            default, in every profile: it only ever stops a run earlier (0 gives the paper's exact procedure).
         brain_only: Guard: measure the likelihood over the brain mask only (see ``FlowConfig.brain_only``).
     """
 
@@ -292,6 +298,7 @@ class AdaptConfig:
     stop: StopRule = "source-bpd"
     patience: int = 10
     alpha_guard: float = 0.0
+    intensity_guard: float = 0.1
     brain_only: bool = False
 
     def __post_init__(self) -> None:
@@ -301,6 +308,8 @@ class AdaptConfig:
             raise ValueError(f"lr, batch_size and eval_every must be positive and steps non-negative: {self}")
         if not 0 <= self.alpha_guard < 1:
             raise ValueError(f"alpha_guard must be in [0, 1), not {self.alpha_guard}")
+        if not 0 <= self.intensity_guard < 1:
+            raise ValueError(f"intensity_guard must be in [0, 1), not {self.intensity_guard}")
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,16 @@ TABLE1_METHODS = (
     "pre-trained harmonizer",
     "Harmonizing Flows (source bpd)",
     "Harmonizing Flows (min entropy)",
+    "Harmonizing Flows (source bpd + guard)",
+    "Harmonizing Flows (min entropy + guard)",
     "Harmonizing Flows (oracle)",
 )
 _FROM_VARIANT = {
     "pre-trained harmonizer": "pre-trained harmonizer",
     "Harmonizing Flows (source bpd)": "adapted (source-bpd)",
     "Harmonizing Flows (min entropy)": "adapted (entropy)",
+    "Harmonizing Flows (source bpd + guard)": "adapted (source-bpd+guard)",
+    "Harmonizing Flows (min entropy + guard)": "adapted (entropy+guard)",
     "Harmonizing Flows (oracle)": "adapted (oracle)",
 }
 _UNITS = {"dice": "Dice (%)", "hd95": "HD95 (mm)", "mhd": "modified Hausdorff distance (mm)", "assd": "ASSD (mm)"}
@@ -126,6 +130,8 @@ def _table2(results, letters, variants: Sequence[str]) -> list[str]:
             ("pre-trained harmonizer", "pre-trained harmonizer"),
             ("adapted (source bpd)", "Harmonizing Flows (source bpd)"),
             ("adapted (min entropy)", "Harmonizing Flows (min entropy)"),
+            ("adapted (source bpd + guard)", "Harmonizing Flows (source bpd + guard)"),
+            ("adapted (min entropy + guard)", "Harmonizing Flows (min entropy + guard)"),
         ):
             row = table_rows(results, (method,), "dice", variant)[method]
             cells = " | ".join(_cell(row[x], 1) for x in (*letters, "average"))
@@ -138,22 +144,15 @@ def _table3(results, letters, variants: Sequence[str]) -> list[str]:
 
     head = "| variant | stopping rule | " + " | ".join(letters) + " | average | mean kept step |"
     lines = ["**Dice (%)**", "", head, "|" + "---|" * (head.count("|") - 1)]
-    names = {
-        "entropy": "minimum entropy",
-        "source-bpd": "source bpd",
-        "steps": "fixed steps (all)",
-        "alpha-guard": "source bpd + alpha guard 0.5",
-        "oracle": "oracle (best Dice) *",
-    }
     for variant in variants:
-        for rule in RULES:
+        for rule, (name, _) in RULES.items():
             key = f"adapted ({rule})"
             row = table_rows(results, (key,), "dice", variant)[key]
             kept = [
                 t["variants"][variant]["kept"][rule]["step"] for s in results.values() for t in s["targets"].values()
             ]
             cells = " | ".join(_cell(row[x], 1) for x in (*letters, "average"))
-            lines.append(f"| {variant} | {names[rule]} | {cells} | {np.mean(kept):.0f} |")
+            lines.append(f"| {variant} | {name} | {cells} | {np.mean(kept):.0f} |")
     return [*lines, ""]
 
 
