@@ -72,7 +72,7 @@ def test_a_segmenter_learns_a_separable_toy_problem(smoke_profile):
 
 
 def test_damaged_or_foreign_folders_are_clear_errors(segmenter_folder, fitted, tmp_path):
-    with pytest.raises(InputError, match="not a segmenter"):
+    with pytest.raises(InputError, match="not a harmonizing-flows segmenter description"):
         load_segmenter(fitted)  # a harmonizing-flows model, not a segmenter
     with pytest.raises(InputError, match=r"no model\.json"):
         load_segmenter(tmp_path)

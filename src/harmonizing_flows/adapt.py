@@ -128,7 +128,8 @@ def decide(
 def _guard(start: Mapping[str, float], record: Mapping[str, float], config: AdaptConfig) -> str | None:
     """Which guard, if any, this evaluation trips (see ``AdaptConfig.alpha_guard`` and ``intensity_guard``)."""
     at = f"at step {int(record['step'])}"
-    if config.alpha_guard and record["alpha"] < config.alpha_guard * start["alpha"]:
+    # Written so that a NaN (a diverged harmonizer) trips the guards rather than slipping past them.
+    if config.alpha_guard and not record["alpha"] >= config.alpha_guard * start["alpha"]:
         return (
             f"alpha guard (alpha fell to {record['alpha']:.3f}, below {config.alpha_guard:g} of its start "
             f"{start['alpha']:.3f}, {at})"
@@ -136,13 +137,13 @@ def _guard(start: Mapping[str, float], record: Mapping[str, float], config: Adap
     tolerance = config.intensity_guard
     if tolerance:
         mean0, mean = start["brain_mean"], record["brain_mean"]
-        if abs(mean - mean0) > tolerance * mean0:
+        if not abs(mean - mean0) <= tolerance * mean0:
             return (
                 f"intensity guard (the brain's mean intensity moved from {mean0:.1f} to {mean:.1f}, more than "
                 f"{tolerance:.0%}, {at})"
             )
         std0, std = start.get("brain_std"), record.get("brain_std")
-        if std0 is not None and std is not None and std < (1 - tolerance) * std0:
+        if std0 is not None and std is not None and not std >= (1 - tolerance) * std0:
             return (
                 f"intensity guard (the brain's intensity spread fell from {std0:.1f} to {std:.1f}, more than "
                 f"{tolerance:.0%}, {at})"

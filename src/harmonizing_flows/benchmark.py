@@ -6,10 +6,11 @@ method harmonizes the target sites' test volumes, the segmenter labels them, and
 scores every test volume against its reference labels, in mm. Adaptation uses all of a target site's volumes,
 without their labels, as the paper's test-time setting allows.
 
-Harmonizing Flows is adapted once per target and variant, taking every step; the stopping rules (minimum entropy,
-source bpd, fixed steps, each with and without a guard) are then replayed on the recorded curve with
-:func:`harmonizing_flows.adapt.decide`, which keeps the same step that a run stopped by that rule keeps. The
-oracle keeps the step with the best Dice on the test slices: it reads labels, so it is for analysis only.
+Harmonizing Flows is adapted once per target and variant, taking every step; the stopping rules (minimum entropy
+and source bpd, each with and without the intensity guard; fixed steps; source bpd with the alpha guard) are
+then replayed on the recorded curve with :func:`harmonizing_flows.adapt.decide`, which keeps the same step that
+a run stopped by that rule keeps. The oracle keeps the step with the best Dice on the test slices: it reads
+labels, so it is for analysis only.
 
 Averages over settings are the mean of the settings' means, with the mean of their standard deviations, as in
 the paper's tables. The gap closed is ``(method - none) / (ceiling - none)`` in Dice, where the ceiling is the
@@ -53,7 +54,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "collapse-negatives": ("negatives.collapse_modes=true",),
 }
 """The method's variants of Table 2: the paper-faithful one and one per guard that changes the adaptation's
-path. The alpha guard only stops a path early, so it is replayed on each variant's curve (see :data:`RULES`)."""
+path. The alpha and intensity guards only stop a path early, so they are replayed on each variant's curve, at
+the fixed values of :data:`RULES` (a profile's own ``adapt.alpha_guard`` and ``adapt.intensity_guard`` are not
+used here)."""
 
 GUARD = 0.1
 """The intensity guard's tolerance in the replayed rules (see ``AdaptConfig.intensity_guard``)."""

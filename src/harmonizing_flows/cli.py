@@ -55,6 +55,20 @@ def main(
     keep_freed_memory()
 
 
+# Options shared by several commands, declared once.
+ProfileOption = Annotated[
+    str, typer.Option(help="Settings preset: paper (GPU), fast (CPU default), smoke (tests). See `hflow profiles`.")
+]
+ConfigOption = Annotated[Path | None, typer.Option(help="TOML file of settings.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one setting, e.g. --set flow.margin=2.0 --set adapt.steps=500 (repeatable)."),
+]
+SeedOption = Annotated[int | None, typer.Option(help="Seed (default: the profile's).")]
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not hold other files).")],
@@ -74,7 +88,7 @@ def simulate(
         typer.Option(help="An aseg-style label map (e.g. a FreeSurfer aseg.mgz) to deform instead of fsaverage."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier simulation in --out.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Simulate a multi-site T1-weighted dataset with exact labels, from real anatomy."""
     import time
@@ -97,11 +111,6 @@ def simulate(
     )
 
 
-_PROFILE_HELP = "Settings preset: paper (GPU), fast (CPU default), smoke (tests). See `hflow profiles`."
-_SET_HELP = "Override one setting, e.g. --set flow.margin=2.0 --set adapt.steps=500 (repeatable)."
-_DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
-
-
 def _profile(profile: str, config: Path | None, overrides: list[str] | None, seed: int | None):
     from dataclasses import replace
 
@@ -116,14 +125,14 @@ def fit(
     source: Annotated[Path, typer.Argument(help="Source data: a manifest CSV, site folders or a BIDS dataset.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     site: Annotated[str | None, typer.Option(help="The source site, if SOURCE holds several.")] = None,
-    profile: Annotated[str, typer.Option(help=_PROFILE_HELP)] = "fast",
-    config: Annotated[Path | None, typer.Option(help="TOML file of settings.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (default: the profile's).")] = None,
-    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    profile: ProfileOption = "fast",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    seed: SeedOption = None,
+    device: DeviceOption = "auto",
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in OUT.checkpoints/.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Fit a model on one source site: pre-train the harmonizer, train the flow, store the source bpd."""
     import json
@@ -164,9 +173,9 @@ def adapt(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override adapt.* settings, e.g. adapt.lr=1e-5.")
     ] = None,
-    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    device: DeviceOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Adapt a fitted model's harmonizer to a new site, without labels or source data."""
     from dataclasses import replace
@@ -213,9 +222,9 @@ def harmonize(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.nii.gz) or folder.")],
     mask: Annotated[Path | None, typer.Option(help="Brain mask of a single input file.")] = None,
     dtype: Annotated[str, typer.Option(help="uint8 (as the model's source images) or float32.")] = "uint8",
-    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    device: DeviceOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Write harmonized NIfTI volumes on each input's own grid and header, background zero."""
     from harmonizing_flows.errors import HflowError
@@ -234,13 +243,13 @@ def fit_segmenter(
     source: Annotated[Path, typer.Argument(help="Labelled source data: a manifest CSV, site folders or BIDS.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Segmenter folder to write.")],
     site: Annotated[str | None, typer.Option(help="The source site, if SOURCE holds several.")] = None,
-    profile: Annotated[str, typer.Option(help=_PROFILE_HELP)] = "fast",
-    config: Annotated[Path | None, typer.Option(help="TOML file of settings.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (default: the profile's).")] = None,
-    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    profile: ProfileOption = "fast",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    seed: SeedOption = None,
+    device: DeviceOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing segmenter folder.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Train the 15-class segmenter on a source site's training split (for evaluation and entropy stopping)."""
     from harmonizing_flows.errors import HflowError
@@ -264,15 +273,15 @@ def benchmark(
     variants: Annotated[
         str, typer.Option(help="Method variants: paper-faithful, brain-only, positive-alpha, collapse-negatives.")
     ] = "paper-faithful,brain-only,positive-alpha,collapse-negatives",
-    profile: Annotated[str, typer.Option(help=_PROFILE_HELP)] = "fast",
-    config: Annotated[Path | None, typer.Option(help="TOML file of settings.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (default: the profile's).")] = None,
-    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    profile: ProfileOption = "fast",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    seed: SeedOption = None,
+    device: DeviceOption = "auto",
     overwrite: Annotated[
         bool, typer.Option(help="Replace an earlier report in OUT (fitted models are reused).")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """The paper's protocol: each site in turn as the source, every method on the others' test volumes."""
     from harmonizing_flows.benchmark import benchmark as run
@@ -293,9 +302,9 @@ def benchmark(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder: data/ and results/.")] = Path("hflow-demo"),
     subjects_per_site: Annotated[int, typer.Option(min=4, help="Simulated subjects per site.")] = 10,
-    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    device: DeviceOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUT.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Everything in one command: simulate 4 sites, fit on one, adapt to the others, compare with the baselines."""
     import time

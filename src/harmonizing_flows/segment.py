@@ -16,7 +16,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +30,7 @@ from harmonizing_flows.config import SegmenterConfig
 from harmonizing_flows.distributed import Context, setup
 from harmonizing_flows.errors import InputError
 from harmonizing_flows.labels import NUM_CLASSES
-from harmonizing_flows.profiles import Profile, profile_from_dict, profile_to_dict
+from harmonizing_flows.profiles import Profile
 from harmonizing_flows.train import Slices, StepFn, run_training
 
 __all__ = [
@@ -145,42 +144,23 @@ def fit_segmenter(
 
 def save_segmenter(segmenter: Segmenter, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``model.json`` (format, profile, metadata) and ``segmenter.safetensors`` atomically into ``out``."""
-    from harmonizing_flows.store import save_weights, write_folder
+    from harmonizing_flows.store import save_weights, write_document, write_folder
 
     def write(folder: Path) -> None:
         save_weights(segmenter, folder / "segmenter.safetensors", {"version": __version__})
-        document = {
-            "format": SEGMENTER_FORMAT,
-            "format_version": 1,
-            "package_version": __version__,
-            "profile": profile_to_dict(segmenter.profile),
-            **segmenter.metadata,
-        }
-        (folder / "model.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        write_document(folder, SEGMENTER_FORMAT, segmenter.profile, segmenter.metadata)
 
     return write_folder(Path(out), overwrite, write)
 
 
 def load_segmenter(folder: str | Path) -> Segmenter:
     """Read a segmenter folder; a missing, damaged or mismatched file is an InputError naming it."""
-    from harmonizing_flows.store import load_weights
+    from harmonizing_flows.store import load_weights, read_document
 
     folder = Path(folder)
-    doc_path = folder / "model.json"
-    if not doc_path.is_file():
-        raise InputError(folder, "is not a segmenter folder (no model.json)")
-    try:
-        document = json.loads(doc_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(doc_path, f"is not valid JSON ({exc})") from exc
-    if not isinstance(document, dict) or document.get("format") != SEGMENTER_FORMAT:
-        found = document.get("format") if isinstance(document, dict) else None
-        raise InputError(doc_path, f"is not a segmenter (format {found!r}); fit one with `hflow fit-segmenter`")
-    try:
-        profile = profile_from_dict(document["profile"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(doc_path, f"holds invalid settings ({exc})") from exc
-    metadata = {k: v for k, v in document.items() if k not in ("format", "format_version", "profile")}
+    profile, metadata = read_document(
+        folder, SEGMENTER_FORMAT, "segmenter folder", "fit one with `hflow fit-segmenter`"
+    )
     segmenter = Segmenter(profile, metadata)
     load_weights(segmenter, folder / "segmenter.safetensors")
     return segmenter.eval()

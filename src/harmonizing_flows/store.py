@@ -35,7 +35,17 @@ from harmonizing_flows.harmonizer import Harmonizer
 from harmonizing_flows.outputs import publish_folder
 from harmonizing_flows.profiles import Profile, profile_from_dict, profile_to_dict
 
-__all__ = ["FORMAT", "Model", "load_model", "load_weights", "save_model", "save_weights", "write_folder"]
+__all__ = [
+    "FORMAT",
+    "Model",
+    "load_model",
+    "load_weights",
+    "read_document",
+    "save_model",
+    "save_weights",
+    "write_document",
+    "write_folder",
+]
 
 FORMAT = "harmonizing-flows model"
 FORMAT_VERSION = 1
@@ -112,6 +122,46 @@ def write_folder(out: Path, overwrite: bool, write: Any) -> Path:
     return out
 
 
+def write_document(folder: Path, format: str, profile: Profile, metadata: Mapping[str, Any]) -> None:
+    """Write ``folder/model.json``: the format, its version, the package version, every setting and metadata."""
+    document = {
+        "format": format,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "profile": profile_to_dict(profile),
+        **metadata,
+    }
+    (folder / "model.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def read_document(folder: Path, format: str, kind: str, hint: str) -> tuple[Profile, dict[str, Any]]:
+    """Read and check ``folder/model.json`` of the given ``format``: its settings and the rest of its metadata.
+
+    Raises:
+        InputError: naming the folder or the file: missing, not JSON, another format (``kind`` and ``hint`` say
+            what was expected and how to make one), a newer format version, or invalid settings.
+    """
+    if not folder.is_dir():
+        raise InputError(folder, f"{kind} does not exist")
+    doc_path = folder / "model.json"
+    if not doc_path.is_file():
+        raise InputError(folder, f"is not a {kind} (no model.json)")
+    try:
+        document = json.loads(doc_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(doc_path, f"is not valid JSON ({exc})") from exc
+    found = document.get("format") if isinstance(document, dict) else None
+    if found != format:
+        raise InputError(doc_path, f"is not a {format} description (format {found!r}); {hint}")
+    if document.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(doc_path, "was written by a newer harmonizing-flows; upgrade to read it")
+    try:
+        profile = profile_from_dict(document["profile"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(doc_path, f"holds invalid settings ({exc})") from exc
+    return profile, {k: v for k, v in document.items() if k not in ("format", "format_version", "profile")}
+
+
 def save_model(
     model: Model, out: str | Path, *, overwrite: bool = False, extra: Mapping[str, Any] | None = None
 ) -> Path:
@@ -125,14 +175,7 @@ def save_model(
         meta = {"version": __version__}
         save_weights(model.harmonizer, folder / "harmonizer.safetensors", meta)
         save_weights(model.flow, folder / "flow.safetensors", meta)
-        document = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "package_version": __version__,
-            "profile": profile_to_dict(model.profile),
-            **model.metadata,
-        }
-        (folder / "model.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        write_document(folder, FORMAT, model.profile, model.metadata)
         for name, content in (extra or {}).items():
             if callable(content):  # a writer, such as a figure
                 content(folder / name)
@@ -150,24 +193,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Model:
             not match it.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(folder, "model folder does not exist")
-    doc_path = folder / "model.json"
-    if not doc_path.is_file():
-        raise InputError(folder, "is not a model folder (no model.json)")
-    try:
-        document = json.loads(doc_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(doc_path, f"is not valid JSON ({exc})") from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise InputError(doc_path, f"is not a {FORMAT} description")
-    if document.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(doc_path, "was written by a newer harmonizing-flows; upgrade to read it")
-    try:
-        profile = profile_from_dict(document["profile"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(doc_path, f"holds invalid settings ({exc})") from exc
-    metadata = {k: v for k, v in document.items() if k not in ("format", "format_version", "profile")}
+    profile, metadata = read_document(folder, FORMAT, "model folder", "fit one with `hflow fit`")
     model = Model.create(profile, metadata)
     load_weights(model.harmonizer, folder / "harmonizer.safetensors")
     load_weights(model.flow, folder / "flow.safetensors")
