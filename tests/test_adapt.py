@@ -189,4 +189,4 @@ def test_the_alpha_guard_stops_when_alpha_falls():
 def test_the_intensity_guard_is_on_by_default():
     from harmonizing_flows.profiles import PROFILES
 
-    assert all(p.adapt.intensity_guard == 0.1 for p in PROFILES.values())
+    assert all(p.adapt.intensity_guard == 0.5 for p in PROFILES.values())

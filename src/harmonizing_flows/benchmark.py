@@ -13,8 +13,8 @@ a run stopped by that rule keeps. The oracle keeps the step with the best Dice o
 labels, so it is for analysis only.
 
 Averages over settings are the mean of the settings' means, with the mean of their standard deviations, as in
-the paper's tables. The gap closed is ``(method - none) / (ceiling - none)`` in Dice, where the ceiling is the
-segmenter on its own source site's test volumes.
+the paper's tables. The gap closed is ``(method - none) / (ceiling - none)`` in Dice, of the averages over
+settings, where the ceiling is the segmenter on its own source site's test volumes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harmonizing_flows.config import SliceConfig
+from harmonizing_flows.config import AdaptConfig, SliceConfig
 from harmonizing_flows.datasets import Subject, load_subjects, split_subjects
 from harmonizing_flows.errors import InputError
 from harmonizing_flows.labels import NUM_CLASSES
@@ -58,8 +58,8 @@ path. The alpha and intensity guards only stop a path early, so they are replaye
 the fixed values of :data:`RULES` (a profile's own ``adapt.alpha_guard`` and ``adapt.intensity_guard`` are not
 used here)."""
 
-GUARD = 0.1
-"""The intensity guard's tolerance in the replayed rules (see ``AdaptConfig.intensity_guard``)."""
+GUARD = AdaptConfig().intensity_guard
+"""The intensity guard's tolerance in the replayed rules: the default's (see ``AdaptConfig.intensity_guard``)."""
 
 RULES: dict[str, tuple[str, dict[str, Any]]] = {
     "entropy": ("minimum entropy", {"stop": "entropy"}),
