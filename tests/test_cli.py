@@ -202,9 +202,7 @@ def test_fit_segmenter_then_adapt_with_the_entropy_rule(simulated, fitted, smoke
             "spgr-15t",
             "--out",
             str(out),
-            "--stop",
-            "entropy",
-            "--segmenter",
+            "--segmenter",  # without --stop: a segmenter makes the entropy rule the default
             str(seg),
             "--steps",
             "10",
@@ -214,6 +212,7 @@ def test_fit_segmenter_then_adapt_with_the_entropy_rule(simulated, fitted, smoke
     assert result.exit_code == 0, result.output
     curve = json.loads((out / "adaptation.json").read_text())["curve"]
     assert all("entropy" in r for r in curve)
+    assert json.loads((out / "model.json").read_text())["adaptation"]["stop"] == "entropy"
     result = runner.invoke(
         app,
         [

@@ -24,6 +24,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -531,5 +532,24 @@ def benchmark(
         "profile": profile_to_dict(profile),
         "device": str(resolved),
         "seconds": round(time.perf_counter() - started, 1),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": _machine(),
     }
     return write_report(results, meta, out)
+
+
+def _machine() -> dict[str, Any]:
+    """What the run ran on, for the report's provenance."""
+    import os
+    import platform
+
+    from harmonizing_flows import __version__
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "harmonizing_flows": __version__,
+    }

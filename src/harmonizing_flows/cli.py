@@ -164,7 +164,11 @@ def adapt(
         list[str] | None, typer.Option(help="Only subjects of this split (repeatable); default: all.")
     ] = None,
     stop: Annotated[
-        str | None, typer.Option(help="Stopping rule: source-bpd, entropy (needs --segmenter) or steps.")
+        str | None,
+        typer.Option(
+            help="Stopping rule: source-bpd, entropy (needs --segmenter) or steps. Default: entropy with "
+            "--segmenter (it measured best, benchmarks/RESULTS.md), else the profile's (source-bpd)."
+        ),
     ] = None,
     segmenter: Annotated[
         Path | None, typer.Option(help="A segmenter folder from `hflow fit-segmenter`: adds its entropy to the curve.")
@@ -196,6 +200,8 @@ def adapt(
 
             seg = load_segmenter(segmenter)
             check_compatible(seg, fitted, segmenter)
+            if stop is None:
+                settings = replace(settings, stop="entropy")
         elif settings.stop == "entropy":
             raise ValueError("the entropy rule needs a segmenter: pass --segmenter (see `hflow fit-segmenter`)")
         if steps is not None:

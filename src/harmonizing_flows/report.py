@@ -234,6 +234,17 @@ def _figures(results: Mapping[str, Any], folder: Path, variants: Sequence[str]) 
     return written
 
 
+def _provenance(meta: Mapping[str, Any]) -> list[str]:
+    machine = meta.get("machine")
+    if not machine:
+        return []
+    gpu = f", {machine['cuda']}" if machine.get("cuda") else ", no GPU"
+    return [
+        f"Finished {meta.get('finished', '?')} on {machine['platform']}, {machine['cpus']} CPUs{gpu}; Python "
+        f"{machine['python']}, torch {machine['torch']}, harmonizing-flows {machine['harmonizing_flows']}."
+    ]
+
+
 def render_tables(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     """Tables 1-3 as Markdown, from the results (the numbers of ``results.json`` are enough)."""
     letters = list(results)
@@ -244,7 +255,8 @@ def render_tables(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         "",
         f"Command: `{meta['command']}`  ",
         f"Data: `{meta['data']}`; settings {', '.join(f'{x} = source {sites[x]}' for x in letters)}; "
-        f"profile `{meta['profile']['name']}`; device {meta['device']}; wall time {meta['seconds']:.0f} s.",
+        f"profile `{meta['profile']['name']}`; device {meta['device']}; wall time {meta['seconds']:.0f} s.  ",
+        *_provenance(meta),
         "",
         "Mean ± standard deviation over the test volumes of every target site of a setting; the average column is "
         "the mean of the settings' means and of their standard deviations. SF: source-free, TA: task-agnostic, "
