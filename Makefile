@@ -10,7 +10,7 @@ TORCH_CPU ?= torch==2.13.0
 TORCH_CPU_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint bench clean-venv
+.PHONY: demo test install lint bench bench-evaluation clean-venv
 
 $(BIN)/hflow: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: $(BIN)/hflow
 bench: $(BIN)/hflow
 	$(BIN)/python benchmarks/bench_simulate.py
 	$(BIN)/python benchmarks/bench_volume.py
+
+# About two hours on two CPU cores: settings A-D, every variant (see benchmarks/bench_evaluation.py).
+bench-evaluation: $(BIN)/hflow
+	$(BIN)/python benchmarks/bench_evaluation.py --work bench-evaluation
 
 clean-venv:
 	rm -rf $(VENV)

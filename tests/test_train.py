@@ -15,7 +15,7 @@ from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.flow import Flow
 from harmonizing_flows.profiles import apply_overrides
 from harmonizing_flows.store import load_model
-from harmonizing_flows.train import Slices, fit, fit_flow, load_slices, measure_bpd
+from harmonizing_flows.train import Slices, fit, fit_flow, fit_model, load_slices, measure_bpd
 
 
 def test_fit_writes_a_complete_model(fitted):
@@ -82,3 +82,19 @@ def test_fit_refuses_existing_output_and_ambiguous_sites(simulated, smoke_profil
     with pytest.raises(ValueError, match="multiples of"):
         fit(simulated.manifest, tmp_path / "m", bad, site="mprage-3t", progress=False)
     assert not (tmp_path / "m").exists()
+
+
+def test_fit_model_depends_on_the_seed_not_on_earlier_draws(simulated, smoke_profile):
+    # The demo simulates in the same process before fitting; a benchmark fits one setting after another.
+    subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t" and s.split == "train"]
+    data = load_slices(subjects, smoke_profile.slices)
+    data = Slices(data.images[:16], data.masks[:16], data.subjects)
+    profile = apply_overrides(smoke_profile, ["harmonizer_training.epochs=1", "flow_training.epochs=1"])
+    models = []
+    for earlier in (1, 2):
+        torch.manual_seed(earlier)
+        torch.rand(100)
+        models.append(fit_model(data, data, profile, Context(), progress=False))
+    for net in ("harmonizer", "flow"):
+        first, second = (getattr(m, net).state_dict() for m in models)
+        assert all(torch.equal(first[k], second[k]) for k in first), net

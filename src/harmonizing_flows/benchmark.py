@@ -74,6 +74,9 @@ RULES: dict[str, tuple[str, dict[str, Any]]] = {
 """Stopping rules of Table 3: name -> (label, the ``AdaptConfig`` fields it sets; every other guard is off).
 The oracle keeps the best Dice on the test slices, reading labels: analysis only."""
 
+EXAMPLE_RULE = "entropy+guard"
+"""The rule whose kept step the slice figures show: what ``hflow adapt --segmenter`` does by default."""
+
 MIN_FOREGROUND_CLASSES = 10
 """A whole-brain label map holds nearly all 14 foreground classes; fewer means the classes do not match."""
 
@@ -292,6 +295,7 @@ def _run_setting(
         def fit_variant(vprofile: Profile = vprofile, variant: str = variant) -> Model:
             model = copy.deepcopy(base)
             model.profile = vprofile
+            torch.manual_seed(vprofile.seed)  # initial weights from the seed alone, as in fit_model
             if variant == "positive-alpha":
                 from harmonizing_flows.harmonizer import Harmonizer
 
@@ -412,8 +416,8 @@ def _run_setting(
                 if step not in kept_images:
                     harmonizer.load_state_dict(snapshots[step])
                     kept_images[step] = [_harmonize_stack(harmonizer, s, device) for s in t_test]
-                    if variant == variants[0] and rule == "source-bpd":
-                        examples.setdefault(target_site, {})["Harmonizing Flows"] = kept_images[step][0]
+                if variant == variants[0] and rule == EXAMPLE_RULE:
+                    examples.setdefault(target_site, {})["Harmonizing Flows"] = kept_images[step][0]
                 scores_v[f"adapted ({rule})"] = [
                     _score(segmenter, imgs, s, device) for imgs, s in zip(kept_images[step], t_test, strict=True)
                 ]

@@ -167,6 +167,7 @@ def _figures(results: Mapping[str, Any], folder: Path, variants: Sequence[str]) 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    from harmonizing_flows.benchmark import EXAMPLE_RULE, RULES
     from harmonizing_flows.figures import _save
 
     written = []
@@ -194,7 +195,11 @@ def _figures(results: Mapping[str, Any], folder: Path, variants: Sequence[str]) 
                 axes[r, c].imshow(stack[j], cmap="gray", vmin=0, vmax=255)
                 if r == 1:
                     axes[r, c].set_title(method, fontsize=8)
-        fig.suptitle(f"setting {letter}: one test slice per target site, before and after each method", fontsize=10)
+        fig.suptitle(
+            f"setting {letter}: one test slice per target site, before and after each method "
+            f"(Harmonizing Flows: {RULES[EXAMPLE_RULE][0]})",
+            fontsize=10,
+        )
         written.append(_save(fig, folder / f"slices_{letter}.png"))
 
         fig, axes = plt.subplots(1, len(methods), figsize=(2.8 * len(methods), 2.6), dpi=100, squeeze=False)

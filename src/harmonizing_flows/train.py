@@ -381,6 +381,9 @@ def fit_model(
     Returns the model on the CPU with its metadata (image size, scaling, source bpd, training history), or None on
     processes other than the first under torchrun. Checkpoints go to the folder ``checkpoints`` when given.
     """
+    # The initial weights come from the seed alone, not from whatever drew from the global generator before
+    # (a simulation run in the same process, an earlier setting of a benchmark).
+    torch.manual_seed(profile.seed)
     model = Model.create(profile)
     if checkpoints is not None and ctx.main:
         checkpoints.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,82 @@
+"""The fast-profile evaluation benchmark (issue 4): simulate the sites, run ``hflow benchmark``, keep the report.
+
+What it runs, each in a fresh process under ``/usr/bin/time -v`` (wall time and peak memory), as a user would:
+
+    hflow simulate --out WORK/sim --voxel-size 2 --subjects-per-site 10 --quiet
+    hflow benchmark WORK/sim/manifest.csv --out WORK/report --variants V --settings S --profile P --quiet
+
+and then copies the report's ``tables.md``, ``results.json`` and ``figures/`` (never the fitted networks) to
+``benchmarks/results/benchmark-<profile>/`` with ``run.json``: both commands, their wall times and peak memory, the
+git commit, the machine and the dates. ``WORK`` is kept: run again with the same ``--work`` and the benchmark
+reuses the networks it fitted (same profile, same training files), so adding a variant costs only its own fits
+and adaptations. The fast profile over settings A-D with all four variants takes about two hours on two CPU cores.
+
+    python benchmarks/bench_evaluation.py --work /data/hflow-eval                     # A-D, all variants
+    python benchmarks/bench_evaluation.py --work /tmp/e --profile smoke --settings A  # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import RESULTS, describe_machine, git_state, hflow_command, machine_info, run_timed, utc_now, write_json
+
+ALL_VARIANTS = "paper-faithful,brain-only,positive-alpha,collapse-negatives"
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="Folder for the data, the networks and the report.")
+    parser.add_argument("--profile", default="fast", help="Settings preset (default: fast).")
+    parser.add_argument("--settings", default="A,B,C,D", help="Settings to run (default: A,B,C,D).")
+    parser.add_argument("--variants", default=ALL_VARIANTS, help="Method variants (default: all four).")
+    parser.add_argument("--subjects-per-site", type=int, default=10, help="Simulated subjects per site (10).")
+    parser.add_argument("--output", type=Path, help="Where the report goes (default: benchmarks/results/benchmark-P).")
+    return parser.parse_args(argv)
+
+
+def _run(command: list[str]) -> dict[str, Any]:
+    print("$ " + " ".join(command), flush=True)
+    run = run_timed(command)
+    if run.returncode != 0:
+        sys.stderr.write(run.stdout[-4000:] + run.stderr[-4000:])
+        raise SystemExit(f"failed with exit status {run.returncode}: {' '.join(command)}")
+    print(f"  {run.wall_s:.0f} s, peak {run.peak_rss_bytes / 2**30:.2f} GiB", flush=True)
+    return run.summary()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    output = args.output or RESULTS / f"benchmark-{args.profile}"
+    hflow = hflow_command()
+    state, machine, started = git_state(), machine_info(), utc_now()
+    print(f"commit {state['commit']}{' (with uncommitted changes)' if state['src_modified'] else ''}; "
+          f"{describe_machine(machine)}")  # fmt: skip
+    sim, report = args.work / "sim", args.work / "report"
+    runs = []
+    if not (sim / "manifest.csv").is_file():
+        runs.append(_run([*hflow, "simulate", "--out", str(sim), "--voxel-size", "2",
+                          "--subjects-per-site", str(args.subjects_per_site), "--quiet"]))  # fmt: skip
+    runs.append(_run([*hflow, "benchmark", str(sim / "manifest.csv"), "--out", str(report), "--overwrite",
+                      "--variants", args.variants, "--settings", args.settings, "--profile", args.profile,
+                      "--quiet"]))  # fmt: skip
+    tmp = output.with_name(output.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("tables.md", "results.json"):
+        shutil.copy2(report / name, tmp / name)
+    shutil.copytree(report / "figures", tmp / "figures")
+    write_json(tmp / "run.json", {"runs": runs, "git": state, "machine": machine, "started": started,
+                                  "finished": utc_now()})  # fmt: skip
+    shutil.rmtree(output, ignore_errors=True)
+    tmp.replace(output)
+    print(f"report: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
