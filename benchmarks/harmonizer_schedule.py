@@ -1,0 +1,61 @@
+"""Experiment: does a longer pre-training keep the harmonizer closer to the identity on its own source?
+
+Refits only the harmonizer of the fast profile with another schedule, on one source site's training split, and
+scores a benchmark's frozen segmenter on that site's test volumes passed through it (compare
+``diagnose_harmonizer.py``, which does the same for the benchmark's own harmonizer).
+
+    python benchmarks/harmonizer_schedule.py BENCHMARK_OUT/models DATA/manifest.csv SITE --epochs 60 --halve-every 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harmonizing_flows.benchmark import _harmonize_stack, _score, load_stacks, stacks_to_slices
+from harmonizing_flows.datasets import load_subjects, split_subjects
+from harmonizing_flows.distributed import Context
+from harmonizing_flows.harmonizer import Harmonizer
+from harmonizing_flows.profiles import load_profile
+from harmonizing_flows.segment import load_segmenter
+from harmonizing_flows.train import fit_harmonizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", type=Path, help="A benchmark's models/ folder (for the frozen segmenter).")
+    parser.add_argument("data", type=Path, help="The labelled data the benchmark ran on.")
+    parser.add_argument("site", help="The source site.")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--halve-every", type=int, required=True)
+    args = parser.parse_args(argv)
+    profile = load_profile("fast")
+    training = replace(profile.harmonizer_training, epochs=args.epochs, halve_every=args.halve_every)
+    profile = replace(profile, harmonizer_training=training)
+    site = [s for s in load_subjects(args.data) if s.site == args.site]
+    if not all(s.split for s in site):
+        site = split_subjects(site)
+    train = stacks_to_slices(load_stacks([s for s in site if s.split == "train"], profile.slices))
+    test = load_stacks([s for s in site if s.split == "test"], profile.slices)
+    segmenter = load_segmenter(args.models / args.site / "segmenter")
+    torch.manual_seed(profile.seed)
+    harmonizer = Harmonizer(profile.harmonizer)
+    started = time.perf_counter()
+    history = fit_harmonizer(harmonizer, train, profile, Context(), progress=False)
+    harmonizer.eval()
+    device = torch.device("cpu")
+    dice = np.mean([_score(segmenter, _harmonize_stack(harmonizer, s, device), s, device)["dice"] for s in test])
+    print(f"{args.site}: {args.epochs} epochs (halved every {args.halve_every}) in "
+          f"{time.perf_counter() - started:.0f} s; final MSE {history[-1]['mse']:.4f}; "
+          f"source test Dice through it {dice:.1f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
