@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in sorted(p for p in args.models.iterdir() if p.is_dir()):
         model, segmenter = load_model(folder / "model"), load_segmenter(folder / "segmenter")
         site = [s for s in subjects if s.site == folder.name]
-        if not all(s.split for s in site):
-            site = split_subjects(site)
+        site = split_subjects(site)  # keeps the splits the data gives
         test = load_stacks([s for s in site if s.split == "test"], model.profile.slices)
         harmonizer = model.harmonizer.eval()
         harmonized = [_harmonize_stack(harmonizer, s, device) for s in test]

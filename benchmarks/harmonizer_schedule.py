@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     training = replace(profile.harmonizer_training, epochs=args.epochs, halve_every=args.halve_every)
     profile = replace(profile, harmonizer_training=training)
     site = [s for s in load_subjects(args.data) if s.site == args.site]
-    if not all(s.split for s in site):
-        site = split_subjects(site)
+    site = split_subjects(site)  # keeps the splits the data gives
     train = stacks_to_slices(load_stacks([s for s in site if s.split == "train"], profile.slices))
     test = load_stacks([s for s in site if s.split == "test"], profile.slices)
     segmenter = load_segmenter(args.models / args.site / "segmenter")

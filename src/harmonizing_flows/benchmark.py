@@ -167,10 +167,10 @@ def _harmonize_stack(harmonizer: torch.nn.Module, stack: Stack, device: torch.de
     return out
 
 
-def _score(segmenter, images: np.ndarray, stack: Stack, device) -> dict[str, float]:
+def _score(segmenter, images: np.ndarray, stack: Stack, device, batch_size: int = 32) -> dict[str, float]:
     from harmonizing_flows.segment import predict
 
-    pred = predict(segmenter, images, stack.mask, device=device)
+    pred = predict(segmenter, images, stack.mask, device=device, batch_size=batch_size)
     return subject_means(score_volume(pred, stack.labels, stack.spacing))
 
 
@@ -240,7 +240,7 @@ def _run_setting(
     from harmonizing_flows.adapt import adapt_harmonizer, decide
     from harmonizing_flows.baselines import HistogramMatching, NyulStandardization, combat, tent
     from harmonizing_flows.distributed import Context
-    from harmonizing_flows.segment import fit_segmenter, load_segmenter, predict, save_segmenter
+    from harmonizing_flows.segment import fit_segmenter, load_segmenter, save_segmenter
     from harmonizing_flows.store import Model, load_model, save_model
     from harmonizing_flows.train import fit_flow, fit_harmonizer, fit_model, source_bpd
 
@@ -346,19 +346,7 @@ def _run_setting(
         }
         adapted_segmenter = tent(segmenter, t_slices, profile.evaluation, device=device, seed=profile.seed)
         scores["TENT"] = [
-            subject_means(
-                score_volume(
-                    predict(
-                        adapted_segmenter,
-                        s.images,
-                        s.mask,
-                        device=device,
-                        batch_size=profile.evaluation.tent_batch_size,
-                    ),
-                    s.labels,
-                    s.spacing,
-                )
-            )
+            _score(adapted_segmenter, s.images, s, device, batch_size=profile.evaluation.tent_batch_size)
             for s in t_test
         ]
         del adapted_segmenter
@@ -371,15 +359,16 @@ def _run_setting(
         cl = curve_slices.labels[pick].to(device).long()
 
         variant_results: dict[str, Any] = {}
+        pretrained_scores: dict[int, list[dict[str, float]]] = {}
         for variant in variants:
             model = models[variant]
             vprofile = apply_overrides(profile, VARIANTS[variant])
             pretrained = model.harmonizer.to(device).eval()
-            scores_v = {
-                "pre-trained harmonizer": [
+            if id(model) not in pretrained_scores:  # variants that share a model share its pre-trained harmonizer
+                pretrained_scores[id(model)] = [
                     _score(segmenter, _harmonize_stack(pretrained, s, device), s, device) for s in t_test
                 ]
-            }
+            scores_v = {"pre-trained harmonizer": pretrained_scores[id(model)]}
             snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
             def observer(harmonizer, step: int, snapshots=snapshots, cx=cx, cm=cm, cl=cl) -> dict[str, float]:
@@ -497,8 +486,7 @@ def benchmark(
     resolved = resolve_device(device)
     started = time.perf_counter()
     subjects = load_subjects(data)
-    if not all(s.split for s in subjects):
-        subjects = split_subjects(subjects)
+    subjects = split_subjects(subjects)  # keeps the splits the data gives
     sites = sorted({s.site for s in subjects})
     if len(sites) < 2:
         raise InputError(data, f"holds {len(sites)} site(s); the benchmark needs a source and at least one target")

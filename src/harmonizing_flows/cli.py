@@ -67,6 +67,7 @@ SetOption = Annotated[
 SeedOption = Annotated[int | None, typer.Option(help="Seed (default: the profile's).")]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+SourceSiteOption = Annotated[str | None, typer.Option(help="The source site, if SOURCE holds several.")]
 
 
 @app.command()
@@ -124,7 +125,7 @@ def _profile(profile: str, config: Path | None, overrides: list[str] | None, see
 def fit(
     source: Annotated[Path, typer.Argument(help="Source data: a manifest CSV, site folders or a BIDS dataset.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
-    site: Annotated[str | None, typer.Option(help="The source site, if SOURCE holds several.")] = None,
+    site: SourceSiteOption = None,
     profile: ProfileOption = "fast",
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -248,7 +249,7 @@ def harmonize(
 def fit_segmenter(
     source: Annotated[Path, typer.Argument(help="Labelled source data: a manifest CSV, site folders or BIDS.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Segmenter folder to write.")],
-    site: Annotated[str | None, typer.Option(help="The source site, if SOURCE holds several.")] = None,
+    site: SourceSiteOption = None,
     profile: ProfileOption = "fast",
     config: ConfigOption = None,
     set_: SetOption = None,

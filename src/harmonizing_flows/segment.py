@@ -227,8 +227,7 @@ def fit_segmenter_on(
     if out.exists() and not overwrite:
         raise OutputExistsError(out)
     subjects = select_site(load_subjects(source), site, source)
-    if not all(s.split for s in subjects):
-        subjects = split_subjects(subjects)
+    subjects = split_subjects(subjects)  # keeps the splits the data gives
     train = [s for s in subjects if s.split == "train"]
     data = load_slices(train, profile.slices, progress=progress, desc="reading labelled volumes", labels=True)
     segmenter = fit_segmenter(

@@ -459,11 +459,9 @@ def fit(
     if out.exists() and not overwrite and not resume:
         raise OutputExistsError(out)
     ctx = setup(device)
-    torch.manual_seed(profile.seed)
     started = time.perf_counter()
     subjects = select_site(load_subjects(source), site, source)
-    if not all(s.split for s in subjects):
-        subjects = split_subjects(subjects)
+    subjects = split_subjects(subjects)  # keeps the splits the data gives
     train = [s for s in subjects if s.split == "train"]
     val = [s for s in subjects if s.split == "val"] or train
     site_name = subjects[0].site
