@@ -34,9 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("site", help="The source site.")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--halve-every", type=int, required=True)
+    parser.add_argument("--lr", type=float, help="Default: the fast profile's.")
+    parser.add_argument("--batch-size", type=int, help="Default: the fast profile's.")
     args = parser.parse_args(argv)
     profile = load_profile("fast")
-    training = replace(profile.harmonizer_training, epochs=args.epochs, halve_every=args.halve_every)
+    training = replace(profile.harmonizer_training, epochs=args.epochs, halve_every=args.halve_every,
+                       lr=args.lr or profile.harmonizer_training.lr,
+                       batch_size=args.batch_size or profile.harmonizer_training.batch_size)  # fmt: skip
     profile = replace(profile, harmonizer_training=training)
     site = [s for s in load_subjects(args.data) if s.site == args.site]
     site = split_subjects(site)  # keeps the splits the data gives
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     harmonizer.eval()
     device = torch.device("cpu")
     dice = np.mean([_score(segmenter, _harmonize_stack(harmonizer, s, device), s, device)["dice"] for s in test])
-    print(f"{args.site}: {args.epochs} epochs (halved every {args.halve_every}) in "
+    print(f"{args.site}: {args.epochs} epochs (halved every {args.halve_every}, lr {training.lr:g}, "
+          f"batch {training.batch_size}) in "
           f"{time.perf_counter() - started:.0f} s; final MSE {history[-1]['mse']:.4f}; "
           f"source test Dice through it {dice:.1f}")  # fmt: skip
     return 0

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from harmonizing_flows.benchmark import RULES, benchmark, load_stacks
+from harmonizing_flows.benchmark import RULES, _load_setting, benchmark, load_stacks
 from harmonizing_flows.datasets import load_subjects
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.report import TABLE1_METHODS
@@ -66,6 +67,43 @@ def test_every_method_is_scored_on_every_test_volume_of_every_target(report, sim
             oracle = variant["kept"]["oracle"]["step"]
             assert dice[[r["step"] for r in variant["curve"]].index(oracle)] == max(dice)
             assert variant["kept"]["steps"]["step"] == variant["curve"][-1]["step"]
+
+
+def test_an_interrupted_run_resumes_from_its_finished_settings(report, simulated, smoke_profile, tmp_path):
+    out, _, _ = report
+    again = tmp_path / "again"
+    shutil.copytree(out / "settings", again / "settings")  # as a run stopped after setting B leaves it
+    lines: list[str] = []
+    benchmark(
+        simulated.manifest,
+        again,
+        smoke_profile,
+        settings=["B"],
+        variants=["paper-faithful", "brain-only"],
+        progress=False,
+        log=lines.append,
+        command="test",
+    )
+    assert any("reusing" in line and "B.json" in line for line in lines)
+    assert not any("fitted in" in line for line in lines)
+    first = json.loads((out / "results.json").read_text())
+    second = json.loads((again / "results.json").read_text())
+    assert second["results"] == first["results"] and second["meta"]["resumed"] == ["B"]
+    assert (again / "figures" / "slices_B.png").stat().st_size > 10_000
+    assert "setting B reused from an earlier run" in (again / "tables.md").read_text()
+
+
+def test_a_damaged_or_foreign_finished_setting_is_not_reused(report, tmp_path):
+    out, _, _ = report
+    folder = tmp_path / "settings"
+    shutil.copytree(out / "settings", folder)
+    key = json.loads((folder / "B.json").read_text())["key"]
+    assert _load_setting(folder, "B", key) is not None
+    assert _load_setting(folder, "B", "another run's key") is None
+    (folder / "B.npz").write_bytes((folder / "B.npz").read_bytes()[:100])
+    assert _load_setting(folder, "B", key) is None
+    (folder / "B.json").write_text('{"key": "' + key + '", "res')
+    assert _load_setting(folder, "B", key) is None
 
 
 def test_a_second_run_needs_overwrite_and_then_reuses_the_fitted_networks(report, simulated, smoke_profile):

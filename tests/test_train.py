@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from harmonizing_flows.augment import FlowNegatives
-from harmonizing_flows.config import NegativeConfig
+from harmonizing_flows.config import NegativeConfig, TrainConfig
 from harmonizing_flows.datasets import load_subjects
 from harmonizing_flows.distributed import Context
-from harmonizing_flows.errors import InputError, OutputExistsError
+from harmonizing_flows.errors import InputError, OutputExistsError, TrainingError
 from harmonizing_flows.flow import Flow
 from harmonizing_flows.profiles import apply_overrides
 from harmonizing_flows.store import load_model
-from harmonizing_flows.train import Slices, fit, fit_flow, fit_model, load_slices, measure_bpd
+from harmonizing_flows.train import Slices, fit, fit_flow, fit_model, load_slices, measure_bpd, run_training
 
 
 def test_fit_writes_a_complete_model(fitted):
@@ -98,3 +98,21 @@ def test_fit_model_depends_on_the_seed_not_on_earlier_draws(simulated, smoke_pro
     for net in ("harmonizer", "flow"):
         first, second = (getattr(m, net).state_dict() for m in models)
         assert all(torch.equal(first[k], second[k]) for k in first), net
+
+
+def test_a_non_finite_loss_stops_training_before_the_weights_change():
+    module = torch.nn.Linear(2, 1)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    calls = []
+
+    def step(model, index, generator):
+        calls.append(len(calls))
+        out = model(torch.ones(len(index), 2)).sum()
+        return out * (float("nan") if len(calls) == 3 else 0.0), {}
+
+    config = TrainConfig(epochs=2, batch_size=2, lr=1e-2, halve_every=1)
+    with pytest.raises(TrainingError, match=r"epoch 2, step 1 .*lower demo_training\.lr"):
+        run_training(module, step, 4, config, name="demo", seed=0, ctx=Context(), progress=False)
+    assert len(calls) == 3  # epoch 2, step 1: nothing after it ran
+    for key, value in module.state_dict().items():  # zero losses never moved the weights; the NaN did not either
+        assert torch.equal(value, before[key])

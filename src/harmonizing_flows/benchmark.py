@@ -209,17 +209,72 @@ class _Setting:
     train_files: list[Path] = field(default_factory=list)
 
 
+def _fingerprint(paths: Sequence[Path | None]) -> list[tuple[str, int, int]]:
+    """Path, size and modification time of each file: what says that data is the same data."""
+    return sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p is not None)
+
+
+def _key(*parts: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+_IMAGES = ("examples", "source_example", "source_mask")
+"""The keys of a setting's result that hold images (for the figures), not numbers."""
+
+
+def _save_setting(folder: Path, letter: str, key: str, result: dict[str, Any]) -> None:
+    """Keep a finished setting under ``folder`` (``LETTER.json`` + ``LETTER.npz``), so an interrupted run resumes.
+
+    The JSON is written last and names its key, so a half-written pair is never taken for a finished one.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"source_example": result["source_example"], "source_mask": result["source_mask"]}
+    for target, images in result["examples"].items():
+        for name, image in images.items():
+            arrays[f"examples/{target}/{name}"] = image
+    document = {"key": key, "examples": {t: list(images) for t, images in result["examples"].items()}}
+    document["result"] = {k: v for k, v in result.items() if k not in _IMAGES}
+    for path, write in (
+        (folder / f"{letter}.npz", lambda f: np.savez_compressed(f, **arrays)),
+        (folder / f"{letter}.json", lambda f: f.write(json.dumps(document, default=float).encode())),
+    ):
+        tmp = path.with_name(f".{path.name}.partial")
+        with open(tmp, "wb") as handle:
+            write(handle)
+        tmp.replace(path)
+
+
+def _load_setting(folder: Path, letter: str, key: str) -> dict[str, Any] | None:
+    """A setting finished earlier with the same key, or None (also when its files are missing or damaged)."""
+    import zipfile
+
+    try:
+        document = json.loads((folder / f"{letter}.json").read_text(encoding="utf-8"))
+        if document.get("key") != key:
+            return None
+        with np.load(folder / f"{letter}.npz", allow_pickle=False) as arrays:
+            result = dict(document["result"])
+            result["source_example"] = arrays["source_example"]
+            result["source_mask"] = arrays["source_mask"]
+            result["examples"] = {
+                target: {name: arrays[f"examples/{target}/{name}"] for name in names}
+                for target, names in document["examples"].items()
+            }
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    return result
+
+
 def _fit_or_load(setting: _Setting, name: str, profile: Profile, build: Callable[[], Any], save, load) -> Any:
     """Fit once and keep the result under OUT/models/SOURCE/NAME, so that a benchmark run can be resumed.
 
     A stored network is reused only when it was fitted with the same settings on the same training files
     (path, size and modification time of each), so new data is never judged by a stale network.
     """
-    import hashlib
-
     folder = setting.out / "models" / setting.source / name
-    files = sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in setting.train_files)
-    key = hashlib.sha256(json.dumps([profile_to_dict(profile), files], default=str).encode()).hexdigest()
+    key = _key(profile_to_dict(profile), _fingerprint(setting.train_files))
     doc = folder / "model.json"
     if doc.is_file() and json.loads(doc.read_text(encoding="utf-8")).get("benchmark_key") == key:
         setting.log(f"  {name}: reusing {folder}")
@@ -465,14 +520,17 @@ def benchmark(
 
     Args:
         data: A multi-site labelled dataset (manifest, site folders or BIDS), such as ``hflow simulate`` writes.
-        out: The results folder: ``tables.md``, ``results.json``, ``figures/``, and ``models/`` (fitted networks,
-            reused when the same run is repeated).
+        out: The results folder: ``tables.md``, ``results.json``, ``figures/``, ``models/`` (fitted networks)
+            and ``settings/`` (each finished setting's results). Both are reused when the same run is repeated
+            on the same data, so an interrupted run resumes where it stopped; delete them after changing the
+            code to recompute.
         settings: Letters (A, B, ...) of the settings to run, in the order of the sorted site names; all by default.
         variants: Keys of :data:`VARIANTS`; the first is the one Table 1 reports.
 
     Returns:
         Name -> path of each written result file.
     """
+    from harmonizing_flows import __version__
     from harmonizing_flows.distributed import resolve_device
     from harmonizing_flows.errors import OutputExistsError
     from harmonizing_flows.report import write_report
@@ -511,10 +569,22 @@ def benchmark(
         stacks[site] = load_stacks([s for s in subjects if s.site == site], profile.slices, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
+    files = _fingerprint([p for s in subjects for p in (s.image, s.mask, s.labels)])
+    splits = sorted((s.site, s.subject, str(s.split)) for s in subjects)
+    resumed = []
     for letter in chosen:
         log(f"setting {letter}: source {letters[letter]} -> {', '.join(s for s in sites if s != letters[letter])}")
+        key = _key(__version__, profile_to_dict(profile), list(variants), RULES, letters[letter], files, splits)
+        earlier = _load_setting(out / "settings", letter, key)
+        if earlier is not None:
+            log(f"  reusing {out / 'settings' / letter}.json: finished earlier with the same settings and data")
+            results[letter], resumed = earlier, [*resumed, letter]
+            continue
         setting = _Setting(letter, letters[letter], profile, resolved, out, progress, log)
+        begun = time.perf_counter()
         results[letter] = _run_setting(setting, stacks, variants)
+        results[letter]["seconds"] = round(time.perf_counter() - begun, 1)
+        _save_setting(out / "settings", letter, key, results[letter])
     meta = {
         "command": command,
         "data": str(Path(data).resolve()),
@@ -524,6 +594,7 @@ def benchmark(
         "profile": profile_to_dict(profile),
         "device": str(resolved),
         "seconds": round(time.perf_counter() - started, 1),
+        "resumed": resumed,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(),
     }

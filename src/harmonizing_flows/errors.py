@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["HflowError", "InputError", "OutputExistsError"]
+__all__ = ["HflowError", "InputError", "OutputExistsError", "TrainingError"]
 
 
 class HflowError(Exception):
@@ -26,3 +26,8 @@ class OutputExistsError(HflowError, FileExistsError):
     def __init__(self, path: str | Path, problem: str = "already exists; pass --overwrite to replace it") -> None:
         self.path = Path(path)
         super().__init__(f"{path}: {problem}")
+
+
+class TrainingError(HflowError, RuntimeError):
+    """Training went numerically wrong (a loss that is NaN or infinite); the message names the network, the epoch
+    and the step, and what to change."""

@@ -71,7 +71,7 @@ PROFILES: dict[str, Profile] = {
         name="fast",
         slices=SliceConfig(image_size=(80, 80)),
         harmonizer=HarmonizerConfig(widths=(8, 16, 24, 32, 32), blocks=2),
-        harmonizer_training=TrainConfig(epochs=12, batch_size=32, lr=2e-3, halve_every=5, checkpoint_every=2),
+        harmonizer_training=TrainConfig(epochs=12, batch_size=8, lr=1e-3, halve_every=5, checkpoint_every=2),
         flow=FlowConfig(
             dequantization_couplings=2, couplings=(2, 3, 3), widths=(8, 16, 32), dequantization_widths=(8, 16)
         ),

@@ -250,6 +250,11 @@ def _provenance(meta: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _resumed(meta: Mapping[str, Any]) -> str:
+    resumed = meta.get("resumed") or []
+    return f" (setting {', '.join(resumed)} reused from an earlier run)" if resumed else ""
+
+
 def render_tables(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     """Tables 1-3 as Markdown, from the results (the numbers of ``results.json`` are enough)."""
     letters = list(results)
@@ -260,7 +265,8 @@ def render_tables(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         "",
         f"Command: `{meta['command']}`  ",
         f"Data: `{meta['data']}`; settings {', '.join(f'{x} = source {sites[x]}' for x in letters)}; "
-        f"profile `{meta['profile']['name']}`; device {meta['device']}; wall time {meta['seconds']:.0f} s.  ",
+        f"profile `{meta['profile']['name']}`; device {meta['device']}; "
+        f"wall time {meta['seconds']:.0f} s{_resumed(meta)}.  ",
         *_provenance(meta),
         "",
         "Mean ± standard deviation over the test volumes of every target site of a setting; the average column is "

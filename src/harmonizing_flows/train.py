@@ -25,7 +25,7 @@ from harmonizing_flows.augment import FlowNegatives, HarmonizerAugmentation
 from harmonizing_flows.config import SliceConfig, TrainConfig
 from harmonizing_flows.datasets import Subject, load_subjects, split_subjects
 from harmonizing_flows.distributed import Context, setup, stable_seed
-from harmonizing_flows.errors import InputError
+from harmonizing_flows.errors import InputError, TrainingError
 from harmonizing_flows.flow import Flow
 from harmonizing_flows.harmonizer import Harmonizer
 from harmonizing_flows.profiles import Profile
@@ -197,6 +197,12 @@ def run_training(
                 index = order[k * batch : (k + 1) * batch]
                 generator = torch.Generator().manual_seed(stable_seed(seed, name, epoch, k))
                 loss, stats = step(model, index, generator)
+                if not torch.isfinite(loss):  # stop before the optimizer spreads it to every weight
+                    raise TrainingError(
+                        f"{name}: the loss became {float(loss)} at epoch {epoch + 1}, step {k + 1} "
+                        f"(learning rate {optimizer.param_groups[0]['lr']:g}); lower {name}_training.lr "
+                        f"or check the input slices"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
