@@ -9,7 +9,9 @@ and then copies the report's ``tables.md``, ``results.json`` and ``figures/`` (n
 ``benchmarks/results/benchmark-<profile>/`` with ``run.json``: both commands, their wall times and peak memory, the
 git commit, the machine and the dates. ``WORK`` is kept: run again with the same ``--work`` and the benchmark
 reuses the networks it fitted (same profile, same training files), so adding a variant costs only its own fits
-and adaptations. The fast profile over settings A-D with all four variants takes about two hours on two CPU cores.
+and adaptations, and it reuses every setting that finished with the same settings and data, so an interrupted
+run resumes at the setting it was in (each setting's own time is in ``results.json``). The fast profile over
+settings A-D with all four variants takes about two and a half hours on two CPU cores.
 
     python benchmarks/bench_evaluation.py --work /data/hflow-eval                     # A-D, all variants
     python benchmarks/bench_evaluation.py --work /tmp/e --profile smoke --settings A  # a quick check
