@@ -41,7 +41,7 @@ bench: $(BIN)/hflow
 	$(BIN)/python benchmarks/bench_simulate.py
 	$(BIN)/python benchmarks/bench_volume.py
 
-# About two hours on two CPU cores: settings A-D, every variant (see benchmarks/bench_evaluation.py).
+# About two and a half hours on two CPU cores: settings A-D, every variant (see benchmarks/bench_evaluation.py).
 bench-evaluation: $(BIN)/hflow
 	$(BIN)/python benchmarks/bench_evaluation.py --work bench-evaluation
 
