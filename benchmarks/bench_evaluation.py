@@ -3,7 +3,7 @@
 What it runs, each in a fresh process under ``/usr/bin/time -v`` (wall time and peak memory), as a user would:
 
     hflow simulate --out WORK/sim --voxel-size 2 --subjects-per-site 10 --quiet
-    hflow benchmark WORK/sim/manifest.csv --out WORK/report --variants V --settings S --profile P --quiet
+    hflow benchmark WORK/sim/manifest.csv --out WORK/report --variants V --settings S --profile P --seed N --quiet
 
 and then copies the report's ``tables.md``, ``results.json`` and ``figures/`` (never the fitted networks) to
 ``benchmarks/results/benchmark-<profile>/`` with ``run.json``: both commands, their wall times and peak memory, the
@@ -14,12 +14,19 @@ run resumes at the setting it was in (each setting's own time is in ``results.js
 settings A-D with all four variants takes about two and a half hours on two CPU cores.
 
     python benchmarks/bench_evaluation.py --work /data/hflow-eval                     # A-D, all variants
+    python benchmarks/bench_evaluation.py --work /data/hflow-eval --seeds 0,1,2       # three times as long
+
+With several seeds, each seed's report goes to ``seed-N/`` (its work folder is ``WORK/report-seedN``; seed 0
+keeps ``WORK/report``) and ``seeds.md`` gives each method's average Dice per seed and its spread over seeds:
+a seed changes the networks' initial weights and every random draw, and one run cannot say which differences
+between methods outlast that.
     python benchmarks/bench_evaluation.py --work /tmp/e --profile smoke --settings A  # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -36,6 +43,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", default="fast", help="Settings preset (default: fast).")
     parser.add_argument("--settings", default="A,B,C,D", help="Settings to run (default: A,B,C,D).")
     parser.add_argument("--variants", default=ALL_VARIANTS, help="Method variants (default: all four).")
+    parser.add_argument("--seeds", default="0", help="Seeds to run, e.g. 0,1,2 (default: 0).")
     parser.add_argument("--subjects-per-site", type=int, default=10, help="Simulated subjects per site (10).")
     parser.add_argument("--output", type=Path, help="Where the report goes (default: benchmarks/results/benchmark-P).")
     return parser.parse_args(argv)
@@ -58,20 +66,33 @@ def main(argv: list[str] | None = None) -> int:
     state, machine, started = git_state(), machine_info(), utc_now()
     print(f"commit {state['commit']}{' (with uncommitted changes)' if state['src_modified'] else ''}; "
           f"{describe_machine(machine)}")  # fmt: skip
-    sim, report = args.work / "sim", args.work / "report"
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    sim = args.work / "sim"
     runs = []
     if not (sim / "manifest.csv").is_file():
         runs.append(_run([*hflow, "simulate", "--out", str(sim), "--voxel-size", "2",
                           "--subjects-per-site", str(args.subjects_per_site), "--quiet"]))  # fmt: skip
-    runs.append(_run([*hflow, "benchmark", str(sim / "manifest.csv"), "--out", str(report), "--overwrite",
-                      "--variants", args.variants, "--settings", args.settings, "--profile", args.profile,
-                      "--quiet"]))  # fmt: skip
+    reports = {}
+    for seed in seeds:
+        reports[seed] = args.work / ("report" if seed == 0 else f"report-seed{seed}")
+        runs.append(_run([*hflow, "benchmark", str(sim / "manifest.csv"), "--out", str(reports[seed]),
+                          "--overwrite", "--variants", args.variants, "--settings", args.settings, "--profile",
+                          args.profile, "--seed", str(seed), "--quiet"]))  # fmt: skip
     tmp = output.with_name(output.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in ("tables.md", "results.json"):
-        shutil.copy2(report / name, tmp / name)
-    shutil.copytree(report / "figures", tmp / "figures")
+    for seed, report in reports.items():
+        into = tmp if len(seeds) == 1 else tmp / f"seed-{seed}"
+        into.mkdir(exist_ok=True)
+        for name in ("tables.md", "results.json"):
+            shutil.copy2(report / name, into / name)
+        shutil.copytree(report / "figures", into / "figures")
+    if len(seeds) > 1:
+        from harmonizing_flows.report import render_seeds
+
+        results = {seed: json.loads((r / "results.json").read_text())["results"] for seed, r in reports.items()}
+        variants = [x.strip() for x in args.variants.split(",")]
+        (tmp / "seeds.md").write_text(f"# The benchmark over seeds {args.seeds}\n\n" + render_seeds(results, variants))
     write_json(tmp / "run.json", {"runs": runs, "git": state, "machine": machine, "started": started,
                                   "finished": utc_now()})  # fmt: skip
     shutil.rmtree(output, ignore_errors=True)

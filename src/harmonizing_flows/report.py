@@ -16,7 +16,7 @@ import numpy as np
 
 from harmonizing_flows.baselines import REQUIREMENTS
 
-__all__ = ["TABLE1_METHODS", "render_tables", "table_rows", "write_report"]
+__all__ = ["TABLE1_METHODS", "render_seeds", "render_tables", "table_rows", "write_report"]
 
 TABLE1_METHODS = (
     "none",
@@ -151,6 +151,27 @@ def _table3(results, letters, variants: Sequence[str]) -> list[str]:
             cells = " | ".join(_cell(row[x], 1) for x in (*letters, "average"))
             lines.append(f"| {variant} | {name} | {cells} | {np.mean(kept):.0f} |")
     return [*lines, ""]
+
+
+def render_seeds(runs: Mapping[int, Mapping[str, Any]], variants: Sequence[str]) -> str:
+    """Average Dice over settings of each method, per seed and as mean ± std over the seeds, as Markdown.
+
+    ``runs`` maps a seed to the ``results`` of a benchmark run with that seed (all on the same data and
+    settings). Seeds change the networks' initial weights and the augmentations, so the spread over seeds says
+    how much of a difference between methods a single run can show.
+    """
+    seeds = list(runs)
+    head = "| variant | method | " + " | ".join(f"seed {x}" for x in seeds) + " | mean ± std over seeds |"
+    title = "**Dice (%), average over settings** (rows marked * read the test labels)"
+    lines = [title, "", head, "|" + "---|" * (head.count("|") - 1)]
+    for i, variant in enumerate(variants):
+        methods = ("ceiling", *TABLE1_METHODS) if i == 0 else tuple(_FROM_VARIANT)
+        for method in methods:
+            values = [table_rows(runs[x], (method,), "dice", variant)[method]["average"][0] for x in seeds]
+            name = f"{method} *" if method == "Harmonizing Flows (oracle)" else method
+            cells = " | ".join(f"{v:.1f}" for v in values)
+            lines.append(f"| {variant} | {name} | {cells} | {np.mean(values):.1f} ± {np.std(values):.1f} |")
+    return "\n".join([*lines, ""])
 
 
 def _plain(results: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,37 @@
+"""The report's tables from hand-made results, where every number is known."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harmonizing_flows.report import _FROM_VARIANT, TABLE1_METHODS, render_seeds
+
+
+def _results(dice: dict[str, float], variants: tuple[str, ...]) -> dict:
+    """Two settings with one target and two test subjects each; every method scores ``dice[method]`` +- 1."""
+
+    def scores(method: str) -> list[dict[str, float]]:
+        return [{"dice": dice[method] - 1.0}, {"dice": dice[method] + 1.0}]
+
+    adapted = {key: scores(method) for method, key in _FROM_VARIANT.items()}
+    target = {
+        "scores": {m: scores(m) for m in TABLE1_METHODS if m not in _FROM_VARIANT},
+        "variants": {v: {"scores": adapted} for v in variants},
+    }
+    return {letter: {"ceiling": scores("ceiling"), "targets": {"t": target}} for letter in ("A", "B")}
+
+
+def test_render_seeds_gives_each_seed_and_the_spread_over_seeds():
+    variants = ("paper-faithful", "brain-only")
+    methods = ("ceiling", *TABLE1_METHODS)
+    runs = {seed: _results({m: 60.0 + i + 2.0 * seed for i, m in enumerate(methods)}, variants) for seed in (0, 1, 2)}
+    text = render_seeds(runs, variants)
+    lines = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in text.splitlines()}
+    none = 60.0 + methods.index("none")
+    assert lines[("paper-faithful", "none")].endswith(
+        f"| {none:.1f} | {none + 2:.1f} | {none + 4:.1f} | {none + 2:.1f} ± {np.std([0, 2, 4]):.1f} |"
+    )
+    assert ("paper-faithful", "ceiling") in lines and ("paper-faithful", "TENT") in lines
+    # other variants list only what the variant changes: the harmonizer's rows
+    assert ("brain-only", "Harmonizing Flows (min entropy)") in lines and ("brain-only", "TENT") not in lines
+    assert "| seed 0 | seed 1 | seed 2 |" in text
