@@ -17,21 +17,25 @@ from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.report import TABLE1_METHODS
 
 
-@pytest.fixture(scope="module")
-def report(simulated, smoke_profile, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "results"
-    lines: list[str] = []
-    written = benchmark(
+def _run_b(simulated, profile, out: Path, lines: list[str]) -> dict[str, Path]:
+    """Setting B, two variants: the run every test here looks at."""
+    return benchmark(
         simulated.manifest,
         out,
-        smoke_profile,
+        profile,
         settings=["B"],
         variants=["paper-faithful", "brain-only"],
         progress=False,
         log=lines.append,
         command="test",
     )
-    return out, written, lines
+
+
+@pytest.fixture(scope="module")
+def report(simulated, smoke_profile, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results"
+    lines: list[str] = []
+    return out, _run_b(simulated, smoke_profile, out, lines), lines
 
 
 def test_tables_json_and_figures_are_written(report):
@@ -74,16 +78,7 @@ def test_an_interrupted_run_resumes_from_its_finished_settings(report, simulated
     again = tmp_path / "again"
     shutil.copytree(out / "settings", again / "settings")  # as a run stopped after setting B leaves it
     lines: list[str] = []
-    benchmark(
-        simulated.manifest,
-        again,
-        smoke_profile,
-        settings=["B"],
-        variants=["paper-faithful", "brain-only"],
-        progress=False,
-        log=lines.append,
-        command="test",
-    )
+    _run_b(simulated, smoke_profile, again, lines)
     assert any("reusing" in line and "B.json" in line for line in lines)
     assert not any("fitted in" in line for line in lines)
     first = json.loads((out / "results.json").read_text())
