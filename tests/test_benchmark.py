@@ -88,6 +88,23 @@ def test_an_interrupted_run_resumes_from_its_finished_settings(report, simulated
     assert "setting B reused from an earlier run" in (again / "tables.md").read_text()
 
 
+def test_a_run_from_scratch_reproduces_the_numbers(report, simulated, smoke_profile, tmp_path):
+    out, _, _ = report
+    _run_b(simulated, smoke_profile, tmp_path / "scratch", [])  # fits and adapts anew: nothing to reuse
+    first = _without_timings(json.loads((out / "results.json").read_text())["results"])
+    second = _without_timings(json.loads((tmp_path / "scratch" / "results.json").read_text())["results"])
+    assert second == first
+
+
+def _without_timings(value):
+    """The numbers of a report, without its wall-clock times (the setting's and each curve point's)."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
 def test_a_damaged_or_foreign_finished_setting_is_not_reused(report, tmp_path):
     out, _, _ = report
     folder = tmp_path / "settings"
