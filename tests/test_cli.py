@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_volume
 from harmonizing_flows import __version__
 from harmonizing_flows.cli import app
 from harmonizing_flows.datasets import load_subjects
@@ -229,3 +231,14 @@ def test_fit_segmenter_then_adapt_with_the_entropy_rule(simulated, fitted, smoke
         ],
     )
     assert result.exit_code == 2 and "needs a segmenter" in result.output
+
+
+def test_adapt_to_a_target_without_brain_names_the_mask(fitted, tmp_path):
+    image = write_volume(tmp_path / "t1.nii.gz", np.full((20, 24, 20), 50.0, np.float32))
+    mask = write_volume(tmp_path / "mask.nii.gz", np.zeros((20, 24, 20), np.uint8))
+    manifest = tmp_path / "target.csv"
+    manifest.write_text(f"subject,site,image,mask\ns1,elsewhere,{image},{mask}\n")
+    result = runner.invoke(app, ["adapt", str(fitted), str(manifest), "--out", str(tmp_path / "a"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert f"{mask}: mask is empty" in result.output
+    assert not (tmp_path / "a").exists()
