@@ -180,15 +180,21 @@ def _parse_gnu_time(text: str) -> dict[str, float]:
     return found
 
 
-def run_timed(command: list[str], *, use_gnu_time: bool = True) -> TimedRun:
-    """Run ``command`` to completion, timing it and recording its peak memory (see :class:`TimedRun`)."""
+def run_timed(command: list[str], *, use_gnu_time: bool = True, echo: bool = False) -> TimedRun:
+    """Run ``command`` to completion, timing it and recording its peak memory (see :class:`TimedRun`).
+
+    With ``echo`` its standard output is also printed line by line as it comes, for runs of hours.
+    """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrap = use_gnu_time and os.access(GNU_TIME, os.X_OK)
     with tempfile.TemporaryDirectory(prefix="hflow-bench-time-") as scratch:
         report = Path(scratch) / "time.txt"
         full = [GNU_TIME, "-v", "-o", str(report), *command] if wrap else command
         start = time.perf_counter()
-        done = subprocess.run(full, capture_output=True, text=True, check=False)
+        if echo:
+            done = _run_echoing(full, Path(scratch) / "stderr.txt")
+        else:
+            done = subprocess.run(full, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - start
         gnu = _parse_gnu_time(report.read_text()) if wrap and report.is_file() else {}
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -199,6 +205,19 @@ def run_timed(command: list[str], *, use_gnu_time: bool = True) -> TimedRun:
         peak, source = after.ru_maxrss * scale, "getrusage(RUSAGE_CHILDREN)"
         user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     return TimedRun(command, wall, peak, user, system, source, done.returncode, done.stdout, done.stderr)
+
+
+def _run_echoing(command: list[str], stderr_file: Path) -> subprocess.CompletedProcess[str]:
+    # stderr goes to a file: a full pipe nobody reads would stall the child
+    with stderr_file.open("w+", encoding="utf-8") as err:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+            assert proc.stdout is not None
+            lines = []
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                lines.append(line)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, proc.returncode, "".join(lines), err.read())
 
 
 def manifest_rows(folder: Path) -> list[dict[str, str]]:

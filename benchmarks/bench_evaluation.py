@@ -51,7 +51,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _run(command: list[str]) -> dict[str, Any]:
     print("$ " + " ".join(command), flush=True)
-    run = run_timed(command)
+    run = run_timed(command, echo=True)  # the benchmark's log lines as they come: it runs for hours
     if run.returncode != 0:
         sys.stderr.write(run.stdout[-4000:] + run.stderr[-4000:])
         raise SystemExit(f"failed with exit status {run.returncode}: {' '.join(command)}")
