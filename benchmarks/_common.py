@@ -212,7 +212,7 @@ def _run_echoing(command: list[str], stderr_file: Path) -> subprocess.CompletedP
     with stderr_file.open("w+", encoding="utf-8") as err:
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
             assert proc.stdout is not None
-            lines = []
+            lines: list[str] = []
             for line in proc.stdout:
                 print(line, end="", flush=True)
                 lines.append(line)

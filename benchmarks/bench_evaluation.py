@@ -8,19 +8,20 @@ What it runs, each in a fresh process under ``/usr/bin/time -v`` (wall time and 
 and then copies the report's ``tables.md``, ``results.json`` and ``figures/`` (never the fitted networks) to
 ``benchmarks/results/benchmark-<profile>/`` with ``run.json``: both commands, their wall times and peak memory, the
 git commit, the machine and the dates. ``WORK`` is kept: run again with the same ``--work`` and the benchmark
-reuses the networks it fitted (same profile, same training files), so adding a variant costs only its own fits
-and adaptations, and it reuses every setting that finished with the same settings and data, so an interrupted
-run resumes at the setting it was in (each setting's own time is in ``results.json``). The fast profile over
-settings A-D with all four variants takes about two and a half hours on two CPU cores.
+reuses what it computed with the same code: the networks it fitted (same profile, same training files), and every
+setting that finished with the same settings and data, so an interrupted run resumes at the setting it was in
+(each setting's own time is in ``results.json``). Changing the variants re-evaluates every setting but refits only
+the new variants' networks. The fast profile over settings A-D with all four variants takes about two and a half
+hours on two CPU cores.
 
     python benchmarks/bench_evaluation.py --work /data/hflow-eval                     # A-D, all variants
     python benchmarks/bench_evaluation.py --work /data/hflow-eval --seeds 0,1,2       # three times as long
+    python benchmarks/bench_evaluation.py --work /tmp/e --profile smoke --settings A  # a quick check
 
 With several seeds, each seed's report goes to ``seed-N/`` (its work folder is ``WORK/report-seedN``; seed 0
 keeps ``WORK/report``) and ``seeds.md`` gives each method's average Dice per seed and its spread over seeds:
 a seed changes the networks' initial weights and every random draw, and one run cannot say which differences
 between methods outlast that.
-    python benchmarks/bench_evaluation.py --work /tmp/e --profile smoke --settings A  # a quick check
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _run(command: list[str]) -> dict[str, Any]:
     print("$ " + " ".join(command), flush=True)
     run = run_timed(command, echo=True)  # the benchmark's log lines as they come: it runs for hours
     if run.returncode != 0:
-        sys.stderr.write(run.stdout[-4000:] + run.stderr[-4000:])
+        sys.stderr.write(run.stderr[-4000:])  # its standard output is already on the screen
         raise SystemExit(f"failed with exit status {run.returncode}: {' '.join(command)}")
     print(f"  {run.wall_s:.0f} s, peak {run.peak_rss_bytes / 2**30:.2f} GiB", flush=True)
     return run.summary()
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"commit {state['commit']}{' (with uncommitted changes)' if state['src_modified'] else ''}; "
           f"{describe_machine(machine)}")  # fmt: skip
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds {args.seeds!r}: give one or more different seeds, e.g. 0,1,2")
     sim = args.work / "sim"
     runs = []
     if not (sim / "manifest.csv").is_file():
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         from harmonizing_flows.report import render_seeds
 
         results = {seed: json.loads((r / "results.json").read_text())["results"] for seed, r in reports.items()}
-        variants = [x.strip() for x in args.variants.split(",")]
+        variants = [x.strip() for x in args.variants.split(",") if x.strip()]
         (tmp / "seeds.md").write_text(f"# The benchmark over seeds {args.seeds}\n\n" + render_seeds(results, variants))
     write_json(tmp / "run.json", {"runs": runs, "git": state, "machine": machine, "started": started,
                                   "finished": utc_now()})  # fmt: skip

@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile = load_profile("fast")
     training = replace(profile.harmonizer_training, epochs=args.epochs, halve_every=args.halve_every,
-                       lr=args.lr or profile.harmonizer_training.lr,
-                       batch_size=args.batch_size or profile.harmonizer_training.batch_size)  # fmt: skip
+                       lr=profile.harmonizer_training.lr if args.lr is None else args.lr,
+                       batch_size=profile.harmonizer_training.batch_size if args.batch_size is None
+                       else args.batch_size)  # fmt: skip
     profile = replace(profile, harmonizer_training=training)
     site = [s for s in load_subjects(args.data) if s.site == args.site]
     site = split_subjects(site)  # keeps the splits the data gives

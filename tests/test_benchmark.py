@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
-from harmonizing_flows.benchmark import RULES, _load_setting, benchmark, load_stacks
+from harmonizing_flows.benchmark import RULES, _load_setting, _setting_key, benchmark, load_stacks
 from harmonizing_flows.datasets import load_subjects
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.report import TABLE1_METHODS
@@ -80,7 +82,8 @@ def test_an_interrupted_run_resumes_from_its_finished_settings(report, simulated
     lines: list[str] = []
     _run_b(simulated, smoke_profile, again, lines)
     assert any("reusing" in line and "B.json" in line for line in lines)
-    assert not any("fitted in" in line for line in lines)
+    assert any("ceiling:" in line for line in report[2])  # what a setting logs when it runs ...
+    assert not any("ceiling:" in line or "fitted in" in line for line in lines)  # ... and did not log here
     first = json.loads((out / "results.json").read_text())
     second = json.loads((again / "results.json").read_text())
     assert second["results"] == first["results"] and second["meta"]["resumed"] == ["B"]
@@ -112,14 +115,43 @@ def test_a_damaged_or_foreign_finished_setting_is_not_reused(report, tmp_path):
     key = json.loads((folder / "B.json").read_text())["key"]
     assert _load_setting(folder, "B", key) is not None
     assert _load_setting(folder, "B", "another run's key") is None
-    (folder / "B.npz").write_bytes((folder / "B.npz").read_bytes()[:100])
+    data = (folder / "B.npz").read_bytes()
+    middle = len(data) // 2  # inside a compressed member: zlib fails, not the zip directory
+    flipped = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    (folder / "B.npz").write_bytes(data[:middle] + flipped + data[middle + 64 :])
     assert _load_setting(folder, "B", key) is None
-    (folder / "B.json").write_text('{"key": "' + key + '", "res')
+    (folder / "B.npz").write_bytes(data[:100])
     assert _load_setting(folder, "B", key) is None
+    (folder / "B.npz").write_bytes(data)
+    assert _load_setting(folder, "B", key) is not None
+    for damaged in ('{"key": "' + key + '", "res', json.dumps({"key": key, "result": 3, "examples": []}), "[]"):
+        (folder / "B.json").write_text(damaged)
+        assert _load_setting(folder, "B", key) is None
 
 
-def test_a_second_run_needs_overwrite_and_then_reuses_the_fitted_networks(report, simulated, smoke_profile):
-    out, _, _ = report
+def test_the_setting_key_changes_with_whatever_changes_the_results(simulated, smoke_profile, tmp_path):
+    subjects = load_subjects(simulated.manifest)
+    cpu = torch.device("cpu")
+    key = _setting_key(smoke_profile, ["paper-faithful"], "mprage-3t", subjects, cpu)
+    assert key == _setting_key(smoke_profile, ["paper-faithful"], "mprage-3t", load_subjects(simulated.manifest), cpu)
+    moved = [replace(s, split="val") if i == 0 else s for i, s in enumerate(subjects)]
+    copied = tmp_path / subjects[0].image.name
+    shutil.copy2(subjects[0].image, copied)
+    other_file = [replace(s, image=copied) if i == 0 else s for i, s in enumerate(subjects)]
+    for changed in (
+        _setting_key(replace(smoke_profile, seed=1), ["paper-faithful"], "mprage-3t", subjects, cpu),
+        _setting_key(smoke_profile, ["paper-faithful", "brain-only"], "mprage-3t", subjects, cpu),
+        _setting_key(smoke_profile, ["paper-faithful"], "spgr-15t", subjects, cpu),
+        _setting_key(smoke_profile, ["paper-faithful"], "mprage-3t", moved, cpu),
+        _setting_key(smoke_profile, ["paper-faithful"], "mprage-3t", other_file, cpu),
+        _setting_key(smoke_profile, ["paper-faithful"], "mprage-3t", subjects, torch.device("cuda")),
+    ):
+        assert changed != key
+
+
+def test_a_second_run_needs_overwrite_and_then_reuses_the_fitted_networks(report, simulated, smoke_profile, tmp_path):
+    out = tmp_path / "results"
+    shutil.copytree(report[0], out)  # the other tests read the fixture's folder as it was written
     with pytest.raises(OutputExistsError):
         benchmark(simulated.manifest, out, smoke_profile, settings=["B"], progress=False, log=lambda _: None)
     lines: list[str] = []

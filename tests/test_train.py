@@ -111,8 +111,21 @@ def test_a_non_finite_loss_stops_training_before_the_weights_change():
         return out * (float("nan") if len(calls) == 3 else 0.0), {}
 
     config = TrainConfig(epochs=2, batch_size=2, lr=1e-2, halve_every=1)
-    with pytest.raises(TrainingError, match=r"epoch 2, step 1 .*lower demo_training\.lr"):
+    with pytest.raises(TrainingError, match=r"the loss became NaN or infinite at epoch 2, step 1 .*demo_training\.lr"):
         run_training(module, step, 4, config, name="demo", seed=0, ctx=Context(), progress=False)
     assert len(calls) == 3  # epoch 2, step 1: nothing after it ran
     for key, value in module.state_dict().items():  # zero losses never moved the weights; the NaN did not either
         assert torch.equal(value, before[key])
+
+
+def test_non_finite_gradients_stop_training_before_the_weights_change():
+    module = torch.nn.Linear(2, 1)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+
+    def step(model, index, generator):  # a finite loss whose gradient is not: d sqrt(x)/dx at 0
+        return torch.sqrt(model(torch.zeros(len(index), 2)).sum() * 0.0), {}
+
+    config = TrainConfig(epochs=1, batch_size=2, lr=1e-2, halve_every=1)
+    with pytest.raises(TrainingError, match=r"the gradients became NaN or infinite at epoch 1, step 1"):
+        run_training(module, step, 4, config, name="demo", seed=0, ctx=Context(), progress=False)
+    assert all(torch.equal(value, before[key]) for key, value in module.state_dict().items())

@@ -20,6 +20,7 @@ settings, where the ceiling is the segmenter on its own source site's test volum
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from harmonizing_flows.errors import InputError
 from harmonizing_flows.labels import NUM_CLASSES
 from harmonizing_flows.metrics import score_volume, subject_means
 from harmonizing_flows.profiles import Profile, apply_overrides, profile_to_dict
+from harmonizing_flows.report import IMAGE_KEYS
 from harmonizing_flows.train import Slices
 
 __all__ = [
@@ -214,28 +216,49 @@ def _fingerprint(paths: Sequence[Path | None]) -> list[tuple[str, int, int]]:
     return sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p is not None)
 
 
-def _key(*parts: Any) -> str:
+@functools.cache
+def _code_digest() -> str:
+    """A hash of this package's source: results computed by other code are never reused."""
     import hashlib
 
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.relative_to(Path(__file__).parent).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _key(*parts: Any) -> str:
+    """What a stored result was computed from, as one hash: the code, torch's version and ``parts``."""
+    import hashlib
+
+    parts = (_code_digest(), torch.__version__, *parts)
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
 
-_IMAGES = ("examples", "source_example", "source_mask")
-"""The keys of a setting's result that hold images (for the figures), not numbers."""
+def _setting_key(
+    profile: Profile, variants: Sequence[str], source: str, subjects: Sequence[Subject], device: torch.device
+) -> str:
+    """The key of one setting's results: everything that changes them."""
+    files = _fingerprint([p for s in subjects for p in (s.image, s.mask, s.labels)])
+    splits = sorted((s.site, s.subject, str(s.split)) for s in subjects)
+    return _key(profile_to_dict(profile), list(variants), RULES, source, files, splits, str(device))
 
 
 def _save_setting(folder: Path, letter: str, key: str, result: dict[str, Any]) -> None:
     """Keep a finished setting under ``folder`` (``LETTER.json`` + ``LETTER.npz``), so an interrupted run resumes.
 
-    The JSON is written last and names its key, so a half-written pair is never taken for a finished one.
+    The JSON names its key and is written last, after any older JSON is removed, so a half-written pair (or a new
+    ``.npz`` beside an older run's JSON) is never taken for a finished setting.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{letter}.json").unlink(missing_ok=True)
     arrays = {"source_example": result["source_example"], "source_mask": result["source_mask"]}
     for target, images in result["examples"].items():
         for name, image in images.items():
             arrays[f"examples/{target}/{name}"] = image
     document = {"key": key, "examples": {t: list(images) for t, images in result["examples"].items()}}
-    document["result"] = {k: v for k, v in result.items() if k not in _IMAGES}
+    document["result"] = {k: v for k, v in result.items() if k not in IMAGE_KEYS}
     for path, write in (
         (folder / f"{letter}.npz", lambda f: np.savez_compressed(f, **arrays)),
         (folder / f"{letter}.json", lambda f: f.write(json.dumps(document, default=float).encode())),
@@ -248,8 +271,6 @@ def _save_setting(folder: Path, letter: str, key: str, result: dict[str, Any]) -
 
 def _load_setting(folder: Path, letter: str, key: str) -> dict[str, Any] | None:
     """A setting finished earlier with the same key, or None (also when its files are missing or damaged)."""
-    import zipfile
-
     try:
         document = json.loads((folder / f"{letter}.json").read_text(encoding="utf-8"))
         if document.get("key") != key:
@@ -262,7 +283,7 @@ def _load_setting(folder: Path, letter: str, key: str) -> dict[str, Any] | None:
                 target: {name: arrays[f"examples/{target}/{name}"] for name in names}
                 for target, names in document["examples"].items()
             }
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    except Exception:  # a damaged cache (truncated zip, bad zlib stream, JSON of another shape) is recomputed
         return None
     return result
 
@@ -274,7 +295,7 @@ def _fit_or_load(setting: _Setting, name: str, profile: Profile, build: Callable
     (path, size and modification time of each), so new data is never judged by a stale network.
     """
     folder = setting.out / "models" / setting.source / name
-    key = _key(profile_to_dict(profile), _fingerprint(setting.train_files))
+    key = _key(profile_to_dict(profile), _fingerprint(setting.train_files), str(setting.device))
     doc = folder / "model.json"
     if doc.is_file() and json.loads(doc.read_text(encoding="utf-8")).get("benchmark_key") == key:
         setting.log(f"  {name}: reusing {folder}")
@@ -521,16 +542,14 @@ def benchmark(
     Args:
         data: A multi-site labelled dataset (manifest, site folders or BIDS), such as ``hflow simulate`` writes.
         out: The results folder: ``tables.md``, ``results.json``, ``figures/``, ``models/`` (fitted networks)
-            and ``settings/`` (each finished setting's results). Both are reused when the same run is repeated
-            on the same data, so an interrupted run resumes where it stopped; delete them after changing the
-            code to recompute.
+            and ``settings/`` (each finished setting's results). Both are reused when the same code runs again
+            with the same settings on the same data and device, so an interrupted run resumes where it stopped.
         settings: Letters (A, B, ...) of the settings to run, in the order of the sorted site names; all by default.
         variants: Keys of :data:`VARIANTS`; the first is the one Table 1 reports.
 
     Returns:
         Name -> path of each written result file.
     """
-    from harmonizing_flows import __version__
     from harmonizing_flows.distributed import resolve_device
     from harmonizing_flows.errors import OutputExistsError
     from harmonizing_flows.report import write_report
@@ -569,16 +588,15 @@ def benchmark(
         stacks[site] = load_stacks([s for s in subjects if s.site == site], profile.slices, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
-    files = _fingerprint([p for s in subjects for p in (s.image, s.mask, s.labels)])
-    splits = sorted((s.site, s.subject, str(s.split)) for s in subjects)
-    resumed = []
+    resumed: list[str] = []
     for letter in chosen:
         log(f"setting {letter}: source {letters[letter]} -> {', '.join(s for s in sites if s != letters[letter])}")
-        key = _key(__version__, profile_to_dict(profile), list(variants), RULES, letters[letter], files, splits)
+        key = _setting_key(profile, variants, letters[letter], subjects, resolved)
         earlier = _load_setting(out / "settings", letter, key)
         if earlier is not None:
-            log(f"  reusing {out / 'settings' / letter}.json: finished earlier with the same settings and data")
-            results[letter], resumed = earlier, [*resumed, letter]
+            log(f"  reusing {out / 'settings' / letter}.json: finished earlier with the same code, settings and data")
+            results[letter] = earlier
+            resumed.append(letter)
             continue
         setting = _Setting(letter, letters[letter], profile, resolved, out, progress, log)
         begun = time.perf_counter()

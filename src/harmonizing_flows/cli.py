@@ -273,7 +273,9 @@ def fit_segmenter(
 @app.command()
 def benchmark(
     data: Annotated[Path, typer.Argument(help="Labelled multi-site data, e.g. the manifest of `hflow simulate`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (tables, JSON, figures, models).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Results folder: tables, JSON, figures; models/ and settings/ resume.")
+    ],
     settings: Annotated[
         str | None, typer.Option(help="Settings to run, e.g. A,C (A = first site in name order). Default: all.")
     ] = None,
@@ -286,7 +288,11 @@ def benchmark(
     seed: SeedOption = None,
     device: DeviceOption = "auto",
     overwrite: Annotated[
-        bool, typer.Option(help="Replace an earlier report in OUT (fitted models are reused).")
+        bool,
+        typer.Option(
+            help="Replace an earlier report in OUT. Fitted networks and finished settings are reused when the code, "
+            "settings, data and device are the same; delete OUT to recompute everything."
+        ),
     ] = False,
     quiet: QuietOption = False,
 ) -> None:

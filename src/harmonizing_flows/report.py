@@ -16,7 +16,7 @@ import numpy as np
 
 from harmonizing_flows.baselines import REQUIREMENTS
 
-__all__ = ["TABLE1_METHODS", "render_seeds", "render_tables", "table_rows", "write_report"]
+__all__ = ["IMAGE_KEYS", "TABLE1_METHODS", "render_seeds", "render_tables", "table_rows", "write_report"]
 
 TABLE1_METHODS = (
     "none",
@@ -39,6 +39,8 @@ _FROM_VARIANT = {
     "Harmonizing Flows (min entropy + guard)": "adapted (entropy+guard)",
     "Harmonizing Flows (oracle)": "adapted (oracle)",
 }
+IMAGE_KEYS = ("examples", "source_example", "source_mask")
+"""The keys of a setting's results that hold images for the figures, not numbers (left out of results.json)."""
 _UNITS = {"dice": "Dice (%)", "hd95": "HD95 (mm)", "mhd": "modified Hausdorff distance (mm)", "assd": "ASSD (mm)"}
 
 
@@ -154,7 +156,7 @@ def _table3(results, letters, variants: Sequence[str]) -> list[str]:
 
 
 def render_seeds(runs: Mapping[int, Mapping[str, Any]], variants: Sequence[str]) -> str:
-    """Average Dice over settings of each method, per seed and as mean ± std over the seeds, as Markdown.
+    """Average Dice over settings of each method, per seed and as mean ± sample std over the seeds, as Markdown.
 
     ``runs`` maps a seed to the ``results`` of a benchmark run with that seed (all on the same data and
     settings). Seeds change the networks' initial weights and the augmentations, so the spread over seeds says
@@ -169,17 +171,15 @@ def render_seeds(runs: Mapping[int, Mapping[str, Any]], variants: Sequence[str])
         for method in methods:
             values = [table_rows(runs[x], (method,), "dice", variant)[method]["average"][0] for x in seeds]
             name = f"{method} *" if method == "Harmonizing Flows (oracle)" else method
-            cells = " | ".join(f"{v:.1f}" for v in values)
-            lines.append(f"| {variant} | {name} | {cells} | {np.mean(values):.1f} ± {np.std(values):.1f} |")
+            cells = " | ".join("n/a" if not np.isfinite(v) else f"{v:.1f}" for v in values)
+            spread = (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"))
+            lines.append(f"| {variant} | {name} | {cells} | {_cell(spread, 1)} |")
     return "\n".join([*lines, ""])
 
 
 def _plain(results: Mapping[str, Any]) -> dict[str, Any]:
     """The results without the example images (numbers only, for results.json)."""
-    return {
-        letter: {k: v for k, v in setting.items() if k not in ("examples", "source_example", "source_mask")}
-        for letter, setting in results.items()
-    }
+    return {letter: {k: v for k, v in setting.items() if k not in IMAGE_KEYS} for letter, setting in results.items()}
 
 
 def _figures(results: Mapping[str, Any], folder: Path, variants: Sequence[str]) -> list[Path]:

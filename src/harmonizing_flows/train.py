@@ -153,6 +153,13 @@ def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optim
     return int(meta["epoch"]), json.loads(meta["history"])
 
 
+def _diverged(what: str, name: str, epoch: int, step: int, lr: float) -> TrainingError:
+    return TrainingError(
+        f"{name}: {what} became NaN or infinite at epoch {epoch}, step {step} (learning rate {lr:g}); "
+        f"lower {name}_training.lr or check the input slices"
+    )
+
+
 def run_training(
     module: nn.Module,
     step: StepFn,
@@ -197,14 +204,16 @@ def run_training(
                 index = order[k * batch : (k + 1) * batch]
                 generator = torch.Generator().manual_seed(stable_seed(seed, name, epoch, k))
                 loss, stats = step(model, index, generator)
-                if not torch.isfinite(loss):  # stop before the optimizer spreads it to every weight
-                    raise TrainingError(
-                        f"{name}: the loss became {float(loss)} at epoch {epoch + 1}, step {k + 1} "
-                        f"(learning rate {optimizer.param_groups[0]['lr']:g}); lower {name}_training.lr "
-                        f"or check the input slices"
-                    )
+                where = (name, epoch + 1, k + 1, optimizer.param_groups[0]["lr"])
+                # Stop before the optimizer spreads a NaN to every weight. Every process takes the same decision
+                # (the loss's flag is summed over processes, the gradients are already), so none waits alone.
+                if ctx.all_sum((~torch.isfinite(loss.detach())).float()).item():
+                    raise _diverged("the loss", *where)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                grads = [p.grad for p in module.parameters() if p.grad is not None]
+                if grads and not torch.stack([g.norm() for g in grads]).isfinite().all():
+                    raise _diverged("the gradients", *where)
                 optimizer.step()
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
