@@ -168,8 +168,9 @@ def render_seeds(runs: Mapping[int, Mapping[str, Any]], variants: Sequence[str])
     lines = [title, "", head, "|" + "---|" * (head.count("|") - 1)]
     for i, variant in enumerate(variants):
         methods = ("ceiling", *TABLE1_METHODS) if i == 0 else tuple(_FROM_VARIANT)
+        rows = {x: table_rows(runs[x], methods, "dice", variant) for x in seeds}
         for method in methods:
-            values = [table_rows(runs[x], (method,), "dice", variant)[method]["average"][0] for x in seeds]
+            values = [rows[x][method]["average"][0] for x in seeds]
             name = f"{method} *" if method == "Harmonizing Flows (oracle)" else method
             cells = " | ".join("n/a" if not np.isfinite(v) else f"{v:.1f}" for v in values)
             spread = (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"))
