@@ -322,6 +322,7 @@ def demo(
     """Everything in one command: simulate 4 sites, fit on one, adapt to the others, compare with the baselines."""
     import time
 
+    from harmonizing_flows.benchmark import DEFAULT_VARIANT
     from harmonizing_flows.benchmark import benchmark as run
     from harmonizing_flows.errors import HflowError
     from harmonizing_flows.profiles import load_profile
@@ -339,7 +340,7 @@ def demo(
                        overwrite=overwrite, progress=not quiet)  # fmt: skip
         typer.echo("2/2 setting A: fit on the first site, adapt to the other three, evaluate every method")
         written = run(data / "manifest.csv", out / "results", load_profile("fast"), settings=["A"],
-                      variants=["paper-faithful"], device=device, overwrite=overwrite,
+                      variants=[DEFAULT_VARIANT], device=device, overwrite=overwrite,
                       progress=not quiet, log=typer.echo, command=_command())  # fmt: skip
     except (HflowError, ValueError) as exc:
         _fail(exc)
