@@ -7,7 +7,7 @@ import pytest
 
 from harmonizing_flows.errors import InputError
 from harmonizing_flows.simulate.sites import BUILTIN_SITES, Site, load_sites, resolve_sites
-from harmonizing_flows.simulate.tissues import base_tissues, tissue_table
+from harmonizing_flows.simulate.tissues import STRUCTURES, base_tissues, tissue_table
 
 GOOD = """
 [sites.prisma]
@@ -74,6 +74,31 @@ def test_tissue_override_changes_the_signal():
     assert plain.table_signal(t_plain)[2] > changed.table_signal(t_changed)[2]
 
 
+def test_a_structure_of_its_own_leaves_the_others_alone():
+    mixed = tissue_table(base_tissues(3.0), 60)
+    own = tissue_table(base_tissues(3.0), 60, {"putamen": {"t1": 1332.0, "pd": 0.75}, "pallidum": {"t2s": 26.0}})
+    putamen, pallidum = list(STRUCTURES["putamen"]), list(STRUCTURES["pallidum"])
+    assert np.all(own.t1[putamen] == 1332.0) and np.all(own.pd[putamen] == 0.75)
+    assert np.all(own.t2s[putamen] == mixed.t2s[putamen])  # a parameter not given keeps the mixture's
+    assert np.all(own.t2s[pallidum] == 26.0) and np.all(own.t1[pallidum] == mixed.t1[pallidum])
+    others = np.setdiff1d(np.arange(61), putamen + pallidum)
+    for parameter in ("t1", "t2", "t2s", "pd"):
+        assert np.array_equal(getattr(own, parameter)[others], getattr(mixed, parameter)[others])
+
+
+def test_structures_of_their_own_can_reorder_structures_between_sequences():
+    # With the mixture every sequence orders the structures alike. A pallidum with a T1 a little shorter than white
+    # matter's and a short T2* (iron; illustrative values) is brighter than white matter in a short-TE MPRAGE, as
+    # in FreeSurfer's atlas, and darker in a long-TE spoiled gradient echo.
+    mprage, spgr = BUILTIN_SITES["mprage-3t"], Site(name="flash", sequence="spgr", tr_ms=24.0, te_ms=12.0, flip_deg=30)
+    white, pallidum = 2, STRUCTURES["pallidum"][0]
+    for own in ({}, {"pallidum": {"t1": 750.0, "t2s": 26.0}}):
+        table = tissue_table(base_tissues(3.0), 60, own)
+        a, b = mprage.table_signal(table), spgr.table_signal(table)
+        flipped = (a[pallidum] - a[white]) * (b[pallidum] - b[white]) < 0
+        assert flipped == bool(own)
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -87,6 +112,9 @@ def test_tissue_override_changes_the_signal():
         ("[sites.a]\nsnr = nan\n", "not a finite number"),
         ("[sites.a]\ntr_ms = 500.0\nti_ms = 900.0\n", "timing impossible"),
         ("[sites.'a b']\n", "without spaces"),
+        ("[sites.a.structures.striatum]\nt1 = 1000.0\n", "unknown structure 'striatum'"),
+        ("[sites.a.structures.putamen]\nt3 = 1000.0\n", "unknown tissue parameter"),
+        ("[sites.a.structures.putamen]\nt1 = -5.0\n", "must be positive"),
     ],
 )
 def test_bad_site_files_name_the_file_and_the_problem(tmp_path, text, problem):

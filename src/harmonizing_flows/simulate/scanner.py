@@ -2,8 +2,9 @@
 
 The steps, in the order a real acquisition and export apply them:
 
-1. Tissue properties per structure at the site's field strength (:mod:`.tissues`), jittered per subject, and the
-   site's signal equation (:mod:`.sequences`) give one signal per structure.
+1. Tissue properties per structure at the site's field strength (:mod:`.tissues`; a white/grey mixture unless the
+   site gives a structure its own values), jittered per subject, and the site's signal equation
+   (:mod:`.sequences`) give one signal per structure.
 2. Within-tissue texture: a smooth multiplicative Gaussian random field, so that tissue is not piecewise constant.
 3. Partial volume and resolution: one anisotropic Gaussian blur whose width combines the partial-volume kernel of
    the output voxel with the site's acquired voxel size (FWHM equal to the acquired size along each axis).
@@ -72,8 +73,14 @@ def acquire(
         name: Relaxation(t1=r.t1 * jitter[name][0], t2=r.t2, t2s=r.t2s, pd=r.pd * jitter[name][1])
         for name, r in base.items()
     }
+    # A structure's own values are population means of grey tissue: they vary between subjects as grey matter does.
+    t1_factor, pd_factor = jitter["grey_matter"]
+    factor = {"t1": t1_factor, "pd": pd_factor}
+    structures = {
+        name: {k: float(v) * factor.get(k, 1.0) for k, v in values.items()} for name, values in site.structures.items()
+    }
     max_code = int(labels.max())
-    table = tissue_table(subject_tissues, max(max_code, 2))
+    table = tissue_table(subject_tissues, max(max_code, 2), structures)
     signal_per_code = site.table_signal(table).astype(np.float32)
     wm_signal = float(signal_per_code[2])
 

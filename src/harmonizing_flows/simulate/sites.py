@@ -26,6 +26,9 @@ A site file holds one table per site; every key but ``sequence``-specific timing
 
     [sites.my-scanner.tissues.white_matter]   # optional: override literature values (ms, relative PD)
     t1 = 900.0
+
+    [sites.my-scanner.structures.putamen]     # optional: a structure's own values instead of the white/grey
+    t1 = 1332.0                                # mixture (see tissues.STRUCTURES); the rest keep the mixture's
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import numpy as np
 
 from harmonizing_flows.errors import InputError
 from harmonizing_flows.simulate.sequences import mprage, spgr, spin_echo
-from harmonizing_flows.simulate.tissues import TissueTable, base_tissues
+from harmonizing_flows.simulate.tissues import TissueTable, base_tissues, check_structures
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,6 +77,7 @@ class Site:
     intensity_scale: float = 1.0
     orientation: str = "RAS"
     tissues: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    structures: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = []
@@ -98,6 +102,7 @@ class Site:
             raise ValueError(f"site {self.name!r}: " + "; ".join(problems))
         try:
             base_tissues(self.field_strength, self.tissues)
+            check_structures(self.structures)
             self.signal(np.array([1000.0]), np.array([80.0]), np.array([60.0]), np.array([0.7]))
         except ValueError as exc:
             raise ValueError(f"site {self.name!r}: {exc}") from exc
@@ -121,6 +126,7 @@ class Site:
         d = asdict(self)
         d["voxel_size_mm"] = list(self.voxel_size_mm)
         d["tissues"] = {k: dict(v) for k, v in self.tissues.items()}
+        d["structures"] = {k: dict(v) for k, v in self.structures.items()}
         return d
 
 

@@ -41,7 +41,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BASE_TISSUES", "STRUCTURE_WM_WEIGHT", "TissueTable", "base_tissues", "tissue_table"]
+__all__ = [
+    "BASE_TISSUES",
+    "STRUCTURES",
+    "STRUCTURE_WM_WEIGHT",
+    "TissueTable",
+    "base_tissues",
+    "check_structures",
+    "tissue_table",
+]
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,40 @@ is imaged as CSF (the sulcal and extra-cerebral CSF that aseg leaves unlabelled)
 """
 
 
+STRUCTURES: dict[str, tuple[int, ...]] = {
+    "cerebellum_white_matter": (7, 46),
+    "cerebellum_cortex": (8, 47),
+    "thalamus": (9, 10, 48, 49),
+    "caudate": (11, 50),
+    "putamen": (12, 51),
+    "pallidum": (13, 52),
+    "brainstem": (16,),
+    "hippocampus": (17, 53),
+    "amygdala": (18, 54),
+    "accumbens": (26, 58),
+    "ventral_dc": (28, 60),
+}
+"""Structures whose tissue values a site may set on their own (both hemispheres' aseg codes), instead of the
+white/grey mixture of :data:`STRUCTURE_WM_WEIGHT`. The mixture gives every sequence the same order of brightness
+between structures; measured deep-grey values differ from it (the putamen's T1 lies near cortex, its T1-weighted
+intensity near white matter, as proton density, magnetization transfer and iron differ), and real protocols do
+reorder structures."""
+
+_PARAMETERS = ("t1", "t2", "t2s", "pd")
+
+
+def check_structures(structures: Mapping[str, Mapping[str, float]]) -> None:
+    """Raise ValueError for an unknown structure or parameter, or a value that is not positive."""
+    for name, values in structures.items():
+        if name not in STRUCTURES:
+            raise ValueError(f"unknown structure {name!r}; structures are {', '.join(STRUCTURES)}")
+        unknown = set(values) - set(_PARAMETERS)
+        if unknown:
+            raise ValueError(f"unknown tissue parameter(s) {', '.join(sorted(unknown))} for {name}")
+        if not all(float(v) > 0 for v in values.values()):
+            raise ValueError(f"tissue values of {name} must be positive: {dict(values)}")
+
+
 def base_tissues(
     field_strength: float, overrides: Mapping[str, Mapping[str, float]] | None = None
 ) -> dict[str, Relaxation]:
@@ -168,10 +210,16 @@ class TissueTable:
     pd: np.ndarray
 
 
-def tissue_table(base: Mapping[str, Relaxation], max_code: int) -> TissueTable:
+def tissue_table(
+    base: Mapping[str, Relaxation],
+    max_code: int,
+    structures: Mapping[str, Mapping[str, float]] | None = None,
+) -> TissueTable:
     """Relaxation look-up tables over aseg codes ``0..max_code`` from the base tissues.
 
-    Code 0 gets CSF values (it is only imaged inside the brain mask, where it is sulcal CSF).
+    Code 0 gets CSF values (it is only imaged inside the brain mask, where it is sulcal CSF). ``structures``
+    (names of :data:`STRUCTURES` -> ``t1``, ``t2``, ``t2s`` in ms, ``pd``) replaces the mixture's values of those
+    structures; a parameter not given keeps the mixture's.
     """
     wm, gm, csf = base["white_matter"], base["grey_matter"], base["csf"]
     w = np.zeros(max_code + 1)
@@ -187,9 +235,16 @@ def tissue_table(base: Mapping[str, Relaxation], max_code: int) -> TissueTable:
     def rate_mix(a: float, b: float, c: float) -> np.ndarray:  # relaxation rates mix in fast exchange
         return np.where(is_csf, c, 1.0 / (w / a + (1.0 - w) / b))
 
-    return TissueTable(
+    table = TissueTable(
         t1=rate_mix(wm.t1, gm.t1, csf.t1),
         t2=rate_mix(wm.t2, gm.t2, csf.t2),
         t2s=rate_mix(wm.t2s, gm.t2s, csf.t2s),
         pd=np.where(is_csf, csf.pd, w * wm.pd + (1.0 - w) * gm.pd),
     )
+    if structures:
+        check_structures(structures)
+        for name, values in structures.items():
+            codes = [c for c in STRUCTURES[name] if c <= max_code]
+            for parameter, value in values.items():
+                getattr(table, parameter)[codes] = float(value)
+    return table
