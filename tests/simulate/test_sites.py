@@ -115,6 +115,11 @@ def test_structures_of_their_own_can_reorder_structures_between_sequences():
         ("[sites.a.structures.striatum]\nt1 = 1000.0\n", "unknown structure 'striatum'"),
         ("[sites.a.structures.putamen]\nt3 = 1000.0\n", "unknown tissue parameter"),
         ("[sites.a.structures.putamen]\nt1 = -5.0\n", "must be positive"),
+        ("[sites.a.structures.putamen]\nt1 = 'long'\n", "must be positive numbers"),
+        ("[sites.a]\nstructures = 5\n", "table of structure tables"),
+        ("[sites.a]\ntissues = 5\n", "table of tissue tables"),
+        ("[sites.a.tissues]\nwhite_matter = 5\n", "must be a table"),
+        ("[sites.a.structures]\nputamen = 5\n", "must be a table"),
     ],
 )
 def test_bad_site_files_name_the_file_and_the_problem(tmp_path, text, problem):

@@ -161,15 +161,20 @@ _PARAMETERS = ("t1", "t2", "t2s", "pd")
 
 
 def check_structures(structures: Mapping[str, Mapping[str, float]]) -> None:
-    """Raise ValueError for an unknown structure or parameter, or a value that is not positive."""
+    """Raise ValueError for an unknown structure or parameter, or a value that is not a positive number."""
+    if not isinstance(structures, Mapping):
+        raise ValueError("structures must be a table of structure tables, e.g. [sites.NAME.structures.putamen]")
     for name, values in structures.items():
         if name not in STRUCTURES:
             raise ValueError(f"unknown structure {name!r}; structures are {', '.join(STRUCTURES)}")
+        if not isinstance(values, Mapping):
+            raise ValueError(f"structure {name} must be a table of t1, t2, t2s, pd")
         unknown = set(values) - set(_PARAMETERS)
         if unknown:
             raise ValueError(f"unknown tissue parameter(s) {', '.join(sorted(unknown))} for {name}")
-        if not all(float(v) > 0 for v in values.values()):
-            raise ValueError(f"tissue values of {name} must be positive: {dict(values)}")
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values())
+        if not numbers or not all(v > 0 for v in values.values()):  # NaN fails v > 0 too
+            raise ValueError(f"tissue values of {name} must be positive numbers: {dict(values)}")
 
 
 def base_tissues(
@@ -187,9 +192,13 @@ def base_tissues(
             f"{', '.join(str(b) for b in BASE_TISSUES)} or give every tissue's values under [tissues]"
         )
     table = dict(BASE_TISSUES[field_strength])
+    if not isinstance(overrides or {}, Mapping):
+        raise ValueError("tissues must be a table of tissue tables, e.g. [sites.NAME.tissues.white_matter]")
     for tissue, values in (overrides or {}).items():
         if tissue not in table:
             raise ValueError(f"unknown tissue {tissue!r}; tissues are {', '.join(table)}")
+        if not isinstance(values, Mapping):
+            raise ValueError(f"tissue {tissue} must be a table of t1, t2, t2s, pd")
         unknown = set(values) - {"t1", "t2", "t2s", "pd"}
         if unknown:
             raise ValueError(f"unknown tissue parameter(s) {', '.join(sorted(unknown))} for {tissue}")
