@@ -280,8 +280,12 @@ def benchmark(
         str | None, typer.Option(help="Settings to run, e.g. A,C (A = first site in name order). Default: all.")
     ] = None,
     variants: Annotated[
-        str, typer.Option(help="Method variants: paper-faithful, brain-only, positive-alpha, collapse-negatives.")
-    ] = "paper-faithful,brain-only,positive-alpha,collapse-negatives",
+        str,
+        typer.Option(
+            help="Method variants: positive-alpha (the default method), paper-faithful, brain-only, "
+            "collapse-negatives. Table 1 shows the first."
+        ),
+    ] = "positive-alpha,paper-faithful,brain-only,collapse-negatives",
     profile: ProfileOption = "fast",
     config: ConfigOption = None,
     set_: SetOption = None,
