@@ -188,7 +188,8 @@ class HarmonizerConfig:
         positive_alpha: Guard: ``alpha = exp(a)`` instead of the paper's unconstrained linear ``alpha``, so that
             adaptation cannot invert the contrast. On by default in every profile: over the fast benchmark's four
             settings it gave the best adapted Dice of the method's variants, ahead of or level with the paper's
-            linear alpha in each (benchmarks/RESULTS.md). ``false`` gives the paper's harmonizer.
+            linear alpha in each, on one seed; a second seed's first setting went the other way, so the choice
+            awaits more seeds (benchmarks/RESULTS.md). ``false`` gives the paper's harmonizer.
     """
 
     widths: tuple[int, ...] = (16, 32, 48, 64, 64)
