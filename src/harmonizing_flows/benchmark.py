@@ -348,14 +348,15 @@ def _run_setting(
     def save(model: Model, folder: Path) -> None:
         save_model(model, folder, overwrite=True)
 
-    # The paper-faithful model, which brain-only adapts as it is and collapse-negatives refits the flow of. The
-    # positive-alpha model is fitted whole: fit_model draws the same initial weights and batches for it, so it
-    # equals the paper-faithful flow with its own harmonizer (tested), and a run of that variant alone (the demo)
-    # fits one model, not two.
+    # The paper-faithful model, fitted when a variant first needs it: brain-only adapts it as it is, and
+    # collapse-negatives refits its flow. The positive-alpha model is fitted whole: fit_model draws the same initial
+    # weights and batches for it, so it equals the paper-faithful flow with its own harmonizer (tested), and a run
+    # of that variant alone (the demo) fits one model, not two.
     paper = apply_overrides(profile, VARIANTS["paper-faithful"])
-    base = None
-    if set(variants) - {"positive-alpha"}:
-        base = _fit_or_load(setting, "model", paper, lambda: fit_whole(paper), save, load_model)
+
+    @functools.cache
+    def paper_model() -> Model:
+        return _fit_or_load(setting, "model", paper, lambda: fit_whole(paper), save, load_model)
 
     def fit_seg():
         seg = fit_segmenter(
@@ -383,15 +384,14 @@ def _run_setting(
                 setting, variant, vprofile, lambda v=vprofile: fit_whole(v), save, load_model
             )
             continue
-        assert base is not None
         if variant in ("paper-faithful", "brain-only"):
-            models[variant] = base
+            models[variant] = paper_model()
             continue
 
-        def fit_flow_variant(vprofile: Profile = vprofile, base: Model = base) -> Model:
+        def fit_flow_variant(vprofile: Profile = vprofile) -> Model:
             from harmonizing_flows.flow import Flow
 
-            model = copy.deepcopy(base)
+            model = copy.deepcopy(paper_model())
             model.profile = vprofile
             torch.manual_seed(vprofile.seed)  # initial weights from the seed alone, as in fit_model
             model.flow = Flow(vprofile.flow)

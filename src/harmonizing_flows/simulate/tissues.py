@@ -160,21 +160,27 @@ reorder structures."""
 _PARAMETERS = ("t1", "t2", "t2s", "pd")
 
 
-def check_structures(structures: Mapping[str, Mapping[str, float]]) -> None:
-    """Raise ValueError for an unknown structure or parameter, or a value that is not a positive number."""
-    if not isinstance(structures, Mapping):
-        raise ValueError("structures must be a table of structure tables, e.g. [sites.NAME.structures.putamen]")
-    for name, values in structures.items():
-        if name not in STRUCTURES:
-            raise ValueError(f"unknown structure {name!r}; structures are {', '.join(STRUCTURES)}")
+def _check_overrides(overrides: object, known: Mapping[str, object], kind: str) -> None:
+    """Raise ValueError unless ``overrides`` maps names in ``known`` (tissues or structures) to tables of
+    positive ``t1``, ``t2``, ``t2s``, ``pd``: the one check behind a site file's ``tissues`` and ``structures``."""
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"{kind}s must be a table of {kind} tables, e.g. [sites.NAME.{kind}s.{next(iter(known))}]")
+    for name, values in overrides.items():
+        if name not in known:
+            raise ValueError(f"unknown {kind} {name!r}; {kind}s are {', '.join(known)}")
         if not isinstance(values, Mapping):
-            raise ValueError(f"structure {name} must be a table of t1, t2, t2s, pd")
+            raise ValueError(f"{kind} {name} must be a table of {', '.join(_PARAMETERS)}")
         unknown = set(values) - set(_PARAMETERS)
         if unknown:
             raise ValueError(f"unknown tissue parameter(s) {', '.join(sorted(unknown))} for {name}")
         numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values())
         if not numbers or not all(v > 0 for v in values.values()):  # NaN fails v > 0 too
             raise ValueError(f"tissue values of {name} must be positive numbers: {dict(values)}")
+
+
+def check_structures(structures: Mapping[str, Mapping[str, float]]) -> None:
+    """Raise ValueError for an unknown structure or parameter, or a value that is not a positive number."""
+    _check_overrides(structures, STRUCTURES, "structure")
 
 
 def base_tissues(
@@ -192,20 +198,10 @@ def base_tissues(
             f"{', '.join(str(b) for b in BASE_TISSUES)} or give every tissue's values under [tissues]"
         )
     table = dict(BASE_TISSUES[field_strength])
-    if not isinstance(overrides or {}, Mapping):
-        raise ValueError("tissues must be a table of tissue tables, e.g. [sites.NAME.tissues.white_matter]")
-    for tissue, values in (overrides or {}).items():
-        if tissue not in table:
-            raise ValueError(f"unknown tissue {tissue!r}; tissues are {', '.join(table)}")
-        if not isinstance(values, Mapping):
-            raise ValueError(f"tissue {tissue} must be a table of t1, t2, t2s, pd")
-        unknown = set(values) - {"t1", "t2", "t2s", "pd"}
-        if unknown:
-            raise ValueError(f"unknown tissue parameter(s) {', '.join(sorted(unknown))} for {tissue}")
-        merged = {**table[tissue].__dict__, **{k: float(v) for k, v in values.items()}}
-        if min(merged.values()) <= 0:
-            raise ValueError(f"tissue values of {tissue} must be positive: {merged}")
-        table[tissue] = Relaxation(**merged)
+    overrides = {} if overrides is None else overrides
+    _check_overrides(overrides, table, "tissue")
+    for tissue, values in overrides.items():
+        table[tissue] = Relaxation(**{**table[tissue].__dict__, **{k: float(v) for k, v in values.items()}})
     return table
 
 
