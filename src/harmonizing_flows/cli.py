@@ -375,7 +375,6 @@ def sites(
     sites_file: Annotated[Path | None, typer.Option(help="Also list the sites of this TOML file.")] = None,
 ) -> None:
     """List the simulator's sites and what differs between them."""
-    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -386,13 +385,20 @@ def sites(
         listed = {**BUILTIN_SITES, **(load_sites(sites_file) if sites_file else {})}
     except HflowError as exc:
         _fail(exc)
-    table = Table(title="simulated sites", box=box.SIMPLE, show_edge=False, pad_edge=False)
+    table = Table(
+        title="simulated sites",
+        box=None,  # columns two spaces apart: the table fits 80 columns
+        header_style="bold underline",
+        pad_edge=False,
+        caption="bias: the coil's fixed profile + the per-scan field, peak to peak",
+    )
     for column in ("name", "B0", "sequence", "TR/TI/TE ms", "flip", "voxel mm", "SNR", "bias"):
         table.add_column(column, no_wrap=True)
     for s in listed.values():
         timing = f"{s.tr_ms:g}/{s.ti_ms:g}/{s.te_ms:g}" if s.sequence == "mprage" else f"{s.tr_ms:g}/-/{s.te_ms:g}"
         table.add_row(s.name, f"{s.field_strength:g}T", s.sequence, timing, f"{s.flip_deg:g}",
-                      "x".join(f"{v:g}" for v in s.voxel_size_mm), f"{s.snr:g}", f"{s.bias_range:.0%}")  # fmt: skip
+                      "x".join(f"{v:g}" for v in s.voxel_size_mm), f"{s.snr:g}",
+                      f"{s.coil_bias * 100:.0f}+{s.bias_range:.0%}")  # fmt: skip
     console = Console(file=sys.stdout)
     console.print(table)
     for s in listed.values():

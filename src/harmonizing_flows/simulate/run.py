@@ -17,7 +17,6 @@ one extra anatomy imaged at every site, so that the panels differ only by scanne
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -39,7 +38,7 @@ from harmonizing_flows.labels import to_classes
 from harmonizing_flows.outputs import publish_folder
 from harmonizing_flows.simulate.anatomy import Anatomy, Grid, deform, load_anatomy, output_grid
 from harmonizing_flows.simulate.scanner import acquire
-from harmonizing_flows.simulate.sites import Site, resolve_sites
+from harmonizing_flows.simulate.sites import Site, resolve_sites, site_key
 from harmonizing_flows.volume import save_nifti, to_plane
 
 __all__ = ["SimulationResult", "simulate"]
@@ -59,12 +58,8 @@ class SimulationResult:
     subjects: list[Subject]
 
 
-def _site_key(name: str) -> int:
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
-
-
 def _rng(seed: int, site: str, index: int, purpose: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, _site_key(site), index, purpose]))
+    return np.random.default_rng(np.random.SeedSequence([seed, site_key(site), index, purpose]))
 
 
 def _oriented(data: np.ndarray, grid: Grid, codes: str) -> nib.Nifti1Image:

@@ -1,10 +1,17 @@
 """Scanner sites: what differs between them, the four built-in ones, and site definition files (TOML).
 
 A site is a scanner and protocol: field strength, sequence and its timing, acquired resolution, signal-to-noise
-ratio, strength of the receive-coil bias field, where the site's export puts the brain on the 0..255 scale, and
+ratio, strength of the receive bias field (the coil's fixed profile and what varies per scan), where the site's
+export puts the brain on the 0..255 scale, and
 the orientation its files are stored in. The built-in sites span the T1-weighted protocols common in multi-site
 studies (3 T and 1.5 T MPRAGE, IR-prepared SPGR with a short inversion time, and a plain spoiled gradient echo);
 their parameters are typical vendor protocol values, not copies of any particular study's.
+
+Bias fields: the per-scan field spans 15-20 % peak to peak at every site, BrainWeb's lower level (fields estimated
+from real scans, Kwan et al. 1999). The coil profiles differ by site: 10-20 % where the vendor's intensity
+correction (prescan normalization) leaves a residual or the coil is a volume coil, and 57 % at ``irspgr-3t``, a
+32-channel array without that correction: a centre-to-edge ratio of 1.8, the lower of the two signal ratios Chu et
+al. (PLoS One 11:e0149446, 2016) measured for 32-channel arrays at 3 T.
 
 A site file holds one table per site; every key but ``sequence``-specific timing has a default::
 
@@ -20,7 +27,8 @@ A site file holds one table per site; every key but ``sequence``-specific timing
     readouts = 176
     voxel_size_mm = [1.0, 1.0, 1.0] # acquired resolution along R, A, S
     snr = 30.0                      # mean white-matter signal / noise standard deviation
-    bias_range = 0.2                # peak-to-peak amplitude of the bias field inside the brain (0.2 = +-10 %)
+    bias_range = 0.2                # peak-to-peak amplitude of the per-scan bias field in the brain (0.2 = +-10 %)
+    coil_bias = 0.0                 # peak-to-peak amplitude of the site's fixed coil profile (0 = uniform coil)
     intensity_scale = 1.0           # the brain's robust maximum lands at 255 * intensity_scale
     orientation = "LAS"             # axis codes of the files written
 
@@ -33,6 +41,7 @@ A site file holds one table per site; every key but ``sequence``-specific timing
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -51,7 +60,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["BUILTIN_SITES", "Site", "load_sites", "resolve_sites"]
+__all__ = ["BUILTIN_SITES", "Site", "load_sites", "resolve_sites", "site_key"]
 
 Sequence_ = Literal["mprage", "spgr", "spin_echo"]
 _AXIS_CODES = {frozenset("LR"), frozenset("AP"), frozenset("IS")}
@@ -74,6 +83,7 @@ class Site:
     voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     snr: float = 30.0
     bias_range: float = 0.2
+    coil_bias: float = 0.0
     intensity_scale: float = 1.0
     orientation: str = "RAS"
     tissues: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -92,8 +102,9 @@ class Site:
             problems.append("mprage needs positive ti_ms, echo_spacing_ms and readouts")
         if len(self.voxel_size_mm) != 3 or min(self.voxel_size_mm) <= 0:
             problems.append(f"voxel_size_mm must be three positive numbers, not {self.voxel_size_mm}")
-        if not 0 <= self.bias_range < 2:
-            problems.append(f"bias_range must be in [0, 2), not {self.bias_range}")
+        for name in ("bias_range", "coil_bias"):
+            if not 0 <= getattr(self, name) < 2:
+                problems.append(f"{name} must be in [0, 2), not {getattr(self, name)}")
         if not 0 < self.intensity_scale <= 2:
             problems.append(f"intensity_scale must be in (0, 2], not {self.intensity_scale}")
         if len(self.orientation) != 3 or {frozenset(p) for p in _pairs(self.orientation)} != _AXIS_CODES:
@@ -130,6 +141,11 @@ class Site:
         return d
 
 
+def site_key(name: str) -> int:
+    """A stable integer from a site's name, so that a site's random draws do not depend on the other sites."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+
+
 def _pairs(codes: str) -> list[str]:
     opposite = {"L": "R", "R": "L", "A": "P", "P": "A", "I": "S", "S": "I"}
     return [c + opposite.get(c, "?") for c in codes.upper()]
@@ -142,28 +158,29 @@ BUILTIN_SITES: dict[str, Site] = {
             name="mprage-3t",
             description="3 T MPRAGE (TI 900 ms, 9 deg), sagittal 1.2 mm slices, 32-channel coil",
             field_strength=3.0, sequence="mprage", tr_ms=2300.0, ti_ms=900.0, te_ms=2.98, flip_deg=9.0,
-            echo_spacing_ms=7.1, readouts=176, voxel_size_mm=(1.2, 1.0, 1.0), snr=30.0, bias_range=0.25,
-            intensity_scale=1.0, orientation="LAS",
+            echo_spacing_ms=7.1, readouts=176, voxel_size_mm=(1.2, 1.0, 1.0), snr=30.0, bias_range=0.15,
+            coil_bias=0.2, intensity_scale=1.0, orientation="LAS",
         ),
         Site(
             name="mprage-15t",
             description="1.5 T MPRAGE (TI 1000 ms, 8 deg), 1.25 x 1.25 x 1.2 mm, lower SNR",
             field_strength=1.5, sequence="mprage", tr_ms=2400.0, ti_ms=1000.0, te_ms=3.5, flip_deg=8.0,
             echo_spacing_ms=8.6, readouts=160, voxel_size_mm=(1.25, 1.25, 1.2), snr=18.0, bias_range=0.15,
-            intensity_scale=0.9, orientation="RAS",
+            coil_bias=0.1, intensity_scale=0.9, orientation="RAS",
         ),
         Site(
             name="irspgr-3t",
-            description="3 T IR-prepared SPGR, short TI 450 ms, 12 deg; strong bias field (no coil correction)",
+            description="3 T IR-prepared SPGR, short TI 450 ms, 12 deg; 32-channel array without intensity correction",
             field_strength=3.0, sequence="mprage", tr_ms=1500.0, ti_ms=450.0, te_ms=3.2, flip_deg=12.0,
-            echo_spacing_ms=6.0, readouts=120, voxel_size_mm=(1.0, 1.0, 1.2), snr=35.0, bias_range=0.4,
-            intensity_scale=0.8, orientation="LPS",
+            echo_spacing_ms=6.0, readouts=120, voxel_size_mm=(1.0, 1.0, 1.2), snr=35.0, bias_range=0.2,
+            coil_bias=0.57, intensity_scale=0.8, orientation="LPS",
         ),
         Site(
             name="spgr-15t",
             description="1.5 T 3D spoiled gradient echo (TR 24 ms, 30 deg), no inversion; 1.5 mm coronal slices",
             field_strength=1.5, sequence="spgr", tr_ms=24.0, te_ms=5.0, flip_deg=30.0,
-            voxel_size_mm=(0.94, 1.5, 0.94), snr=20.0, bias_range=0.2, intensity_scale=0.95, orientation="PIR",
+            voxel_size_mm=(0.94, 1.5, 0.94), snr=20.0, bias_range=0.15, coil_bias=0.15, intensity_scale=0.95,
+            orientation="PIR",
         ),
     )
 }  # fmt: skip
