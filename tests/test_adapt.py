@@ -198,6 +198,27 @@ def test_the_alpha_guard_stops_when_alpha_falls():
 
 
 def test_the_intensity_guard_is_on_by_default():
+    from harmonizing_flows.config import AdaptConfig
     from harmonizing_flows.profiles import PROFILES
 
-    assert all(p.adapt.intensity_guard == 0.5 for p in PROFILES.values())
+    assert all(p.adapt.intensity_guard == AdaptConfig().intensity_guard > 0 for p in PROFILES.values())
+
+
+# Shaped like the coil-bias demo's spgr-15t target (commit 47a20ac): the entropy is lowest at step 60, rises, then
+# falls again while the brain darkens, and at step 150 (mean down 48 %) it is lower than at step 60.
+GRADUAL_COLLAPSE = [
+    _record(0, 3.45, 0.194, 122.0, 54.0), _record(30, 3.40, 0.173, 130.0, 58.0),
+    _record(60, 3.38, 0.161, 127.0, 60.0), _record(100, 3.30, 0.172, 117.0, 66.0),
+    _record(130, 3.20, 0.179, 93.0, 70.0), _record(140, 3.00, 0.162, 82.0, 71.0),
+    _record(150, 2.50, 0.121, 63.0, 60.0), _record(160, 1.70, 0.013, 4.0, 9.0),
+]  # fmt: skip
+
+
+def test_the_default_intensity_guard_catches_a_gradual_collapse_that_half_would_not():
+    from harmonizing_flows.adapt import decide
+    from harmonizing_flows.config import AdaptConfig
+
+    default = decide(GRADUAL_COLLAPSE, AdaptConfig(stop="entropy"), source_bpd=2.0, final=True)
+    assert GRADUAL_COLLAPSE[default.index]["step"] == 60 and "intensity guard" in (default.guard or "")
+    loose = decide(GRADUAL_COLLAPSE, AdaptConfig(stop="entropy", intensity_guard=0.5), source_bpd=2.0, final=True)
+    assert GRADUAL_COLLAPSE[loose.index]["step"] == 150  # what the old default kept: a brain half gone dark
