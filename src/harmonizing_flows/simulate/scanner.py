@@ -32,6 +32,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -68,17 +69,24 @@ def coil_profile(site: Site, shape: tuple[int, int, int], seed: int) -> torch.Te
     where the head rests in the coil add an asymmetric part, a smooth random field drawn from the site's name and
     ``seed``. Both parts count equally; the sum is scaled so that the field spans ``site.coil_bias`` peak to peak
     over the ellipsoid inscribed in the grid, where the brain lies, and is zero on average there.
+
+    The field is computed once per site, grid and seed and shared (read-only) by every scan of the site.
     """
+    return _coil_profile(site.name, site.coil_bias, tuple(shape), seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _coil_profile(name: str, coil_bias: float, shape: tuple[int, int, int], seed: int) -> torch.Tensor:
     axes = [torch.linspace(-1.0, 1.0, n) for n in shape]
     x, y, z = torch.meshgrid(*axes, indexing="ij")
     radial = x * x + y * y + z * z
     inside = radial <= 1.0
-    rng = np.random.default_rng(np.random.SeedSequence([seed, site_key(site.name), _COIL_SEED]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, site_key(name), _COIL_SEED]))
     asymmetric = smooth_field(rng.normal(0.0, 1.0, (1, *([_BIAS_CONTROL_POINTS] * 3))), shape)[0]
     field = sum(part / part[inside].std().clamp_min(1e-6) for part in (radial, asymmetric))
     field = field - field[inside].mean()
     span = float(field[inside].max() - field[inside].min())
-    return field * (_log_span(site.coil_bias) / max(span, 1e-6))
+    return field * (_log_span(coil_bias) / max(span, 1e-6))
 
 
 def acquire(
