@@ -82,7 +82,7 @@ def simulate(
     ] = None,
     subjects_per_site: Annotated[int, typer.Option(min=1, help="Pseudo-subjects per site.")] = _SIM.subjects_per_site,
     voxel_size: Annotated[float, typer.Option(help="Output voxel size in mm (2 for quick runs).")] = _SIM.voxel_size,
-    seed: Annotated[int, typer.Option(help="Seed of every random draw; same seed, same bytes.")] = _SIM.seed,
+    seed: Annotated[int, typer.Option(help="Seed of every draw; same seed and threads, same bytes.")] = _SIM.seed,
     sites_file: Annotated[Path | None, typer.Option(help="TOML file defining more sites.")] = None,
     anatomy: Annotated[
         Path | None,

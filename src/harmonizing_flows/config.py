@@ -75,7 +75,8 @@ class SimulationConfig:
     Attributes:
         subjects_per_site: Pseudo-subjects per site; each has its own anatomy.
         voxel_size: Output voxel size (mm, isotropic).
-        seed: Seed of every random draw; the same seed gives the same bytes.
+        seed: Seed of every random draw; the same seed gives the same bytes with the same number of threads
+            (with another, PyTorch's float sums round differently: about 1 voxel in 10^5 moves one grey level).
         fov_mm: Field of view (R, A, S extent in mm), centred on the anatomy's brain.
         control_spacing_mm: Spacing of the control points of the random smooth deformation.
         deformation_mm: Standard deviation of each control point's displacement.
