@@ -45,7 +45,7 @@ from harmonizing_flows.simulate.sites import Site, site_key
 from harmonizing_flows.simulate.tissues import Relaxation, base_tissues, tissue_table
 from harmonizing_flows.volume import quantize
 
-__all__ = ["acquire"]
+__all__ = ["acquire", "coil_profile"]
 
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _BIAS_CONTROL_POINTS = 4

@@ -2,14 +2,15 @@
 
 A site is a scanner and protocol: field strength, sequence and its timing, acquired resolution, signal-to-noise
 ratio, strength of the receive bias field (the coil's fixed profile and what varies per scan), where the site's
-export puts the brain on the 0..255 scale, and
-the orientation its files are stored in. The built-in sites span the T1-weighted protocols common in multi-site
-studies (3 T and 1.5 T MPRAGE, IR-prepared SPGR with a short inversion time, and a plain spoiled gradient echo);
-their parameters are typical vendor protocol values, not copies of any particular study's.
+export puts the brain on the 0..255 scale, and the orientation its files are stored in. The built-in sites span
+the T1-weighted protocols common in multi-site studies (3 T and 1.5 T MPRAGE, IR-prepared SPGR with a short
+inversion time, and a plain spoiled gradient echo); their parameters are typical vendor protocol values, not
+copies of any particular study's.
 
 Bias fields: the per-scan field spans 15-20 % peak to peak at every site, BrainWeb's lower level (fields estimated
 from real scans, Kwan et al. 1999). The coil profiles differ by site: 10-20 % where the vendor's intensity
-correction (prescan normalization) leaves a residual or the coil is a volume coil, and 57 % at ``irspgr-3t``, a
+correction (prescan normalization) leaves a residual or the coil is a volume coil (a judgment within BrainWeb's
+levels; no published figure for those residuals was found), and 57 % at ``irspgr-3t``, a
 32-channel array without that correction: a centre-to-edge ratio of 1.8, the lower of the two signal ratios Chu et
 al. (PLoS One 11:e0149446, 2016) measured for 32-channel arrays at 3 T.
 
