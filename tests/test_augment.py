@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -12,9 +14,11 @@ from harmonizing_flows.augment import (
     HarmonizerAugmentation,
     MixParams,
     adjust_contrast,
+    apply_bias,
     apply_curve,
     collapse,
     dissimilarity,
+    draw_bias,
     draw_contrast,
     random_curves,
 )
@@ -99,6 +103,39 @@ def test_harmonizer_mix_shares_and_each_mode():
     torch.testing.assert_close(y[2], apply_curve(piped[2:], p.curves[2:], mask[2:])[0])
     # Drawing and applying in one call is the same as drawing then applying with the same generator.
     torch.testing.assert_close(augment(x, mask, _gen(9)), augment.apply(x, mask, augment.draw(3, _gen(9))))
+
+
+def test_bias_fields_span_their_amplitude_and_multiply_smoothly():
+    fields = draw_bias(200, 0.6, _gen())
+    spans = (fields.flatten(1).amax(1) - fields.flatten(1).amin(1)).double()
+    assert float(spans.max()) <= math.log(1.3 / 0.7) + 1e-5 and float(spans.min()) >= 0
+    assert float(spans.max()) > 0.8 * math.log(1.3 / 0.7)  # amplitudes are drawn up to the largest
+    x = torch.full((2, 1, 32, 32), 100.0)
+    mask = torch.ones_like(x)
+    one = torch.zeros(2, 1, 4, 4)
+    one[1, 0, :, 2:] = math.log(1.2)  # brighter on the right half of the control grid
+    y = apply_bias(x, one, mask)
+    torch.testing.assert_close(y[0], x[0])  # a zero log field is the identity
+    assert torch.allclose(y[1, 0, :, -1], torch.tensor(120.0)) and torch.allclose(y[1, 0, :, 0], torch.tensor(100.0))
+    steps = y[1, 0, 0].diff()
+    assert (steps >= -1e-4).all() and steps.max() < 5  # monotone and gradual across: no overshoot, no jump
+    torch.testing.assert_close(apply_bias(x, one, mask * 0), torch.zeros_like(x))
+
+
+def test_bias_field_is_off_by_default_and_the_paper_draws_are_unchanged():
+    plain = HarmonizerAugmentation(AugmentConfig()).draw(6, _gen(4))
+    assert plain.bias is None
+    biased_aug = HarmonizerAugmentation(AugmentConfig(bias_field=0.5))
+    biased = biased_aug.draw(6, _gen(4))
+    torch.testing.assert_close(plain.mode, biased.mode)
+    torch.testing.assert_close(plain.curves, biased.curves)
+    torch.testing.assert_close(plain.contrast.gamma, biased.contrast.gamma)
+    x, mask = _images(6)
+    expected = HarmonizerAugmentation.apply(apply_bias(x, biased.bias, mask), mask, plain)
+    torch.testing.assert_close(biased_aug.apply(x, mask, biased), expected)  # the field comes first
+    assert biased.select(slice(2, 4)).bias.shape == (2, 1, 4, 4)
+    with pytest.raises(ValueError, match="bias_field"):
+        AugmentConfig(bias_field=2.5)
 
 
 def test_dissimilarity_is_computed_in_float_not_wrapping_uint8():

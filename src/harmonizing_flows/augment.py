@@ -1,9 +1,12 @@
 """Contrast augmentations on the 0..255 scale, vectorized on the images' device.
 
 They serve twice: to pre-train the harmonizer (undo an augmentation, paper Eq. 5) and to make the flow's guiding
-negatives (paper Eq. 4). As in torchio, each random transform draws its parameters (:meth:`draw`, on the CPU from a
-``torch.Generator``, so a seed gives the same draws on any device) and calls a deterministic twin with them
-(:func:`apply_curve`, :func:`adjust_contrast`, :func:`collapse`), which tests can call with fixed parameters.
+negatives (paper Eq. 4). An optional random bias field (``AugmentConfig.bias_field``, off by default, not in the
+paper) multiplies the harmonizer's inputs before the contrast changes, so that it also learns to undo smooth
+spatial intensity changes such as a receive coil's. As in torchio, each random transform draws its parameters
+(:meth:`draw`, on the CPU from a ``torch.Generator``, so a seed gives the same draws on any device) and calls a
+deterministic twin with them (:func:`apply_curve`, :func:`adjust_contrast`, :func:`apply_bias`, :func:`collapse`),
+which tests can call with fixed parameters.
 
 Images are float tensors ``(B, 1, H, W)`` on 0..255 with a brain mask of the same shape; every output is clipped
 to 0..255 and zero outside the mask.
@@ -11,6 +14,9 @@ to 0..255 and zero outside the mask.
 References:
     | Beizaee, Desrosiers, Lodygensky, Dolz. Harmonizing Flows: Unsupervised MR harmonization based on
     | normalizing flows. IPMI 2023 (augmentations of sections 3.1 and 3.2).
+    | Sudre, Cardoso, Ourselin. Longitudinal segmentation of age-related white matter hyperintensities.
+    | Medical Image Analysis 38:50-64, 2017 (random smooth bias fields as an augmentation, as torchio's
+    | RandomBiasField).
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ __all__ = [
     "HarmonizerAugmentation",
     "MixParams",
     "adjust_contrast",
+    "apply_bias",
     "apply_curve",
     "collapse",
     "dissimilarity",
+    "draw_bias",
     "draw_contrast",
     "random_curves",
 ]
@@ -106,6 +114,29 @@ def adjust_contrast(x: torch.Tensor, params: ContrastParams, mask: torch.Tensor)
     return y * mask
 
 
+BIAS_CONTROL_POINTS = 4
+"""A random bias field is smooth: a 4 x 4 grid of log-values per image, upsampled bilinearly (no overshoot, so
+the field spans exactly its drawn amplitude)."""
+
+
+def draw_bias(n: int, amplitude: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Log bias fields ``(n, 1, 4, 4)`` on a coarse grid, each spanning ``log((1 + a/2) / (1 - a/2))`` with
+    ``a`` drawn uniformly from ``0..amplitude`` (peak to peak; 0.4: up to +-20 %)."""
+    grid = torch.randn(n, 1, BIAS_CONTROL_POINTS, BIAS_CONTROL_POINTS, generator=generator, dtype=torch.float64)
+    a = _uniform(n, 0.0, amplitude, generator).view(-1, 1, 1, 1)
+    span = torch.log((1 + a / 2) / (1 - a / 2))
+    flat = grid.flatten(1)
+    grid = (grid - flat.mean(1).view(-1, 1, 1, 1)) / (flat.amax(1) - flat.amin(1)).clamp_min(1e-6).view(-1, 1, 1, 1)
+    return (grid * span).float()
+
+
+def apply_bias(x: torch.Tensor, log_fields: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Multiply each image by ``exp`` of its coarse log field (B, 1, 4, 4) upsampled to the image; clip to 0..255."""
+    log_fields = log_fields.to(device=x.device, dtype=x.dtype)
+    field = F.interpolate(log_fields, size=x.shape[-2:], mode="bilinear", align_corners=True).exp()
+    return (x * field).clamp(0, 255) * mask
+
+
 @dataclass(frozen=True)
 class MixParams:
     """Parameters of :class:`HarmonizerAugmentation`: per image, 0 curve only, 1 pipeline only, 2 both."""
@@ -113,12 +144,17 @@ class MixParams:
     mode: torch.Tensor
     curves: torch.Tensor
     contrast: ContrastParams
+    bias: torch.Tensor | None = None
+    """Coarse log bias fields (B, 1, 4, 4), applied first, or None (no bias field: the paper's augmentation)."""
 
     def select(self, rows: slice | torch.Tensor) -> MixParams:
         """The parameters of some images only (a process's share of a batch)."""
         c = self.contrast
         return MixParams(
-            self.mode[rows], self.curves[rows], ContrastParams(c.shift[rows], c.factor[rows], c.gamma[rows])
+            self.mode[rows],
+            self.curves[rows],
+            ContrastParams(c.shift[rows], c.factor[rows], c.gamma[rows]),
+            None if self.bias is None else self.bias[rows],
         )
 
 
@@ -138,10 +174,15 @@ class HarmonizerAugmentation:
         u = torch.rand(n, generator=generator, dtype=torch.float64)
         mode = (u[:, None] >= cum[None, :2]).sum(1)
         curves = random_curves(n, self.config.curve_margin, generator)
-        return MixParams(mode, curves, draw_contrast(n, self.config, generator))
+        contrast = draw_contrast(n, self.config, generator)
+        # drawn last and only when asked for, so that the paper's augmentation draws exactly what it drew before
+        bias = draw_bias(n, self.config.bias_field, generator) if self.config.bias_field > 0 else None
+        return MixParams(mode, curves, contrast, bias)
 
     @staticmethod
     def apply(x: torch.Tensor, mask: torch.Tensor, params: MixParams) -> torch.Tensor:
+        if params.bias is not None:
+            x = apply_bias(x, params.bias, mask)
         mode = params.mode.to(x.device).view(-1, 1, 1, 1)
         piped = torch.where(mode >= 1, adjust_contrast(x, params.contrast, mask), x)
         curved = apply_curve(piped, params.curves, mask)

@@ -129,6 +129,10 @@ class AugmentConfig:
         factor: Range of the multiplying factor.
         gamma: Range of the gamma exponent (applied on the 0..1 scale).
         mix: Shares of samples that get the curve only, the pipeline only, the pipeline then the curve.
+        bias_field: Not in the paper, 0 (off) by default: the largest peak-to-peak amplitude of a random smooth
+            multiplicative field applied to every augmented image before its contrast changes (0.6: up to
+            +-30 %), so that the pre-trained harmonizer also undoes smooth spatial intensity changes, such as
+            two sites' different receive coils, which a grey-level map cannot. Unmeasured as of commit 987fc39.
     """
 
     curve_margin: float = 0.2
@@ -137,8 +141,11 @@ class AugmentConfig:
     factor: tuple[float, float] = (0.5, 2.0)
     gamma: tuple[float, float] = (0.5, 1.5)
     mix: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    bias_field: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.bias_field < 2:
+            raise ValueError(f"bias_field must be in [0, 2), not {self.bias_field}")
         if not 0 <= self.curve_margin < 0.5:
             raise ValueError(f"curve_margin must be in [0, 0.5), not {self.curve_margin}")
         if not 0 <= self.step_probability <= 1:
