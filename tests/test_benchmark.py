@@ -13,10 +13,22 @@ import numpy as np
 import pytest
 import torch
 
-from harmonizing_flows.benchmark import RULES, _load_setting, _setting_key, benchmark, load_stacks
+from harmonizing_flows.benchmark import (
+    RULES,
+    VARIANTS,
+    _load_setting,
+    _setting_key,
+    benchmark,
+    load_stacks,
+    stacks_to_slices,
+)
 from harmonizing_flows.datasets import load_subjects
+from harmonizing_flows.distributed import Context
 from harmonizing_flows.errors import InputError, OutputExistsError
+from harmonizing_flows.profiles import apply_overrides
 from harmonizing_flows.report import TABLE1_METHODS
+from harmonizing_flows.store import load_model
+from harmonizing_flows.train import fit_model
 
 
 def _run_b(simulated, profile, out: Path, lines: list[str]) -> dict[str, Path]:
@@ -160,13 +172,28 @@ def test_a_second_run_needs_overwrite_and_then_reuses_the_fitted_networks(report
         out,
         smoke_profile,
         settings=["B"],
-        variants=["paper-faithful"],
+        variants=["paper-faithful", "positive-alpha"],
         overwrite=True,
         progress=False,
         log=lines.append,
     )
     assert any("model: reusing" in line for line in lines)
     assert any("segmenter: reusing" in line for line in lines)
+    assert any("positive-alpha: fitted" in line for line in lines)
+    # beside the paper-faithful model, positive-alpha refits only its harmonizer: the same model as a whole fit
+    source = sorted({s.site for s in load_subjects(simulated.manifest)})[1]
+    stacks = load_stacks([s for s in load_subjects(simulated.manifest) if s.site == source], smoke_profile.slices)
+    train, val = ([s for s in stacks if s.split == split] for split in ("train", "val"))
+    val = val or train  # as the benchmark does
+    positive = apply_overrides(smoke_profile, VARIANTS["positive-alpha"])
+    whole = fit_model(stacks_to_slices(train, labels=True), stacks_to_slices(val), positive, Context(), progress=False)
+    assert whole is not None
+    stored = load_model(out / "models" / source / "positive-alpha")
+    paper_flow = load_model(out / "models" / source / "model").flow.state_dict()
+    for expected, module in ((whole.harmonizer, stored.harmonizer), (whole.flow, stored.flow)):
+        assert all(torch.equal(v, module.state_dict()[k]) for k, v in expected.state_dict().items())
+    assert all(torch.equal(v, paper_flow[k]) for k, v in stored.flow.state_dict().items())
+    assert stored.metadata["source_bpd"] == whole.metadata["source_bpd"]
 
 
 def _copy_site_data(simulated, tmp_path: Path, *, sites=None, relabel=None, drop_test=None) -> Path:

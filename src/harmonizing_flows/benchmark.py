@@ -323,9 +323,10 @@ def _run_setting(
     from harmonizing_flows.adapt import adapt_harmonizer, decide
     from harmonizing_flows.baselines import HistogramMatching, NyulStandardization, combat, tent
     from harmonizing_flows.distributed import Context
+    from harmonizing_flows.harmonizer import Harmonizer
     from harmonizing_flows.segment import fit_segmenter, load_segmenter, save_segmenter
     from harmonizing_flows.store import Model, load_model, save_model
-    from harmonizing_flows.train import fit_flow, fit_model, source_bpd
+    from harmonizing_flows.train import fit_flow, fit_harmonizer, fit_model, source_bpd
 
     profile, device, log = setting.profile, setting.device, setting.log
     source = stacks[setting.source]
@@ -349,10 +350,11 @@ def _run_setting(
         save_model(model, folder, overwrite=True)
 
     # The paper-faithful model, fitted when a variant first needs it: brain-only adapts it as it is, and
-    # collapse-negatives refits its flow. The positive-alpha model is fitted whole: fit_model draws the same initial
-    # weights and batches for it, so it equals the paper-faithful flow with its own harmonizer (tested), and a run
-    # of that variant alone (the demo) fits one model, not two.
+    # collapse-negatives refits its flow. A whole fit of positive-alpha equals the paper-faithful flow with its own
+    # harmonizer (fit_model draws the same initial weights and batches; tested), so when the paper-faithful model is
+    # fitted anyway, positive-alpha refits only the harmonizer; alone (the demo) it is fitted whole, one model.
     paper = apply_overrides(profile, VARIANTS["paper-faithful"])
+    paper_needed = any(v != "positive-alpha" for v in variants)
 
     @functools.cache
     def paper_model() -> Model:
@@ -380,9 +382,19 @@ def _run_setting(
     for variant in variants:
         vprofile = apply_overrides(profile, VARIANTS[variant])
         if variant == "positive-alpha":
-            models[variant] = _fit_or_load(
-                setting, variant, vprofile, lambda v=vprofile: fit_whole(v), save, load_model
-            )
+
+            def fit_harmonizer_variant(vprofile: Profile = vprofile) -> Model:
+                if not paper_needed:
+                    return fit_whole(vprofile)
+                model = copy.deepcopy(paper_model())
+                model.profile = vprofile
+                torch.manual_seed(vprofile.seed)  # initial weights from the seed alone, as in fit_model
+                model.harmonizer = Harmonizer(vprofile.harmonizer)
+                history = fit_harmonizer(model.harmonizer, train_slices, vprofile, ctx, progress=setting.progress)
+                model.metadata["training"] = {**model.metadata["training"], "harmonizer": history}
+                return model.to("cpu")
+
+            models[variant] = _fit_or_load(setting, variant, vprofile, fit_harmonizer_variant, save, load_model)
             continue
         if variant in ("paper-faithful", "brain-only"):
             models[variant] = paper_model()
