@@ -181,8 +181,9 @@ def test_a_second_run_needs_overwrite_and_then_reuses_the_fitted_networks(report
     assert any("segmenter: reusing" in line for line in lines)
     assert any("positive-alpha: fitted" in line for line in lines)
     # beside the paper-faithful model, positive-alpha refits only its harmonizer: the same model as a whole fit
-    source = sorted({s.site for s in load_subjects(simulated.manifest)})[1]
-    stacks = load_stacks([s for s in load_subjects(simulated.manifest) if s.site == source], smoke_profile.slices)
+    subjects = load_subjects(simulated.manifest)
+    source = sorted({s.site for s in subjects})[1]  # setting B's
+    stacks = load_stacks([s for s in subjects if s.site == source], smoke_profile.slices)
     train, val = ([s for s in stacks if s.split == split] for split in ("train", "val"))
     val = val or train  # as the benchmark does
     positive = apply_overrides(smoke_profile, VARIANTS["positive-alpha"])
