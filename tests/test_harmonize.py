@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from harmonizing_flows.config import SliceConfig
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.harmonize import harmonize, harmonize_volume
 from harmonizing_flows.harmonizer import Harmonizer
 from harmonizing_flows.profiles import PROFILES
-from harmonizing_flows.store import Model, save_model
+from harmonizing_flows.store import Model, load_model, save_model
 from harmonizing_flows.volume import load_volume, slice_volume, unslice
 
 
@@ -74,3 +76,62 @@ def test_a_model_of_another_size_still_harmonizes_whole_volumes(simulated, tmp_p
     data = np.asarray(nib.load(written).dataobj)
     mask = np.asarray(nib.load(subject.mask).dataobj) > 0
     assert np.count_nonzero(data[mask]) > 0.9 * mask.sum()  # no part of the brain cropped away
+
+
+def _window_pass(harmonizer, sliced):
+    x = torch.from_numpy(sliced.images).float()[:, None]
+    m = torch.from_numpy(sliced.mask).float()[:, None]
+    with torch.no_grad():
+        return harmonizer(x, m)[:, 0].numpy()
+
+
+def test_a_harmonized_file_holds_what_adaptation_and_the_benchmark_see(simulated, fitted):
+    # The gain alpha is pooled over the whole slice, so the file must come from the model's own window (as in
+    # fitting, adaptation and the benchmark), not from whole slices padded otherwise.
+    model = load_model(fitted)
+    subject = next(s for s in simulated.subjects if s.site == "spgr-15t")
+    out = harmonize_volume(model.harmonizer, subject.image, subject.mask, slices=model.profile.slices, dtype="float32")
+    window = slice_volume(load_volume(subject.image, subject.mask), model.profile.slices)
+    assert window.mask.sum() == (np.asarray(nib.load(subject.mask).dataobj) > 0).sum()  # the brain fits the window
+    expected = np.asarray(unslice(_window_pass(model.harmonizer, window), window.grid, rescale=False).dataobj)
+    np.testing.assert_allclose(np.asarray(out.dataobj), expected, atol=1e-3)
+    whole = harmonize_volume(
+        model.harmonizer, subject.image, subject.mask, slices=replace(model.profile.slices, image_size=(64, 64))
+    )
+    assert np.abs(np.asarray(whole.dataobj) - expected).max() > 1.0  # another window, another output
+
+
+def test_brain_outside_the_window_comes_from_whole_slices(simulated, fitted):
+    model = load_model(fitted)
+    subject = next(s for s in simulated.subjects if s.site == "mprage-3t")
+    volume = load_volume(subject.image, subject.mask)
+    small = replace(model.profile.slices, image_size=(32, 32), max_brain_outside=0.5)
+    window = slice_volume(volume, small)
+    brain = np.asarray(nib.load(subject.mask).dataobj) > 0
+    assert 0 < window.mask.sum() < brain.sum()  # some brain outside the window
+    out = np.asarray(
+        harmonize_volume(model.harmonizer, subject.image, subject.mask, slices=small, dtype="float32").dataobj
+    )
+    inside = np.asarray(unslice(window.mask.astype(np.uint8), window.grid, rescale=False).dataobj) > 0
+    by_window = np.asarray(unslice(_window_pass(model.harmonizer, window), window.grid, rescale=False).dataobj)
+    np.testing.assert_allclose(out[inside], by_window[inside], atol=1e-3)
+    outside = brain & ~inside
+    assert np.count_nonzero(out[outside]) > 0.9 * outside.sum()  # harmonized, not lost
+    with pytest.warns(UserWarning, match="of the brain lies outside the model's 32x32 slices"):
+        strict = harmonize_volume(
+            model.harmonizer, subject.image, subject.mask, slices=replace(small, max_brain_outside=0.0)
+        )
+    assert np.count_nonzero(np.asarray(strict.dataobj)[brain]) > 0.9 * brain.sum()
+
+
+def test_a_single_file_uses_the_mask_beside_it(simulated, fitted, tmp_path):
+    subject = next(s for s in simulated.subjects if s.site == "mprage-15t")
+    source = nib.load(subject.mask)
+    brain = np.asarray(source.dataobj) > 0
+    half = brain.copy()
+    half[: brain.shape[0] // 2] = False
+    nib.save(nib.load(subject.image), tmp_path / "sub_T1w.nii.gz")
+    nib.save(nib.Nifti1Image(half.astype(np.uint8), source.affine, source.header), tmp_path / "sub_mask.nii.gz")
+    (written,) = harmonize(fitted, tmp_path / "sub_T1w.nii.gz", tmp_path / "out.nii.gz", progress=False)
+    data = np.asarray(nib.load(written).dataobj)
+    assert np.all(data[~half] == 0) and np.count_nonzero(data[half]) > 0.9 * half.sum()

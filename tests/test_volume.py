@@ -121,6 +121,18 @@ def test_crop_is_centred_on_the_brain(tmp_path):
     assert sliced.mask.sum() == data.astype(bool).sum()  # nothing of the brain was cut
 
 
+def test_a_brain_much_larger_than_the_slices_is_refused_naming_the_file(tmp_path):
+    data = np.zeros((60, 10, 60), np.float32)
+    data[5:55, :, 5:55] = 100.0  # 50x50 voxels of brain in the plane
+    nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.5, 0.5, 1.0])), tmp_path / "fine.nii.gz")
+    volume = load_volume(tmp_path / "fine.nii.gz")
+    with pytest.raises(InputError, match=r"fine\.nii\.gz.*36% of the brain lies outside the 40x40 slices.*0\.5x0\.5x0\.5 mm"):
+        slice_volume(volume, SliceConfig(image_size=(40, 40)))
+    # the share that may be lost is a setting: 36 % is allowed when 40 % is
+    sliced = slice_volume(volume, SliceConfig(image_size=(40, 40), max_brain_outside=0.4))
+    assert sliced.mask.sum() == 40 * 40 * 10
+
+
 def test_quantize_maps_percentile_to_top_and_zeroes_background():
     image = np.arange(1, 101, dtype=np.float32)
     mask = np.ones(100, bool)

@@ -1,15 +1,21 @@
 """Harmonized NIfTI out: run a (fitted or adapted) harmonizer over every slice of a volume and write the result on
 the input's own grid, with its affine and header, background zero.
 
-The harmonizer is convolutional, so a volume is sliced whole: each slice is padded up to a multiple of the
-network's down-sampling, never cropped. Intensities follow the model's scaling (a high percentile inside the
-brain maps to 255), and the output stays on that 0..255 scale, as the source images the model learned from.
-Without a mask, the brain is every voxel above zero (skull-stripped input).
+A volume is cut as in fitting, adaptation and the benchmark: slices of the model's size, centred on the brain.
+That window matters beyond speed: the harmonizer's gain alpha is pooled over the whole window, background
+included, so another window gives another alpha (up to 14 % on a slice), and the file would not hold what
+adaptation optimized and the benchmark scored. Brain outside the window (a sliver of the largest brains) comes
+from a second pass over whole slices, padded to a multiple of the network's down-sampling, never cropped. When
+much of the brain lies outside (data finer than the model's), the whole slices serve alone, with a warning.
+Intensities follow the model's scaling (a high percentile inside the brain maps to 255), and the output stays on
+that 0..255 scale, as the source images the model learned from. Without a mask, the brain is every voxel above
+zero (skull-stripped input); a ``<name>_mask`` file beside an image is its mask.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +30,16 @@ from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.harmonizer import Harmonizer
 from harmonizing_flows.store import load_model
 from harmonizing_flows.unet import channels_last
-from harmonizing_flows.volume import VOLUME_SUFFIXES, load_volume, save_nifti, slice_volume, to_plane, unslice
+from harmonizing_flows.volume import (
+    VOLUME_SUFFIXES,
+    SlicedVolume,
+    load_volume,
+    rewindow,
+    save_nifti,
+    slice_volume,
+    to_plane,
+    unslice,
+)
 
 __all__ = ["harmonize", "harmonize_volume"]
 
@@ -46,24 +61,44 @@ def harmonize_volume(
     extent = to_plane(np.empty(volume.image.shape, dtype=bool), config.axis).shape[1:]
     f = harmonizer.factor
     size = (math.ceil(extent[0] / f) * f, math.ceil(extent[1] / f) * f)
-    sliced = slice_volume(volume, replace(config, image_size=size))
+    whole = slice_volume(volume, replace(config, image_size=size, max_brain_outside=1.0))
+    window = slice_volume(volume, replace(config, max_brain_outside=1.0))
+    outside = 1.0 - int(np.count_nonzero(window.mask)) / int(np.count_nonzero(whole.mask))
     harmonizer = channels_last(harmonizer.to(device)).eval()
-    out = np.zeros(sliced.images.shape, dtype=np.float32)
-    brain = np.flatnonzero(sliced.mask.reshape(len(sliced.mask), -1).any(1))
-    for start in range(0, len(brain), batch_size):
-        rows = brain[start : start + batch_size]
-        x = torch.from_numpy(sliced.images[rows]).to(device).float()[:, None]
-        m = torch.from_numpy(sliced.mask[rows]).to(device).float()[:, None]
-        out[rows] = harmonizer(x, m)[:, 0].float().cpu().numpy()
+
+    def run(sliced: SlicedVolume) -> np.ndarray:
+        out = np.zeros(sliced.images.shape, dtype=np.float32)
+        brain = np.flatnonzero(sliced.mask.reshape(len(sliced.mask), -1).any(1))
+        for start in range(0, len(brain), batch_size):
+            rows = brain[start : start + batch_size]
+            x = torch.from_numpy(sliced.images[rows]).to(device).float()[:, None]
+            m = torch.from_numpy(sliced.mask[rows]).to(device).float()[:, None]
+            out[rows] = harmonizer(x, m)[:, 0].float().cpu().numpy()
+        return out
+
+    if outside > config.max_brain_outside:
+        warnings.warn(
+            f"{volume.path}: {outside:.0%} of the brain lies outside the model's {config.image_size[0]}x"
+            f"{config.image_size[1]} slices, so the data is finer than the model's; harmonized over whole slices, "
+            "a view the model did not train on",
+            stacklevel=2,
+        )
+        out = run(whole)
+    else:
+        out = rewindow(run(window), window.grid, whole.grid)
+        if outside > 0:
+            covered = rewindow(np.ones(window.mask.shape, dtype=bool), window.grid, whole.grid)
+            out = np.where(covered, out, run(whole))
     if dtype == "uint8":
-        return unslice(np.rint(out).astype(np.uint8), sliced.grid, rescale=False)
-    return unslice(out, sliced.grid, rescale=False, dtype=np.float32)
+        return unslice(np.rint(out).astype(np.uint8), whole.grid, rescale=False)
+    return unslice(out, whole.grid, rescale=False, dtype=np.float32)
 
 
 def _inputs(path: Path) -> list[tuple[Path, Path | None]]:
-    """(image, mask) pairs: a file alone, or every image of a folder with its mask companion if present."""
+    """(image, mask) pairs: a file, or every image of a folder, each with its mask companion if present."""
     if path.is_file():
-        return [(path, None)]
+        beside = (m for _, image, m, _ in folder_images(path.parent) if image.resolve() == path.resolve())
+        return [(path, next(beside, None))]
     if not path.is_dir():
         raise InputError(path, "does not exist")
     pairs = [(image, mask) for _, image, mask, _ in folder_images(path)]
@@ -87,11 +122,11 @@ def harmonize(
     """Harmonize a NIfTI/MGZ file, or every image in a folder, with the model in ``model_dir``.
 
     Args:
-        inputs: A file or a folder; in a folder, ``<name>_mask.nii.gz`` is used as ``<name>``'s brain mask and
+        inputs: A file or a folder. ``<name>_mask.nii.gz`` beside an image is its brain mask; in a folder,
             companions (``_mask``, ``_labels``, ...) are not harmonized themselves.
         out: For a file: the output file (``.nii`` or ``.nii.gz``) or a folder; for a folder: a folder. Output
             files keep the input's name (``.mgz`` becomes ``.nii.gz``).
-        mask: The brain mask of a single input file.
+        mask: The brain mask of a single input file (instead of its companion).
         dtype: ``uint8`` (rounded, as the model's source images) or ``float32``.
 
     Returns:

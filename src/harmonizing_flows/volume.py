@@ -37,6 +37,7 @@ __all__ = [
     "quantize",
     "ras_shape",
     "read_image",
+    "rewindow",
     "save_nifti",
     "slice_volume",
     "to_plane",
@@ -312,11 +313,22 @@ def _unwindow(windowed: np.ndarray, start: tuple[int, int], extent: tuple[int, i
     return out
 
 
+def rewindow(slices: np.ndarray, source: SliceGrid, target: SliceGrid) -> np.ndarray:
+    """Slices cut by the ``source`` grid, re-cut by the ``target`` grid of the same volume (zero where the source
+    window did not reach)."""
+    extent = to_plane(np.empty(source.ras_shape, dtype=bool), source.axis).shape[1:]
+    return _window(_unwindow(slices, source.start, extent), target.start, target.image_size)
+
+
 def slice_volume(volume: Volume, config: SliceConfig | None = None) -> SlicedVolume:
     """Quantize a volume to 0..255 and cut it into fixed-size 2D slices (see the module docstring).
 
     When the brain is larger than ``config.image_size`` in the slice plane, the window is centred on the brain and
     the parts outside it are lost (and come back as zero from :func:`unslice`).
+
+    Raises:
+        InputError: No brain in the mask, or more than ``config.max_brain_outside`` of it outside the window
+            (data finer than the profile expects).
     """
     config = config or SliceConfig()
     try:
@@ -332,6 +344,17 @@ def slice_volume(volume: Volume, config: SliceConfig | None = None) -> SlicedVol
         _window_start(images.shape[1], config.image_size[0], int(rows[0]), int(rows[-1])),
         _window_start(images.shape[2], config.image_size[1], int(cols[0]), int(cols[-1])),
     )
+    window_mask = _window(mask, start, config.image_size)
+    outside = 1.0 - int(np.count_nonzero(window_mask)) / int(np.count_nonzero(mask))
+    if outside > config.max_brain_outside:
+        voxel = "x".join(f"{z:g}" for z in np.sqrt((volume.affine[:3, :3] ** 2).sum(0)))
+        raise InputError(
+            volume.path,
+            f"{outside:.0%} of the brain lies outside the {config.image_size[0]}x{config.image_size[1]} slices of "
+            f"this profile (at most {config.max_brain_outside:.0%} may; slices.max_brain_outside): the data "
+            f"({voxel} mm voxels) is finer than the profile expects. Resample it (the fast profile expects about "
+            "2 mm) or choose larger slices (slices.image_size)",
+        )
     labels = None
     if volume.labels is not None:
         labels = _window(to_plane(to_classes(volume.labels, path=volume.path), config.axis), start, config.image_size)
@@ -349,7 +372,7 @@ def slice_volume(volume: Volume, config: SliceConfig | None = None) -> SlicedVol
     )
     return SlicedVolume(
         images=_window(images, start, config.image_size),
-        mask=_window(mask, start, config.image_size),
+        mask=window_mask,
         labels=labels,
         grid=grid,
     )
