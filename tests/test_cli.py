@@ -242,3 +242,40 @@ def test_adapt_to_a_target_without_brain_names_the_mask(fitted, tmp_path):
     assert result.exit_code == 2, result.output
     assert f"{mask}: mask is empty" in result.output
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "adapt.steps=abc"], "adapt.steps must be a number, not 'abc'"),
+        (["--set", "adapt.steps=2.5"], "adapt.steps must be a whole number"),
+        (["--set", "adapt=1"], "adapt is a table of settings"),
+        (["--set", "harmonizer.widths=[4]"], "cannot change harmonizer here: only adapt, seed"),
+        (["--config", "{toml}"], "cannot change flow here"),
+        (["--out", "{model}", "--overwrite"], "is the input model"),
+    ],
+)
+def test_adapt_refuses_what_it_cannot_use_and_writes_nothing(simulated, fitted, tmp_path, extra, message):
+    (tmp_path / "s.toml").write_text("seed = 3\n[flow]\nmargin = 2.0\n")
+    before = {p.name: p.read_bytes() for p in fitted.iterdir() if p.is_file()}
+    extra = [a.replace("{toml}", str(tmp_path / "s.toml")).replace("{model}", str(fitted)) for a in extra]
+    args = ["adapt", str(fitted), str(simulated.manifest), "--site", "spgr-15t", "--out", str(tmp_path / "a")]
+    result = runner.invoke(app, [*args, *extra, "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "a").exists()
+    assert {p.name: p.read_bytes() for p in fitted.iterdir() if p.is_file()} == before  # the model untouched
+
+
+def test_adapt_takes_its_settings_and_seed_from_a_file(simulated, fitted, tmp_path):
+    (tmp_path / "s.toml").write_text("seed = 5\n[adapt]\nsteps = 3\neval_every = 1\nstop = 'steps'\n")
+
+    def adapt(out, *extra):
+        args = ["adapt", str(fitted), str(simulated.manifest), "--site", "spgr-15t", "--out", str(tmp_path / out)]
+        result = runner.invoke(app, [*args, "--config", str(tmp_path / "s.toml"), *extra, "--quiet"])
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / out / "model.json").read_text())["adaptation"]
+
+    meta = adapt("a")
+    assert meta["seed"] == 5 and meta["settings"]["steps"] == 3 and meta["kept_step"] == 3
+    assert adapt("b", "--seed", "6")["seed"] == 6

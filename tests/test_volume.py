@@ -126,7 +126,9 @@ def test_a_brain_much_larger_than_the_slices_is_refused_naming_the_file(tmp_path
     data[5:55, :, 5:55] = 100.0  # 50x50 voxels of brain in the plane
     nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.5, 0.5, 1.0])), tmp_path / "fine.nii.gz")
     volume = load_volume(tmp_path / "fine.nii.gz")
-    with pytest.raises(InputError, match=r"fine\.nii\.gz.*36% of the brain lies outside the 40x40 slices.*0\.5x0\.5x0\.5 mm"):
+    with pytest.raises(
+        InputError, match=r"fine\.nii\.gz.*36% of the brain lies outside the 40x40 slices.*0\.5x0\.5x0\.5 mm"
+    ):
         slice_volume(volume, SliceConfig(image_size=(40, 40)))
     # the share that may be lost is a setting: 36 % is allowed when 40 % is
     sliced = slice_volume(volume, SliceConfig(image_size=(40, 40), max_brain_outside=0.4))

@@ -173,6 +173,8 @@ def adapt_harmonizer(
     if config.stop == "entropy" and segmenter is None:
         raise ValueError("the entropy stopping rule needs a segmenter")
     device = torch.device(device)
+    if isinstance(segmenter, torch.nn.Module):
+        segmenter = segmenter.to(device).eval()  # a loaded segmenter is on the CPU
     bpd_key = "brain_only" if config.brain_only else "all_pixels"
     source_bpd = float((model.metadata.get("source_bpd") or {}).get(bpd_key, float("nan")))
     if config.stop == "source-bpd" and not source_bpd == source_bpd:  # NaN: the model has no stored source bpd
@@ -266,6 +268,7 @@ def adapt(
     splits: tuple[str, ...] | None = None,
     device: str | None = None,
     segmenter: Segmenter | None = None,
+    seed: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[Path, AdaptationResult]:
@@ -278,11 +281,14 @@ def adapt(
         config: Adaptation settings; by default the model's profile's.
         site: The target site when ``target`` holds several.
         splits: Only these splits of the target (default: all its subjects; no labels are used).
+        seed: Seed of the batches and the noise (default: the model's profile's).
     """
     from harmonizing_flows.datasets import load_subjects
     from harmonizing_flows.errors import OutputExistsError
 
     out = Path(out)
+    if out.resolve() == Path(model_dir).resolve():
+        raise OutputExistsError(out, "is the input model; choose another output folder")
     if out.exists() and not overwrite:
         raise OutputExistsError(out)
     resolved = resolve_device(device)
@@ -295,9 +301,8 @@ def adapt(
             raise InputError(target, f"has no subject in split(s) {', '.join(splits)}")
     target_site = subjects[0].site
     slices = load_slices(subjects, model.profile.slices, progress=progress, desc="reading target volumes")
-    result = adapt_harmonizer(
-        model, slices, config, device=resolved, segmenter=segmenter, seed=model.profile.seed, progress=progress
-    )
+    seed = model.profile.seed if seed is None else seed
+    result = adapt_harmonizer(model, slices, config, device=resolved, segmenter=segmenter, seed=seed, progress=progress)
     model.harmonizer = result.harmonizer
     model.flow.cpu()
     model.metadata["adaptation"] = {
@@ -305,6 +310,7 @@ def adapt(
         "target_data": str(Path(target).resolve()),
         "target_subjects": [s.subject for s in subjects],
         "settings": asdict(config),
+        "seed": seed,
         "stop": config.stop,
         "kept_step": result.chosen_step,
         "reason": result.reason,

@@ -175,9 +175,14 @@ def adapt(
         Path | None, typer.Option(help="A segmenter folder from `hflow fit-segmenter`: adds its entropy to the curve.")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Most adaptation steps.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML file of adaptation settings: an adapt table and a seed (the rest is fixed)."),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override adapt.* settings, e.g. adapt.lr=1e-5.")
     ] = None,
+    seed: SeedOption = None,
     device: DeviceOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: QuietOption = False,
@@ -187,12 +192,13 @@ def adapt(
 
     from harmonizing_flows.adapt import adapt as run
     from harmonizing_flows.errors import HflowError
-    from harmonizing_flows.profiles import apply_overrides
+    from harmonizing_flows.profiles import update_profile
     from harmonizing_flows.store import load_model
 
     try:
         fitted = load_model(model)
-        settings = apply_overrides(fitted.profile, set_ or []).adapt
+        profile = update_profile(fitted.profile, config, set_ or [], only=["adapt", "seed"])
+        settings = profile.adapt
         if stop is not None:
             settings = replace(settings, stop=stop)
         seg = None
@@ -208,7 +214,8 @@ def adapt(
         if steps is not None:
             settings = replace(settings, steps=steps)
         folder, result = run(model, target, out, config=settings, site=site, splits=tuple(split) if split else None,
-                             device=device, segmenter=seg, overwrite=overwrite, progress=not quiet)  # fmt: skip
+                             device=device, segmenter=seg, seed=profile.seed if seed is None else seed,
+                             overwrite=overwrite, progress=not quiet)  # fmt: skip
     except (HflowError, ValueError) as exc:
         _fail(exc)
     kept = result.summary["kept"]

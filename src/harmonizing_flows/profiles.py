@@ -39,7 +39,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["PROFILES", "Profile", "apply_overrides", "load_profile", "profile_from_dict", "profile_to_dict"]
+__all__ = [
+    "PROFILES",
+    "Profile",
+    "apply_overrides",
+    "load_profile",
+    "profile_from_dict",
+    "profile_to_dict",
+    "update_profile",
+]
 
 
 @dataclass(frozen=True)
@@ -114,8 +122,15 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
+        key = f"{where}.{name}" if where else name
         if is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}.{name}" if where else name)  # type: ignore[arg-type]
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{key} is a table of settings, not {value!r}")
+            kwargs[name] = _build(hint, value, key)  # type: ignore[arg-type]
+        elif hint in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{key} must be a number, not {value!r}")
+        elif hint is int and not isinstance(value, int):
+            raise ValueError(f"{key} must be a whole number, not {value!r}")
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
         else:
@@ -168,16 +183,47 @@ def load_profile(name: str = "fast", file: str | Path | None = None, overrides: 
     """
     if name not in PROFILES:
         raise InputError(None, f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
-    profile = PROFILES[name]
+    return update_profile(PROFILES[name], file, overrides)
+
+
+def update_profile(
+    profile: Profile,
+    file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    only: Sequence[str] | None = None,
+) -> Profile:
+    """``profile`` with a TOML file's settings, then ``section.field=value`` overrides.
+
+    Args:
+        only: The top-level names that may change (``["adapt", "seed"]`` for a fitted model, whose networks fix
+            the rest); by default any.
+
+    Raises:
+        InputError: An unreadable or invalid TOML file, an invalid setting, or one outside ``only``.
+    """
+
+    def check(names: Sequence[str], where: Path | None) -> None:
+        outside = sorted({n for n in names if only is not None and n not in only})
+        if outside:
+            raise InputError(
+                where, f"cannot change {', '.join(outside)} here: only {', '.join(only or [])} (the rest is fixed)"
+            )
+
     if file is not None:
         path = Path(file)
         if not path.is_file():
             raise InputError(path, "settings file does not exist")
         try:
             values = tomllib.loads(path.read_text(encoding="utf-8"))
-            profile = profile_from_dict(_merge(profile_to_dict(profile), values))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(path, f"invalid settings ({exc})") from exc
+        check(list(values), path)
+        try:
+            profile = profile_from_dict(_merge(profile_to_dict(profile), values))
+        except (ValueError, TypeError) as exc:
+            raise InputError(path, f"invalid settings ({exc})") from exc
+    check([item.partition("=")[0].strip().split(".")[0] for item in overrides], None)
     try:
         profile = apply_overrides(profile, overrides)
     except (ValueError, TypeError) as exc:
