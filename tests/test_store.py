@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -79,3 +81,15 @@ def test_loading_never_unpickles(saved):
     torch.save({"x": torch.zeros(1)}, folder / "harmonizer.safetensors")
     with pytest.raises(InputError, match="not a readable safetensors"):
         load_model(folder)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_model_folder_has_the_permissions_the_umask_gives(tmp_path, umask):
+    model = Model.create(PROFILES["smoke"], {"source_site": "A"})
+    old = os.umask(umask)
+    try:
+        folder = save_model(model, tmp_path / "model")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o666 & ~umask}

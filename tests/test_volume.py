@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 from pathlib import Path
 
 import nibabel as nib
@@ -234,3 +236,13 @@ def test_paths_are_accepted_as_strings(tmp_path):
     image, _, _ = brain_phantom((8, 9, 10))
     path = write_volume(tmp_path / "a.nii.gz", image)
     assert load_volume(str(path)).path == Path(path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_saved_image_has_the_permissions_the_umask_gives(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = save_nifti(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), tmp_path / "x.nii.gz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -7,11 +7,28 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["publish_folder"]
+__all__ = ["publish_folder", "usual_mode"]
+
+
+def usual_mode(path: str | Path, *, folder: bool = False) -> None:
+    """Give ``path`` the permissions of a file (or folder) created the usual way under the current umask.
+
+    Why: ``tempfile`` creates private files (0600) and folders (0700), and renaming keeps that, so results built
+    in a temporary place and moved into position would be unreadable to the rest of a shared lab server.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
 
 
 def publish_folder(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` to ``out``; an earlier ``out`` is replaced only now, never half-way."""
+    """Move the finished folder ``tmp`` to ``out``; an earlier ``out`` is replaced only now, never half-way.
+
+    Everything in it gets the usual permissions first (some writers, safetensors among them, make files private).
+    """
+    usual_mode(tmp, folder=True)
+    for path in tmp.rglob("*"):
+        usual_mode(path, folder=path.is_dir())
     if out.is_dir():
         trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, trash / out.name)

@@ -27,6 +27,7 @@ from nibabel import orientations
 from harmonizing_flows.config import SliceAxis, SliceConfig
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.labels import to_classes
+from harmonizing_flows.outputs import usual_mode
 
 __all__ = [
     "SliceGrid",
@@ -444,6 +445,7 @@ def save_nifti(image: nib.Nifti1Image, path: str | Path, *, overwrite: bool = Fa
     os.close(fd)
     try:
         nib.save(image, tmp)
+        usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
