@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -95,3 +96,23 @@ def test_a_segmenter_from_another_site_or_size_is_refused(segmenter_folder, fitt
     seg.metadata["image_size"] = [64, 64]
     with pytest.raises(InputError, match="64x64"):
         check_compatible(seg, model, segmenter_folder)
+
+
+def test_a_label_map_of_other_classes_is_refused_before_training(simulated, smoke_profile, tmp_path):
+    # Three tissue classes lie in 0..14 and would pass for class indices: the segmenter must not learn them.
+    rows = []
+    for s in simulated.subjects:
+        if s.site != "mprage-3t":
+            continue
+        labels = s.labels
+        if s.split == "train":
+            img = nib.load(s.labels)
+            data = np.asarray(img.dataobj)
+            labels = tmp_path / f"{s.subject}_tissues.nii.gz"
+            nib.save(nib.Nifti1Image(np.where(data > 0, 1 + data % 3, 0).astype(np.int16), img.affine), labels)
+        rows.append(f"{s.subject},{s.site},{s.image},{s.mask},{labels},{s.split}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("subject,site,image,mask,labels,split\n" + "\n".join(rows) + "\n")
+    with pytest.raises(InputError, match=r"_tissues\.nii\.gz: label map holds only classes \[1, 2, 3\]"):
+        fit_segmenter_on(manifest, tmp_path / "seg", smoke_profile, device="cpu", progress=False)
+    assert not (tmp_path / "seg").exists()

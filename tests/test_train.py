@@ -24,6 +24,7 @@ from harmonizing_flows.train import (
     fit_model,
     load_slices,
     measure_bpd,
+    prepare_checkpoints,
     run_training,
 )
 
@@ -158,3 +159,22 @@ def test_non_finite_gradients_stop_training_before_the_weights_change():
     with pytest.raises(TrainingError, match=r"the gradients became NaN or infinite at epoch 1, step 1"):
         run_training(module, step, 4, config, name="demo", seed=0, ctx=Context(), progress=False)
     assert all(torch.equal(value, before[key]) for key, value in module.state_dict().items())
+
+
+def test_a_resume_never_continues_another_fit(simulated, smoke_profile, tmp_path, fitted):
+    subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t" and s.split == "train"]
+    folder = tmp_path / "m.checkpoints"
+    prepare_checkpoints(folder, smoke_profile, subjects, resume=False, main=True)
+    (folder / "flow.safetensors").write_bytes(b"weights of this fit")
+    prepare_checkpoints(folder, smoke_profile, subjects, resume=True, main=True)  # same settings and data
+    assert (folder / "flow.safetensors").read_bytes() == b"weights of this fit"
+    other_seed = apply_overrides(smoke_profile, ["seed=1"])
+    with pytest.raises(InputError, match=r"m\.checkpoints: holds checkpoints of a fit with other settings"):
+        prepare_checkpoints(folder, other_seed, subjects, resume=True, main=True)
+    with pytest.raises(InputError, match="other settings, seed or training data"):
+        prepare_checkpoints(folder, smoke_profile, subjects[:-1], resume=True, main=True)
+    prepare_checkpoints(folder, other_seed, subjects, resume=False, main=True)  # a new fit starts clean
+    assert not (folder / "flow.safetensors").exists()
+    # a finished model is never replaced by a resume without --overwrite
+    with pytest.raises(OutputExistsError):
+        fit(simulated.manifest, fitted, smoke_profile, site="mprage-3t", resume=True, progress=False)

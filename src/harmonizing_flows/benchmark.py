@@ -35,7 +35,7 @@ import torch
 from harmonizing_flows.config import AdaptConfig, SliceConfig
 from harmonizing_flows.datasets import Subject, load_subjects, split_subjects
 from harmonizing_flows.errors import InputError
-from harmonizing_flows.labels import NUM_CLASSES
+from harmonizing_flows.labels import NUM_CLASSES, check_whole_brain
 from harmonizing_flows.metrics import score_volume, subject_means
 from harmonizing_flows.profiles import Profile, apply_overrides, profile_to_dict
 from harmonizing_flows.report import IMAGE_KEYS
@@ -86,9 +86,6 @@ The oracle keeps the best Dice on the test slices, reading labels: analysis only
 EXAMPLE_RULE = "entropy+guard"
 """The rule whose kept step the slice figures show: what ``hflow adapt --segmenter`` does by default."""
 
-MIN_FOREGROUND_CLASSES = 10
-"""A whole-brain label map holds nearly all 14 foreground classes; fewer means the classes do not match."""
-
 
 @dataclass
 class Stack:
@@ -126,14 +123,7 @@ def load_stacks(subjects: Sequence[Subject], config: SliceConfig, *, progress: b
             raise InputError(s.image, f"subject {s.subject} has no label map; evaluation needs one per subject")
         volume = load_volume(s.image, s.mask, s.labels)
         sliced = slice_volume(volume, config)
-        present = np.unique(sliced.labels)
-        foreground = [int(c) for c in present if c > 0]
-        if len(foreground) < MIN_FOREGROUND_CLASSES:
-            raise InputError(
-                s.labels,
-                f"label map holds only classes {foreground} of the 14 foreground classes; expected FreeSurfer "
-                "aseg codes or the 15-class table of harmonizing_flows.labels",
-            )
+        check_whole_brain(sliced.labels, s.labels)
         stacks.append(
             Stack(
                 s.subject,

@@ -262,6 +262,7 @@ def fit_segmenter(
     set_: SetOption = None,
     seed: SeedOption = None,
     device: DeviceOption = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in OUT.checkpoints/.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing segmenter folder.")] = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -271,7 +272,7 @@ def fit_segmenter(
 
     try:
         folder = fit_segmenter_on(source, out, _profile(profile, config, set_, seed), site=site, device=device,
-                                  overwrite=overwrite, progress=not quiet)  # fmt: skip
+                                  resume=resume, overwrite=overwrite, progress=not quiet)  # fmt: skip
     except (HflowError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"segmenter: {folder}")

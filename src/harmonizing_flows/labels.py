@@ -30,8 +30,10 @@ __all__ = [
     "ASEG_TO_CLASS",
     "CLASS_NAMES",
     "EXCLUDED_ASEG_CODES",
+    "MIN_FOREGROUND_CLASSES",
     "NUM_CLASSES",
     "aseg_lookup",
+    "check_whole_brain",
     "to_classes",
 ]
 
@@ -189,3 +191,27 @@ def to_classes(
             raise InputError(path, f"label map has codes that are not FreeSurfer aseg codes: {listed}")
         logger.warning("%s: unknown label codes mapped to background: %s", path or "label map", listed)
     return aseg_lookup(hi)[values]
+
+
+MIN_FOREGROUND_CLASSES = 10
+"""A whole-brain label map holds nearly all 14 foreground classes; fewer means the classes do not match."""
+
+
+def check_whole_brain(classes: np.ndarray, path: str | Path | None = None) -> None:
+    """Refuse a class map (from :func:`to_classes`) that lacks most of the 14 foreground classes.
+
+    Why: a map of other classes (three tissues, say) converts without error, since its values lie in 0..14, and a
+    segmenter would then learn and be scored on the wrong classes.
+
+    Raises:
+        InputError: Fewer than :data:`MIN_FOREGROUND_CLASSES` foreground classes present.
+    """
+    from harmonizing_flows.errors import InputError
+
+    foreground = [int(c) for c in np.unique(classes) if c > 0]
+    if len(foreground) < MIN_FOREGROUND_CLASSES:
+        raise InputError(
+            path,
+            f"label map holds only classes {foreground} of the {NUM_CLASSES - 1} foreground classes; expected "
+            "FreeSurfer aseg codes or the 15-class table of harmonizing_flows.labels",
+        )

@@ -215,13 +215,18 @@ def fit_segmenter_on(
     *,
     site: str | None = None,
     device: str | None = None,
+    resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Train a segmenter on one site's training split of a labelled dataset and write its folder ``out``."""
+    """Train a segmenter on one site's training split of a labelled dataset and write its folder ``out``.
+
+    Checkpoints go to ``OUT.checkpoints/`` (every ``segmenter_training.checkpoint_every`` epochs); with ``resume``
+    training continues from them.
+    """
     from harmonizing_flows.datasets import load_subjects, split_subjects
     from harmonizing_flows.errors import OutputExistsError
-    from harmonizing_flows.train import load_slices, select_site
+    from harmonizing_flows.train import load_slices, prepare_checkpoints, select_site
 
     source, out = Path(source), Path(out)
     if out.exists() and not overwrite:
@@ -230,10 +235,14 @@ def fit_segmenter_on(
     subjects = split_subjects(subjects)  # keeps the splits the data gives
     train = [s for s in subjects if s.split == "train"]
     data = load_slices(train, profile.slices, progress=progress, desc="reading labelled volumes", labels=True)
+    checkpoints = out.with_name(out.name + ".checkpoints")
+    prepare_checkpoints(checkpoints, profile, train, resume=resume, main=True)
     segmenter = fit_segmenter(
         data,
         profile,
         device=device,
+        checkpoint=checkpoints / "segmenter.safetensors",
+        resume=resume,
         progress=progress,
         metadata={"source_site": subjects[0].site, "source_subjects": [s.subject for s in train]},
     )

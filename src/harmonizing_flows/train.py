@@ -28,7 +28,8 @@ from harmonizing_flows.distributed import Context, setup, stable_seed
 from harmonizing_flows.errors import InputError, TrainingError
 from harmonizing_flows.flow import Flow
 from harmonizing_flows.harmonizer import Harmonizer
-from harmonizing_flows.profiles import Profile
+from harmonizing_flows.labels import check_whole_brain
+from harmonizing_flows.profiles import Profile, profile_to_dict
 from harmonizing_flows.store import Model, save_model
 from harmonizing_flows.unet import channels_last
 from harmonizing_flows.volume import load_volume, slice_volume
@@ -86,6 +87,7 @@ def load_slices(
         images.append(torch.from_numpy(sliced.images[keep]))
         masks.append(torch.from_numpy(sliced.mask[keep]))
         if labels:
+            check_whole_brain(sliced.labels, s.labels)
             classes.append(torch.from_numpy(sliced.labels[keep]))
         names.append(s.subject)
     if not images or sum(len(i) for i in images) == 0:
@@ -151,6 +153,42 @@ def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optim
     except Exception as exc:  # any damage to the checkpoint is the same problem for the user
         raise InputError(path, f"cannot resume from this checkpoint ({exc})") from exc
     return int(meta["epoch"]), json.loads(meta["history"])
+
+
+def prepare_checkpoints(
+    folder: Path, profile: Profile, subjects: Sequence[Subject], *, resume: bool, main: bool
+) -> None:
+    """Bind a checkpoints folder to the settings and training files of its fit, so that a resume never continues
+    another fit's weights (after a change of settings, seed, site or data) and a new fit never mixes with old
+    checkpoints.
+
+    Raises:
+        InputError: ``resume`` and the folder holds checkpoints of another fit (or of an older version).
+    """
+    import hashlib
+
+    files = sorted(
+        (str(Path(p).resolve()), Path(p).stat().st_size) for s in subjects for p in (s.image, s.mask, s.labels) if p
+    )
+    key = hashlib.sha256(json.dumps([profile_to_dict(profile), files]).encode()).hexdigest()
+    doc = folder / "fit.json"
+    saved = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if resume and saved:
+        stored = json.loads(doc.read_text(encoding="utf-8")).get("key") if doc.is_file() else None
+        if stored != key:
+            raise InputError(
+                folder,
+                "holds checkpoints of a fit with other settings, seed or training data; fit without --resume "
+                "(which starts over) or remove this folder",
+            )
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for path in saved:
+                path.unlink()
+        tmp = doc.with_name(doc.name + ".tmp")
+        tmp.write_text(json.dumps({"key": key}) + "\n", encoding="utf-8")
+        tmp.replace(doc)
 
 
 def _diverged(what: str, name: str, epoch: int, step: int, lr: float) -> TrainingError:
@@ -471,7 +509,7 @@ def fit(
     from harmonizing_flows.errors import OutputExistsError
 
     source, out = Path(source), Path(out)
-    if out.exists() and not overwrite and not resume:
+    if out.exists() and not overwrite:  # an interrupted fit never wrote OUT: resuming needs no overwrite
         raise OutputExistsError(out)
     ctx = setup(device)
     started = time.perf_counter()
@@ -484,6 +522,7 @@ def fit(
     val_slices = load_slices(val, profile.slices, progress=progress and ctx.main, desc="reading validation volumes")
 
     checkpoints = out.with_name(out.name + ".checkpoints")
+    prepare_checkpoints(checkpoints, profile, train, resume=resume, main=ctx.main)
     model = fit_model(train_slices, val_slices, profile, ctx, checkpoints=checkpoints, resume=resume, progress=progress)
     if model is None:
         return None
@@ -494,5 +533,5 @@ def fit(
         **model.metadata,
     }
     model.metadata["training"]["seconds"] = round(time.perf_counter() - started, 1)
-    folder = save_model(model.to("cpu"), out, overwrite=overwrite or resume)
+    folder = save_model(model.to("cpu"), out, overwrite=overwrite)
     return folder
