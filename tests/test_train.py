@@ -12,16 +12,18 @@ from harmonizing_flows.config import NegativeConfig, TrainConfig
 from harmonizing_flows.datasets import load_subjects
 from harmonizing_flows.distributed import Context
 from harmonizing_flows.errors import InputError, OutputExistsError, TrainingError
-from harmonizing_flows.flow import Flow
+from harmonizing_flows.flow import Flow, guided_loss
 from harmonizing_flows.harmonizer import Harmonizer
 from harmonizing_flows.profiles import apply_overrides
 from harmonizing_flows.store import load_model
 from harmonizing_flows.train import (
     Slices,
+    _FlowBpd,
     fit,
     fit_flow,
     fit_harmonizer,
     fit_model,
+    flow_step,
     load_slices,
     measure_bpd,
     prepare_checkpoints,
@@ -178,3 +180,24 @@ def test_a_resume_never_continues_another_fit(simulated, smoke_profile, tmp_path
     # a finished model is never replaced by a resume without --overwrite
     with pytest.raises(OutputExistsError):
         fit(simulated.manifest, fitted, smoke_profile, site="mprage-3t", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("margin_mode", ["relative", "absolute"])
+def test_the_training_step_computes_the_guided_objective(simulated, smoke_profile, margin_mode):
+    subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t" and s.split == "train"]
+    profile = apply_overrides(smoke_profile, ["negatives.fraction=0.5", f"flow.margin_mode='{margin_mode}'"])
+    data = load_slices(subjects, profile.slices)
+    torch.manual_seed(0)
+    flow = Flow(profile.flow)
+    index = torch.arange(8)
+    loss, stats = flow_step(profile, data, Context())(_FlowBpd(flow), index, torch.Generator().manual_seed(3))
+    # the same draws, in the same order, fed to the reference objective
+    generator = torch.Generator().manual_seed(3)
+    x, m = data.batch(index, torch.device("cpu"))
+    negatives, origin = FlowNegatives(profile.negatives)(x, m, generator)
+    noise = torch.randn(len(x) + len(negatives), *x.shape[1:], generator=generator)
+    assert len(origin) > 0
+    expected, parts = guided_loss(flow, x, m, negatives, m[origin], profile.flow, noise=noise)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    assert stats["bpd"] == pytest.approx(parts["bpd"], rel=1e-5)
+    assert stats["negative_bpd"] == pytest.approx(parts["negative_bpd"], rel=1e-5)

@@ -301,6 +301,8 @@ def harmonizer_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
 
 
 def flow_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
+    """The guided objective (paper Eq. 4, :func:`~harmonizing_flows.flow.guided_loss`) on one training batch, as
+    sums over this process's share of it, so that DDP's averaged gradients equal those of the whole batch."""
     negatives = FlowNegatives(profile.negatives)
     margin, relative = profile.flow.margin, profile.flow.margin_mode == "relative"
 

@@ -22,8 +22,14 @@ def guided_loss(
     negatives: torch.Tensor | None = None,
     negative_mask: torch.Tensor | None = None,
     config: FlowConfig | None = None,
+    *,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss and its parts (``bpd``: mean source bpd; ``negative_bpd``; ``negatives``: how many)."""
+    """The loss and its parts (``bpd``: mean source bpd; ``negative_bpd``; ``negatives``: how many).
+
+    ``noise`` is the dequantization noise of the positives then the negatives (drawn when not given). Training
+    computes the same loss in a form that shards a batch over processes (``train.flow_step``, tested equal).
+    """
     config = config or flow.config
     n = positives.shape[0]
     has_negatives = negatives is not None and negatives.shape[0] > 0
@@ -32,7 +38,7 @@ def guided_loss(
         x, m = torch.cat([positives, negatives]), torch.cat([positive_mask, negative_mask])
     else:
         x, m = positives, positive_mask
-    bpd = flow.bpd(x, m)
+    bpd = flow.bpd(x, m, noise=noise)
     positive_bpd = bpd[:n].mean()
     loss = positive_bpd
     stats = {"bpd": float(positive_bpd.detach()), "negatives": float(x.shape[0] - n)}
