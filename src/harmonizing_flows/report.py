@@ -249,12 +249,12 @@ def _figures(results: Mapping[str, Any], folder: Path, variants: Sequence[str]) 
                 line = axes[0, c].plot(steps, [r["target_bpd"] for r in curve], lw=1, label=variant)[0]
                 axes[0, c].axhline(target["variants"][variant]["source_bpd"], color=line.get_color(), ls=":", lw=0.8)
                 axes[1, c].plot(steps, [r["dice"] for r in curve], lw=1, color=line.get_color())
-                kept = target["variants"][variant]["kept"]["source-bpd"]["step"]
+                kept = target["variants"][variant]["kept"][EXAMPLE_RULE]["step"]
                 axes[1, c].axvline(kept, color=line.get_color(), ls="--", lw=0.6)
             axes[0, c].set_title(f"{setting['source']} -> {site}", fontsize=9)
             axes[1, c].set_xlabel("adaptation step")
         axes[0, 0].set_ylabel("target bpd (dotted: source bpd)")
-        axes[1, 0].set_ylabel("Dice % of test slices (dashed: kept)")
+        axes[1, 0].set_ylabel(f"Dice % of test slices (dashed: kept, {EXAMPLE_RULE})")
         axes[0, 0].legend(fontsize=6, frameon=False)
         fig.suptitle(f"setting {letter}: adaptation curves", fontsize=10)
         written.append(_save(fig, folder / f"curves_{letter}.png"))
