@@ -8,9 +8,12 @@ Measures, each case in a fresh child process (so its peak memory is its own):
   layers and parameters, in a default process and in one with the allocator setting ``hflow`` makes
   (``reference-tuned``), and ours as a ratio to it (the authors' model: about 9 s per step here);
 * harmonizer training step: paper (batch 32 at 224x224) and fast (80x80 at batch 32, and at its own batch, 8);
+* adaptation step (the harmonizer learning through the frozen flow): paper at batch 4 and at its own 16, fast;
 * end to end with the fast profile, through the CLI as a user runs it: ``hflow simulate`` (2 mm, and one 1 mm
-  site), ``hflow fit`` on one site, ``hflow adapt`` to another (the adaptation time), and ``hflow harmonize`` of
-  one 1 mm volume (target: under 10 s).
+  site), ``hflow fit`` on one site, ``hflow adapt`` to another (the adaptation time, by the default rule and over
+  the whole 200-step schedule), and ``hflow harmonize`` of one 1 mm volume (target: under 10 s; the fast model
+  was fitted at 2 mm, so this times the finest data a user could give it, harmonized over whole slices with a
+  warning), and the same volume with a paper-profile harmonizer.
 
 Usage: ``python benchmarks/bench_method.py [--skip-end-to-end] [--steps 3]``. Writes
 ``benchmarks/results/method.json``.
@@ -76,6 +79,15 @@ def _child(case: str, steps: int) -> dict[str, Any]:
 
         def loss():
             return module.bpd(x).mean()
+    elif kind == "adapt":  # one adaptation step (Eq. 6): the harmonizer learns through the frozen flow
+        module = channels_last(Harmonizer(profile.harmonizer))
+        flow = channels_last(Flow(profile.flow)).eval()
+        for p in flow.parameters():
+            p.requires_grad_(False)
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+
+        def loss():
+            return flow.bpd(module(x, mask), mask, noise=noise).mean()
     else:
         module = channels_last(Harmonizer(profile.harmonizer))
         target = x.clone()
@@ -121,6 +133,9 @@ MICRO = [
     "harmonizer:paper:32",
     "harmonizer:fast:32",
     "harmonizer:fast:8",
+    "adapt:paper:4",
+    "adapt:paper:16",
+    "adapt:fast:16",
 ]
 
 
@@ -157,12 +172,23 @@ def end_to_end(work: Path) -> dict[str, Any]:
                      "--profile", "fast", "--quiet"])  # fmt: skip
     run("adapt fast", ["adapt", str(work / "model"), str(work / "sim2" / "manifest.csv"), "--site", "spgr-15t",
                        "--out", str(work / "adapted"), "--quiet"])  # fmt: skip
+    # the whole schedule, as the entropy rule (which needs a segmenter) runs it unless it stops early
+    run("adapt fast, 200 steps", ["adapt", str(work / "model"), str(work / "sim2" / "manifest.csv"), "--site",
+                                  "spgr-15t", "--stop", "steps", "--out", str(work / "adapted-200"),
+                                  "--quiet"])  # fmt: skip
     run("simulate 1 mm site", ["simulate", "--out", str(work / "sim1"), "--voxel-size", "1", "--sites", "spgr-15t",
                                "--subjects-per-site", "3", "--quiet"])  # fmt: skip
     volume = sorted((work / "sim1" / "spgr-15t").glob("*_T1w.nii.gz"))[0]
     mask = volume.with_name(volume.name.replace("_T1w", "_mask"))
     run("harmonize 1 mm volume", ["harmonize", str(work / "adapted"), str(volume), "--mask", str(mask),
                                   "--out", str(work / "harmonized.nii.gz"), "--quiet"])  # fmt: skip
+    # the paper profile's harmonizer on the same volume: an untrained one costs the same as a fitted one
+    from harmonizing_flows.profiles import PROFILES
+    from harmonizing_flows.store import Model, save_model
+
+    save_model(Model.create(PROFILES["paper"]), work / "paper-model")
+    run("harmonize 1 mm, paper", ["harmonize", str(work / "paper-model"), str(volume), "--mask", str(mask),
+                                  "--out", str(work / "harmonized-paper.nii.gz"), "--quiet"])  # fmt: skip
     runs["model"] = json.loads((work / "model" / "model.json").read_text())["training"]
     runs["adaptation"] = json.loads((work / "adapted" / "model.json").read_text())["adaptation"]
     return runs
