@@ -279,3 +279,18 @@ def test_adapt_takes_its_settings_and_seed_from_a_file(simulated, fitted, tmp_pa
     meta = adapt("a")
     assert meta["seed"] == 5 and meta["settings"]["steps"] == 3 and meta["kept_step"] == 3
     assert adapt("b", "--seed", "6")["seed"] == 6
+
+
+def test_demo_runs_end_to_end_and_prints_the_tables(tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--profile", "smoke", "--subjects-per-site", "4", "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "simulating 4 sites x 4 subjects at 4 mm" in result.output  # the smoke profile's voxel size
+    tables = (out / "results" / "tables.md").read_text()
+    assert "## Table 1" in result.output and tables.strip() in result.output
+    results = json.loads((out / "results" / "results.json").read_text())
+    assert list(results["results"]) == ["A"] and results["meta"]["profile"]["name"] == "smoke"
+    assert sorted(p.name for p in (out / "results" / "figures").iterdir())  # figures written
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "already exists" in again.output

@@ -327,11 +327,15 @@ def benchmark(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder: data/ and results/.")] = Path("hflow-demo"),
     subjects_per_site: Annotated[int, typer.Option(min=4, help="Simulated subjects per site.")] = 10,
+    profile: ProfileOption = "fast",
     device: DeviceOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUT.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Everything in one command: simulate 4 sites, fit on one, adapt to the others, compare with the baselines."""
+    """Everything in one command: simulate 4 sites, fit on one, adapt to the others, compare with the baselines.
+
+    The sites are simulated at the voxel size the profile's slices are meant for (fast: 2 mm).
+    """
     import time
 
     from harmonizing_flows.benchmark import DEFAULT_VARIANT
@@ -347,11 +351,13 @@ def demo(
             from harmonizing_flows.errors import OutputExistsError
 
             raise OutputExistsError(out)
-        typer.echo(f"1/2 simulating 4 sites x {subjects_per_site} subjects at 2 mm into {data}")
-        simulate_sites(data, config=SimulationConfig(subjects_per_site=subjects_per_site, voxel_size=2.0),
+        settings = load_profile(profile)
+        voxel = settings.slices.voxel_size
+        typer.echo(f"1/2 simulating 4 sites x {subjects_per_site} subjects at {voxel:g} mm into {data}")
+        simulate_sites(data, config=SimulationConfig(subjects_per_site=subjects_per_site, voxel_size=voxel),
                        overwrite=overwrite, progress=not quiet)  # fmt: skip
         typer.echo("2/2 setting A: fit on the first site, adapt to the other three, evaluate every method")
-        written = run(data / "manifest.csv", out / "results", load_profile("fast"), settings=["A"],
+        written = run(data / "manifest.csv", out / "results", settings, settings=["A"],
                       variants=[DEFAULT_VARIANT], device=device, overwrite=overwrite,
                       progress=not quiet, log=typer.echo, command=_command())  # fmt: skip
     except (HflowError, ValueError) as exc:
@@ -371,7 +377,7 @@ def profiles() -> None:
 
     for name, p in PROFILES.items():
         typer.echo(
-            f"{name:6s} slices {p.slices.image_size[0]}x{p.slices.image_size[1]}, "
+            f"{name:6s} slices {p.slices.image_size[0]}x{p.slices.image_size[1]} of {p.slices.voxel_size:g} mm data, "
             f"harmonizer {list(p.harmonizer.widths)}, "
             f"flow couplings {p.flow.dequantization_couplings}+{list(p.flow.couplings)} widths {list(p.flow.widths)}, "
             f"epochs {p.harmonizer_training.epochs}/{p.flow_training.epochs}, adapt {p.adapt.steps} steps"

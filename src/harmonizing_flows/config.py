@@ -37,6 +37,9 @@ class SliceConfig:
         percentile: Intensity percentile inside the brain mask that maps to 255. A high percentile rather than
             the maximum, so that a few bright voxels do not compress the whole range.
         levels: Number of intensity levels after quantization (the paper: 256).
+        voxel_size: The voxel size in mm that ``image_size`` is meant for (a 224x224 slice holds a 1 mm brain, an
+            80x80 one a 2 mm brain). The demo simulates at it, and the error for a brain outside the window
+            names it.
         max_brain_outside: The largest share of a volume's brain that may fall outside the slice window when it
             is cropped. More means the data is finer than the profile expects (1 mm data with the fast profile's
             80x80 slices loses most of the brain), and slicing refuses the volume. The simulator's 2 mm brains
@@ -47,6 +50,7 @@ class SliceConfig:
     image_size: tuple[int, int] = (224, 224)
     percentile: float = 99.5
     levels: int = 256
+    voxel_size: float = 1.0
     max_brain_outside: float = 0.05
 
     def __post_init__(self) -> None:
@@ -58,6 +62,8 @@ class SliceConfig:
             raise ValueError(f"percentile must be in (0, 100], not {self.percentile}")
         if not 2 <= self.levels <= 256:
             raise ValueError(f"levels must be in 2..256, not {self.levels}")
+        if not self.voxel_size > 0:
+            raise ValueError(f"voxel_size must be positive, not {self.voxel_size}")
         if not 0.0 <= self.max_brain_outside <= 1.0:
             raise ValueError(f"max_brain_outside must be in [0, 1], not {self.max_brain_outside}")
 

@@ -80,7 +80,7 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(name="paper"),
     "fast": Profile(
         name="fast",
-        slices=SliceConfig(image_size=(80, 80)),
+        slices=SliceConfig(image_size=(80, 80), voxel_size=2.0),
         harmonizer=HarmonizerConfig(widths=(8, 16, 24, 32, 32), blocks=2),
         harmonizer_training=TrainConfig(epochs=12, batch_size=8, lr=1e-3, halve_every=5, checkpoint_every=2),
         flow=FlowConfig(
@@ -93,7 +93,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "smoke": Profile(
         name="smoke",
-        slices=SliceConfig(image_size=(48, 48)),
+        slices=SliceConfig(image_size=(48, 48), voxel_size=4.0),
         harmonizer=HarmonizerConfig(widths=(4, 8, 8), blocks=1),
         harmonizer_training=TrainConfig(epochs=2, batch_size=8, lr=3e-3, halve_every=1, checkpoint_every=1),
         flow=FlowConfig(dequantization_couplings=1, couplings=(1, 1, 1), widths=(4, 8), dequantization_widths=(4,)),

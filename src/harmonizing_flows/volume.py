@@ -353,8 +353,8 @@ def slice_volume(volume: Volume, config: SliceConfig | None = None) -> SlicedVol
             volume.path,
             f"{outside:.0%} of the brain lies outside the {config.image_size[0]}x{config.image_size[1]} slices of "
             f"this profile (at most {config.max_brain_outside:.0%} may; slices.max_brain_outside): the data "
-            f"({voxel} mm voxels) is finer than the profile expects. Resample it (the fast profile expects about "
-            "2 mm) or choose larger slices (slices.image_size)",
+            f"({voxel} mm voxels) is finer than the profile expects. Resample it to about "
+            f"{config.voxel_size:g} mm (slices.voxel_size) or choose larger slices (slices.image_size)",
         )
     labels = None
     if volume.labels is not None:
