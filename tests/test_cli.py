@@ -231,6 +231,14 @@ def test_fit_segmenter_then_adapt_with_the_entropy_rule(simulated, fitted, smoke
         ],
     )
     assert result.exit_code == 2 and "needs a segmenter" in result.output
+    # a rule named in the settings is kept even with a segmenter
+    result = runner.invoke(
+        app,
+        ["adapt", str(fitted), str(simulated.manifest), "--site", "spgr-15t", "--out", str(tmp_path / "y"),
+         "--segmenter", str(seg), "--set", "adapt.stop=steps", "--steps", "3", "-q"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "y" / "model.json").read_text())["adaptation"]["stop"] == "steps"
 
 
 def test_adapt_to_a_target_without_brain_names_the_mask(fitted, tmp_path):
@@ -274,11 +282,15 @@ def test_adapt_takes_its_settings_and_seed_from_a_file(simulated, fitted, tmp_pa
         args = ["adapt", str(fitted), str(simulated.manifest), "--site", "spgr-15t", "--out", str(tmp_path / out)]
         result = runner.invoke(app, [*args, "--config", str(tmp_path / "s.toml"), *extra, "--quiet"])
         assert result.exit_code == 0, result.output
-        return json.loads((tmp_path / out / "model.json").read_text())["adaptation"]
+        curve = json.loads((tmp_path / out / "adaptation.json").read_text())["curve"]
+        meta = json.loads((tmp_path / out / "model.json").read_text())["adaptation"]
+        return meta, [r["target_bpd"] for r in curve]
 
-    meta = adapt("a")
-    assert meta["seed"] == 5 and meta["settings"]["steps"] == 3 and meta["kept_step"] == 3
-    assert adapt("b", "--seed", "6")["seed"] == 6
+    meta, five = adapt("a")
+    assert meta["seed"] == 5 and meta["settings"]["steps"] == 3 and meta["kept_step"] == 3 and len(five) == 4
+    meta, six = adapt("b", "--seed", "6")
+    assert meta["seed"] == 6 and six != five  # the seed draws the batches and the noise
+    assert adapt("c")[1] == five  # and the same seed, the same run
 
 
 def test_demo_runs_end_to_end_and_prints_the_tables(tmp_path):

@@ -132,6 +132,9 @@ def test_a_single_file_uses_the_mask_beside_it(simulated, fitted, tmp_path):
     half[: brain.shape[0] // 2] = False
     nib.save(nib.load(subject.image), tmp_path / "sub_T1w.nii.gz")
     nib.save(nib.Nifti1Image(half.astype(np.uint8), source.affine, source.header), tmp_path / "sub_mask.nii.gz")
+    (tmp_path / "a_link.nii.gz").symlink_to(tmp_path / "sub_T1w.nii.gz")  # sorts first, has no mask of its own
     (written,) = harmonize(fitted, tmp_path / "sub_T1w.nii.gz", tmp_path / "out.nii.gz", progress=False)
     data = np.asarray(nib.load(written).dataobj)
     assert np.all(data[~half] == 0) and np.count_nonzero(data[half]) > 0.9 * half.sum()
+    with pytest.raises(OutputExistsError, match="is an input"):  # the companion it reads is never overwritten
+        harmonize(fitted, tmp_path / "sub_T1w.nii.gz", tmp_path / "sub_mask.nii.gz", overwrite=True, progress=False)

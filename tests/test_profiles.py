@@ -54,3 +54,16 @@ def test_bad_settings_are_clear_errors(tmp_path, name, file_text, overrides, mes
         load_profile(name, path, overrides)
     if path is not None:
         assert str(path) in str(info.value)
+
+
+def test_settings_of_an_older_model_file_still_load():
+    values = profile_to_dict(PROFILES["fast"])
+    del values["slices"]["voxel_size"]  # written before the field existed
+    values["harmonizer_training"]["halve_every"] = 5.0  # a whole number written as a float
+    profile = profile_from_dict(values)
+    assert profile.slices.voxel_size == 2.0 and profile.harmonizer_training.halve_every == 5
+    assert isinstance(profile.harmonizer_training.halve_every, int)
+    with pytest.raises(ValueError, match=r"adapt\.steps must be a whole number, not 2\.5"):
+        apply_overrides(profile, ["adapt.steps=2.5"])
+    with pytest.raises(ValueError, match=r"adapt\.lr must be a number, not 'fast'"):
+        apply_overrides(profile, ["adapt.lr='fast'"])

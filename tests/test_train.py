@@ -187,17 +187,30 @@ def test_the_training_step_computes_the_guided_objective(simulated, smoke_profil
     subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t" and s.split == "train"]
     profile = apply_overrides(smoke_profile, ["negatives.fraction=0.5", f"flow.margin_mode='{margin_mode}'"])
     data = load_slices(subjects, profile.slices)
-    torch.manual_seed(0)
-    flow = Flow(profile.flow)
     index = torch.arange(8)
-    loss, stats = flow_step(profile, data, Context())(_FlowBpd(flow), index, torch.Generator().manual_seed(3))
-    # the same draws, in the same order, fed to the reference objective
+    # the draws of the step, in its order, for the reference objective
     generator = torch.Generator().manual_seed(3)
     x, m = data.batch(index, torch.device("cpu"))
     negatives, origin = FlowNegatives(profile.negatives)(x, m, generator)
     noise = torch.randn(len(x) + len(negatives), *x.shape[1:], generator=generator)
-    assert len(origin) > 0
+    torch.manual_seed(0)
+    flow = Flow(profile.flow)
+    # a margin among the negatives' bpd, so that the hinge clips some of them and not others
+    with torch.no_grad():
+        bpd = flow.bpd(torch.cat([x, negatives]), torch.cat([m, m[origin]]), noise=noise)
+    c = bpd[len(x) :].median()
+    assert (bpd[len(x) :] < c).any() and (bpd[len(x) :] > c).any()
+    margin = float(c) if margin_mode == "absolute" else float(c - bpd[: len(x)].mean())
+    profile = apply_overrides(profile, [f"flow.margin={margin}"])
+
+    loss, stats = flow_step(profile, data, Context())(_FlowBpd(flow), index, torch.Generator().manual_seed(3))
     expected, parts = guided_loss(flow, x, m, negatives, m[origin], profile.flow, noise=noise)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(
+        torch.autograd.grad(loss, list(flow.parameters())),
+        torch.autograd.grad(expected, list(flow.parameters())),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     assert stats["bpd"] == pytest.approx(parts["bpd"], rel=1e-5)
     assert stats["negative_bpd"] == pytest.approx(parts["negative_bpd"], rel=1e-5)

@@ -207,7 +207,7 @@ def adapt(
 
             seg = load_segmenter(segmenter)
             check_compatible(seg, fitted, segmenter)
-            if stop is None:
+            if stop is None and not _sets_stop(config, set_ or []):
                 settings = replace(settings, stop="entropy")
         elif settings.stop == "entropy":
             raise ValueError("the entropy rule needs a segmenter: pass --segmenter (see `hflow fit-segmenter`)")
@@ -227,6 +227,17 @@ def adapt(
         f"(source {result.summary['source_bpd']:.3f}), alpha {start['alpha']:.3f} -> {kept['alpha']:.3f}\n"
         f"  adapted model: {folder}\n  curve: {folder / 'adaptation.json'}"
     )
+
+
+def _sets_stop(config: Path | None, overrides: list[str]) -> bool:
+    """Whether a settings file or an override names ``adapt.stop`` (then a segmenter does not switch the rule)."""
+    if any(item.partition("=")[0].strip() == "adapt.stop" for item in overrides):
+        return True
+    if config is None:
+        return False
+    from harmonizing_flows.profiles import read_settings
+
+    return "stop" in read_settings(config).get("adapt", {})
 
 
 @app.command()

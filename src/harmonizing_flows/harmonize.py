@@ -97,7 +97,7 @@ def harmonize_volume(
 def _inputs(path: Path) -> list[tuple[Path, Path | None]]:
     """(image, mask) pairs: a file, or every image of a folder, each with its mask companion if present."""
     if path.is_file():
-        beside = (m for _, image, m, _ in folder_images(path.parent) if image.resolve() == path.resolve())
+        beside = (m for _, image, m, _ in folder_images(path.parent) if image.name == path.name)
         return [(path, next(beside, None))]
     if not path.is_dir():
         raise InputError(path, "does not exist")
@@ -143,11 +143,12 @@ def harmonize(
             raise InputError(mask, "--mask goes with a single input file; in a folder name masks <image>_mask.nii.gz")
         pairs = [(pairs[0][0], Path(mask))]
     single_file = inputs.is_file() and out.name.endswith((".nii", ".nii.gz"))
+    inputs_read = {p.resolve() for pair in pairs for p in pair if p is not None}
     targets = []
     for image, _ in pairs:
         stem = strip_volume_suffix(image.name)
         name = out if single_file else out / f"{stem}{'.nii' if image.name.endswith('.nii') else '.nii.gz'}"
-        if name.resolve() == image.resolve() or (mask is not None and name.resolve() == Path(mask).resolve()):
+        if name.resolve() in inputs_read:
             raise OutputExistsError(name, "is an input; choose another output")
         if name.exists() and not overwrite:
             raise OutputExistsError(name)

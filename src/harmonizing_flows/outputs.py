@@ -16,9 +16,19 @@ def usual_mode(path: str | Path, *, folder: bool = False) -> None:
     Why: ``tempfile`` creates private files (0600) and folders (0700), and renaming keeps that, so results built
     in a temporary place and moved into position would be unreadable to the rest of a shared lab server.
     """
-    umask = os.umask(0)
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+def _umask() -> int:
+    try:  # Linux: read it, since setting it to learn it would race with other threads creating files
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
     os.umask(umask)
-    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
+    return umask
 
 
 def publish_folder(tmp: Path, out: Path) -> None:

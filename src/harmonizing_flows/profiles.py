@@ -16,6 +16,7 @@ Any field can be overridden from a TOML file (tables named like the fields: ``[f
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -128,10 +129,12 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
             if not isinstance(value, Mapping):
                 raise ValueError(f"{key} is a table of settings, not {value!r}")
             kwargs[name] = _build(hint, value, key)  # type: ignore[arg-type]
-        elif hint in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        elif hint in (int, float) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
             raise ValueError(f"{key} must be a number, not {value!r}")
-        elif hint is int and not isinstance(value, int):
-            raise ValueError(f"{key} must be a whole number, not {value!r}")
+        elif hint is int:
+            if not float(value).is_integer():
+                raise ValueError(f"{key} must be a whole number, not {value!r}")
+            kwargs[name] = int(value)  # 5.0 from an older file, numpy integers
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
         else:
@@ -140,7 +143,14 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
 
 
 def profile_from_dict(values: Mapping[str, Any]) -> Profile:
-    """The inverse of :func:`profile_to_dict` (raises ValueError on unknown or invalid settings)."""
+    """The inverse of :func:`profile_to_dict` (raises ValueError on unknown or invalid settings).
+
+    A dict written before ``slices.voxel_size`` existed takes it from the named profile it came from.
+    """
+    slices = values.get("slices")
+    preset = PROFILES.get(str(values.get("name")))
+    if isinstance(slices, Mapping) and "voxel_size" not in slices and preset is not None:
+        values = {**values, "slices": {**slices, "voxel_size": preset.slices.voxel_size}}
     return _build(Profile, values, "")
 
 
@@ -187,6 +197,21 @@ def load_profile(name: str = "fast", file: str | Path | None = None, overrides: 
     return update_profile(PROFILES[name], file, overrides)
 
 
+def read_settings(path: str | Path) -> dict[str, Any]:
+    """The tables and values of a TOML settings file.
+
+    Raises:
+        InputError: The file is missing or not valid TOML.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "settings file does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"invalid settings ({exc})") from exc
+
+
 def update_profile(
     profile: Profile,
     file: str | Path | None = None,
@@ -213,12 +238,7 @@ def update_profile(
 
     if file is not None:
         path = Path(file)
-        if not path.is_file():
-            raise InputError(path, "settings file does not exist")
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(path, f"invalid settings ({exc})") from exc
+        values = read_settings(path)
         check(list(values), path)
         try:
             profile = profile_from_dict(_merge(profile_to_dict(profile), values))

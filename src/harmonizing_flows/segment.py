@@ -236,7 +236,9 @@ def fit_segmenter_on(
     train = [s for s in subjects if s.split == "train"]
     data = load_slices(train, profile.slices, progress=progress, desc="reading labelled volumes", labels=True)
     checkpoints = out.with_name(out.name + ".checkpoints")
-    prepare_checkpoints(checkpoints, profile, train, resume=resume, main=True)
+    ctx = setup(device)
+    prepare_checkpoints(checkpoints, profile, train, resume=resume, main=ctx.main)
+    ctx.barrier()
     segmenter = fit_segmenter(
         data,
         profile,
@@ -246,4 +248,7 @@ def fit_segmenter_on(
         progress=progress,
         metadata={"source_site": subjects[0].site, "source_subjects": [s.subject for s in train]},
     )
-    return save_segmenter(segmenter, out, overwrite=overwrite)
+    if ctx.main:  # under torchrun, one process writes
+        save_segmenter(segmenter, out, overwrite=overwrite)
+    ctx.barrier()
+    return out

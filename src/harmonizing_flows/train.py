@@ -185,7 +185,7 @@ def prepare_checkpoints(
         folder.mkdir(parents=True, exist_ok=True)
         if not resume:
             for path in saved:
-                path.unlink()
+                path.unlink(missing_ok=True)
         tmp = doc.with_name(doc.name + ".tmp")
         tmp.write_text(json.dumps({"key": key}) + "\n", encoding="utf-8")
         tmp.replace(doc)
