@@ -275,6 +275,22 @@ def test_site_folders_with_freesurfer_subject_folders(tmp_path):
     assert subjects["fs", "ernie"] == Subject("ernie", "fs", root / "fs" / "ernie" / "mri" / "T1.mgz")
 
 
+def test_a_site_folder_of_another_layout_beside_readable_sites_is_an_input_error(tmp_path):
+    root = tmp_path / "root"
+    tiny_volume(root / "A" / "s1.nii.gz")
+    tiny_volume(root / "B" / "s2" / "T1.nii.gz")  # a subject folder, but not FreeSurfer's
+    with pytest.raises(InputError, match=r"holds no image .* unlike the other site folders") as exc:
+        read_site_folders(root)
+    assert exc.value.path == root / "B"
+
+
+def test_a_manifest_split_of_another_name_is_an_input_error_naming_the_line(manifest_dir):
+    manifest = manifest_dir / "m.csv"
+    manifest.write_text("subject,site,image,split\na,s,data/a.nii.gz,train\nb,s,data/b.nii.gz,Validation\n")
+    with pytest.raises(InputError, match=r"line 3: split 'Validation' is not one of train, val, test"):
+        read_manifest(manifest)
+
+
 def test_site_folders_without_images_is_an_input_error(tmp_path):
     root = tmp_path / "root"
     touch(root / "siteA" / "readme.txt")
@@ -307,8 +323,8 @@ def test_bids_sites_from_participants_tsv(tmp_path):
     )
     touch(root / "sub-02" / "anat" / "sub-02_T1w.json")
     assert read_bids(root) == [
-        Subject("sub-01", "munich", root / "sub-01/anat/sub-01_T1w.nii.gz"),
-        Subject("sub-02", "paris", root / "sub-02/anat/sub-02_T1w.nii"),
+        Subject("sub-01", "munich", root / "sub-01/anat/sub-01_T1w.nii.gz", participant="sub-01"),
+        Subject("sub-02", "paris", root / "sub-02/anat/sub-02_T1w.nii", participant="sub-02"),
     ]
 
 
@@ -329,6 +345,18 @@ def test_bids_sessions_give_one_subject_per_session(tmp_path):
         ("sub-02_ses-1_run-2", "skyra"),
     ]
     assert subjects[1].image == root / "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz"
+
+
+def test_a_participants_sessions_share_one_split(tmp_path):
+    table = "participant_id\tsite\n" + "".join(f"sub-{i:02d}\tA\n" for i in range(10))
+    images = [f"sub-{i:02d}/ses-{k}/anat/sub-{i:02d}_ses-{k}_T1w.nii.gz" for i in range(10) for k in (1, 2)]
+    subjects = split_subjects(read_bids(bids_root(tmp_path, table, images)))
+    split_of: dict[str, set[str]] = {}
+    for s in subjects:
+        split_of.setdefault(s.participant, set()).add(s.split)
+    assert all(len(splits) == 1 for splits in split_of.values())  # no person in two splits
+    counts = {name: sum(splits == {name} for splits in split_of.values()) for name in ("train", "val", "test")}
+    assert counts == {"train": 5, "val": 2, "test": 3}  # the sizes of 10 people (of 20 scans: 12/3/5)
 
 
 def test_bids_explicit_site_column(tmp_path):

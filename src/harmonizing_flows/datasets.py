@@ -15,7 +15,8 @@ Three layouts are read into one list of :class:`Subject` records:
 
 :func:`load_subjects` picks the layout from what it finds. :func:`split_subjects` splits each site by subject
 (60/15/25 by default), deterministically for a seed and independently of listing order, so that no subject's
-slices are ever in two splits. :class:`SliceDataset` serves 2D slices to PyTorch, reading each volume once.
+slices are ever in two splits (nor, for BIDS sessions and runs, two scans of one person). :class:`SliceDataset`
+serves 2D slices to PyTorch, reading each volume once.
 """
 
 from __future__ import annotations
@@ -78,7 +79,11 @@ _SITE_COLUMNS = ("site", "site_id", "scanner", "centre", "center")
 
 @dataclass(frozen=True)
 class Subject:
-    """One subject's files and where it belongs."""
+    """One scan's files and where it belongs.
+
+    ``subject`` names the scan; ``participant`` the person when one person has several scans (BIDS sessions and
+    runs), so that splits keep a person's scans together. Without it the scan is its own participant.
+    """
 
     subject: str
     site: str
@@ -86,6 +91,7 @@ class Subject:
     mask: Path | None = None
     labels: Path | None = None
     split: str | None = None
+    participant: str | None = None
 
 
 def strip_volume_suffix(name: str) -> str | None:
@@ -148,7 +154,10 @@ def _manifest_row(manifest: Path, line: int, cells: dict[str, str]) -> Subject:
         raise InputError(manifest, f"line {line}: subject, site and image must not be empty")
     image = file("image")
     assert image is not None
-    return Subject(subject, site, image, file("mask"), file("labels"), cells.get("split") or None)
+    split = cells.get("split") or None
+    if split is not None and split not in SplitConfig().names:
+        raise InputError(manifest, f"line {line}: split {split!r} is not one of {', '.join(SplitConfig().names)}")
+    return Subject(subject, site, image, file("mask"), file("labels"), split)
 
 
 def write_manifest(subjects: Iterable[Subject], path: str | Path) -> Path:
@@ -216,10 +225,11 @@ def read_site_folders(root: str | Path) -> list[Subject]:
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "is not a folder")
-    subjects = []
+    subjects, empty = [], []
     for site_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         site = site_dir.name
         seen: dict[str, Path] = {}
+        found = len(subjects)
         for f in sorted(p for p in site_dir.iterdir() if p.is_dir()):
             fs = _freesurfer_subject(f, site)
             if fs is not None:
@@ -229,8 +239,16 @@ def read_site_folders(root: str | Path) -> list[Subject]:
                 raise InputError(image, f"subject id {subject!r} of site {site} is also used by {seen[subject].name}")
             seen[subject] = image
             subjects.append(Subject(subject, site, image, mask, labels))
+        if len(subjects) == found:
+            empty.append(site_dir)
     if not subjects:
         raise InputError(root, "holds no site folder with NIfTI or MGZ images (expected ROOT/<site>/<subject>.nii.gz)")
+    if empty:  # beside sites that were read, a site that silently vanished would shrink the study unnoticed
+        raise InputError(
+            empty[0],
+            "holds no image (<subject>.nii.gz) and no FreeSurfer subject folder (<subject>/mri/), unlike the other "
+            "site folders; subject folders of other layouts are not read",
+        )
     return subjects
 
 
@@ -291,7 +309,7 @@ def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]
             labels = _find_bids(search, prefix, ("_dseg", "_desc-aseg_dseg"))
             entities = _bids_entities(prefix)
             ident = sub + "".join(f"_{k}-{v}" for k, v in entities.items() if k not in ("sub",))
-            subjects.append(Subject(ident, sites[sub], image, mask, labels))
+            subjects.append(Subject(ident, sites[sub], image, mask, labels, participant=sub))
     if not subjects:
         raise InputError(root, "BIDS dataset has no sub-*/anat/*_T1w.nii[.gz] images")
     return subjects
@@ -347,11 +365,11 @@ def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
 def split_subjects(
     subjects: Sequence[Subject], config: SplitConfig | None = None, *, keep: bool = True
 ) -> list[Subject]:
-    """Assign each subject to train / val / test, site by site.
+    """Assign each subject to train / val / test, site by site, a participant's scans all to one split.
 
-    The order within a site comes from a hash of (seed, site, subject id), so the split depends only on the seed and
-    the set of subject ids, not on the order they were listed in. Subjects that already have a split keep it when
-    ``keep`` is true (and then all of them must have one).
+    The order within a site comes from a hash of (seed, site, participant id), so the split depends only on the
+    seed and the set of ids, not on the order they were listed in; the split sizes count participants. Subjects
+    that already have a split keep it when ``keep`` is true (and then all of them must have one).
 
     Raises:
         InputError: A site has too few subjects to give every split at least one, or splits are partly given.
@@ -368,17 +386,19 @@ def split_subjects(
         by_site.setdefault(s.site, []).append(s)
     out: dict[tuple[str, str], Subject] = {}
     for site, members in by_site.items():
-        n_train, n_val, n_test = split_counts(len(members), config.fractions)
+        people = sorted({s.participant or s.subject for s in members})
+        n_train, n_val, n_test = split_counts(len(people), config.fractions)
         if n_train < (1 if config.fractions[0] > 0 else 0):
             raise InputError(
                 members[0].image.parent,
-                f"site {site!r} has {len(members)} subject(s), too few to split "
+                f"site {site!r} has {len(people)} subject(s), too few to split "
                 f"{'/'.join(f'{f:.0%}' for f in config.fractions)} with at least one subject per split",
             )
-        order = sorted(members, key=lambda s: (_stable_int(config.seed, site, s.subject), s.subject))
+        order = sorted(people, key=lambda person: (_stable_int(config.seed, site, person), person))
         names = [config.names[0]] * n_train + [config.names[1]] * n_val + [config.names[2]] * n_test
-        for s, name in zip(order, names, strict=True):
-            out[(s.site, s.subject)] = replace(s, split=name)
+        split_of = dict(zip(order, names, strict=True))
+        for s in members:
+            out[(s.site, s.subject)] = replace(s, split=split_of[s.participant or s.subject])
     return [out[(s.site, s.subject)] for s in subjects]
 
 
