@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from harmonizing_flows.config import AdaptConfig, SliceConfig
-from harmonizing_flows.datasets import Subject, load_subjects, split_subjects
+from harmonizing_flows.datasets import Subject, file_fingerprint, load_subjects, split_subjects
 from harmonizing_flows.errors import InputError
 from harmonizing_flows.labels import NUM_CLASSES, check_whole_brain
 from harmonizing_flows.metrics import score_volume, subject_means
@@ -208,11 +208,6 @@ class _Setting:
     train_files: list[Path] = field(default_factory=list)
 
 
-def _fingerprint(paths: Sequence[Path | None]) -> list[tuple[str, int, int]]:
-    """Path, size and modification time of each file: what says that data is the same data."""
-    return sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p is not None)
-
-
 @functools.cache
 def _code_digest() -> str:
     """A hash of this package's source: results computed by other code are never reused."""
@@ -237,7 +232,7 @@ def _setting_key(
     profile: Profile, variants: Sequence[str], source: str, subjects: Sequence[Subject], device: torch.device
 ) -> str:
     """The key of one setting's results: everything that changes them."""
-    files = _fingerprint([p for s in subjects for p in (s.image, s.mask, s.labels)])
+    files = file_fingerprint([p for s in subjects for p in (s.image, s.mask, s.labels)])
     splits = sorted((s.site, s.subject, str(s.split)) for s in subjects)
     return _key(profile_to_dict(profile), list(variants), RULES, source, files, splits, str(device))
 
@@ -292,7 +287,7 @@ def _fit_or_load(setting: _Setting, name: str, profile: Profile, build: Callable
     (path, size and modification time of each), so new data is never judged by a stale network.
     """
     folder = setting.out / "models" / setting.source / name
-    key = _key(profile_to_dict(profile), _fingerprint(setting.train_files), str(setting.device))
+    key = _key(profile_to_dict(profile), file_fingerprint(setting.train_files), str(setting.device))
     doc = folder / "model.json"
     if doc.is_file() and json.loads(doc.read_text(encoding="utf-8")).get("benchmark_key") == key:
         setting.log(f"  {name}: reusing {folder}")

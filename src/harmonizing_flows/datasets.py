@@ -47,6 +47,7 @@ from harmonizing_flows.volume import (
 __all__ = [
     "SliceDataset",
     "Subject",
+    "file_fingerprint",
     "folder_images",
     "load_subjects",
     "read_bids",
@@ -400,6 +401,12 @@ def split_subjects(
         for s in members:
             out[(s.site, s.subject)] = replace(s, split=split_of[s.participant or s.subject])
     return [out[(s.site, s.subject)] for s in subjects]
+
+
+def file_fingerprint(paths: Iterable[Path | None]) -> list[tuple[str, int, int]]:
+    """Path, size and modification time of each file: what says that data is the same data (for keys of stored
+    results: fitted networks, checkpoints)."""
+    return sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p is not None)
 
 
 def check_readable(subject: Subject) -> None:

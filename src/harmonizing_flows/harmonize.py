@@ -61,9 +61,9 @@ def harmonize_volume(
     extent = to_plane(np.empty(volume.image.shape, dtype=bool), config.axis).shape[1:]
     f = harmonizer.factor
     size = (math.ceil(extent[0] / f) * f, math.ceil(extent[1] / f) * f)
-    whole = slice_volume(volume, replace(config, image_size=size, max_brain_outside=1.0))
-    window = slice_volume(volume, replace(config, max_brain_outside=1.0))
-    outside = 1.0 - int(np.count_nonzero(window.mask)) / int(np.count_nonzero(whole.mask))
+    whole = slice_volume(volume, replace(config, image_size=size))  # padded: nothing outside
+    window = slice_volume(volume, replace(config, max_brain_outside=1.0))  # too much outside: warn, don't refuse
+    outside = window.brain_outside
     harmonizer = channels_last(harmonizer.to(device)).eval()
 
     def run(sliced: SlicedVolume) -> np.ndarray:

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from harmonizing_flows.augment import FlowNegatives, HarmonizerAugmentation
 from harmonizing_flows.config import SliceConfig, TrainConfig
-from harmonizing_flows.datasets import Subject, load_subjects, split_subjects
+from harmonizing_flows.datasets import Subject, file_fingerprint, load_subjects, split_subjects
 from harmonizing_flows.distributed import Context, setup, stable_seed
 from harmonizing_flows.errors import InputError, TrainingError
 from harmonizing_flows.flow import Flow
@@ -167,9 +167,7 @@ def prepare_checkpoints(
     """
     import hashlib
 
-    files = sorted(
-        (str(Path(p).resolve()), Path(p).stat().st_size) for s in subjects for p in (s.image, s.mask, s.labels) if p
-    )
+    files = file_fingerprint(p for s in subjects for p in (s.image, s.mask, s.labels))
     key = hashlib.sha256(json.dumps([profile_to_dict(profile), files]).encode()).hexdigest()
     doc = folder / "fit.json"
     saved = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []

@@ -115,12 +115,14 @@ class SlicedVolume:
         mask: bool, same shape.
         labels: uint8 class indices (see :mod:`harmonizing_flows.labels`), same shape, or None.
         grid: How to go back to the input's grid.
+        brain_outside: The share of the volume's brain that the window left out (0 when it fits).
     """
 
     images: np.ndarray
     mask: np.ndarray
     labels: np.ndarray | None
     grid: SliceGrid
+    brain_outside: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -376,6 +378,7 @@ def slice_volume(volume: Volume, config: SliceConfig | None = None) -> SlicedVol
         mask=window_mask,
         labels=labels,
         grid=grid,
+        brain_outside=outside,
     )
 
 
