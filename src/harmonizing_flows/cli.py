@@ -362,13 +362,13 @@ def demo(
             from harmonizing_flows.errors import OutputExistsError
 
             raise OutputExistsError(out)
-        settings = load_profile(profile)
-        voxel = settings.slices.voxel_size
+        chosen = load_profile(profile)
+        voxel = chosen.slices.voxel_size
         typer.echo(f"1/2 simulating 4 sites x {subjects_per_site} subjects at {voxel:g} mm into {data}")
         simulate_sites(data, config=SimulationConfig(subjects_per_site=subjects_per_site, voxel_size=voxel),
                        overwrite=overwrite, progress=not quiet)  # fmt: skip
         typer.echo("2/2 setting A: fit on the first site, adapt to the other three, evaluate every method")
-        written = run(data / "manifest.csv", out / "results", settings, settings=["A"],
+        written = run(data / "manifest.csv", out / "results", chosen, settings=["A"],
                       variants=[DEFAULT_VARIANT], device=device, overwrite=overwrite,
                       progress=not quiet, log=typer.echo, command=_command())  # fmt: skip
     except (HflowError, ValueError) as exc:
