@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from harmonizing_flows.baselines import REQUIREMENTS, HistogramMatching, NyulStandardization, combat, tent
+from harmonizing_flows.baselines import REQUIREMENTS, HistogramMatching, NyulStandardization, _norm_layers, combat, tent
 from harmonizing_flows.config import EvaluationConfig
 from harmonizing_flows.train import Slices
 
@@ -44,6 +44,14 @@ def test_histogram_methods_bring_a_remapped_target_back_to_the_source(method):
     assert np.abs(after - want).max() < 0.25 * np.abs(before - want).max()
     out = fitted.transform(target[0], target_masks[0])
     assert out.min() >= 0 and out.max() <= 255 and not out[~target_masks[0]].any()
+
+
+def test_histogram_matching_leaves_the_source_unchanged():
+    # a brain matched onto its own histogram: each level's mid-rank quantile must land back on that level
+    source, masks = _brains(1, seed=4)
+    image = np.rint(source[0])
+    out = HistogramMatching().fit([image], masks).transform(image, masks[0])
+    assert np.abs(out - image)[masks[0]].max() < 1e-6
 
 
 def test_combat_moves_the_target_to_the_reference_site_and_leaves_shapes_alone():
@@ -84,6 +92,32 @@ def test_tent_changes_only_batch_norm_and_lowers_entropy():
             return float(-(log_p.exp() * log_p).sum(1).mean())
 
     assert entropy(adapted) < entropy(segmenter.train())
+
+
+def test_tent_predicts_with_the_sites_statistics_whatever_the_batch():
+    from harmonizing_flows.profiles import load_profile
+    from harmonizing_flows.segment import Segmenter
+
+    torch.manual_seed(0)
+    segmenter = Segmenter(load_profile("smoke")).eval()
+    images = torch.randint(0, 255, (48, 1, 16, 16), dtype=torch.uint8)
+    target = Slices(images, torch.ones_like(images, dtype=torch.bool), ["a"])
+    adapted = tent(segmenter, target, EvaluationConfig(tent_steps=5, tent_batch_size=8, tent_lr=1e-2))
+    assert not adapted.training
+    x = images.float()
+    with torch.no_grad():
+        together = adapted(x[:8])
+        alone = adapted(x[7:8])
+    torch.testing.assert_close(alone, together[7:8], rtol=1e-4, atol=1e-4)
+    # the first normalisation's statistics are those of all the target's slices, not of one batch
+    first = _norm_layers(adapted)[0]
+    seen = []
+    handle = first.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        adapted(x)
+    handle.remove()
+    features = seen[0].transpose(0, 1).flatten(1)
+    torch.testing.assert_close(first.running_mean, features.mean(1), rtol=1e-4, atol=1e-4 * float(features.std()))
 
 
 def test_requirements_follow_the_papers_columns():

@@ -67,12 +67,19 @@ class HistogramMatching:
     def __init__(self, levels: int = 256) -> None:
         self.levels = levels
         self.quantiles: np.ndarray | None = None
+        self.values: np.ndarray | None = None
 
     def fit(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> HistogramMatching:
         counts = np.zeros(self.levels)
         for image, mask in zip(images, masks, strict=True):
             counts += np.bincount(np.clip(np.rint(image[mask]), 0, self.levels - 1).astype(int), minlength=self.levels)
-        self.quantiles = np.cumsum(counts) / counts.sum()
+        # the mid-rank quantile of each occupied level, the same convention as ``transform`` uses for a target
+        # brain, so that the source mapped onto its own histogram is unchanged (against the plain CDF it came
+        # out about half a level darker)
+        cdf = np.cumsum(counts) / counts.sum()
+        occupied = counts > 0
+        self.quantiles = (cdf - counts / (2.0 * counts.sum()))[occupied]
+        self.values = np.flatnonzero(occupied).astype(np.float64)
         return self
 
     def transform(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -83,7 +90,7 @@ class HistogramMatching:
         order = np.sort(values)
         q = (np.searchsorted(order, values, "left") + np.searchsorted(order, values, "right")) / (2.0 * len(values))
         out = np.zeros(image.shape, dtype=np.float64)
-        out[mask] = np.interp(q, self.quantiles, np.arange(self.levels, dtype=np.float64))
+        out[mask] = np.interp(q, self.quantiles, self.values)
         return _finish(out, mask)
 
 
@@ -223,8 +230,14 @@ def tent(
     device: torch.device | str = "cpu",
     seed: int = 0,
 ) -> nn.Module:
-    """A copy of ``segmenter`` adapted to ``target`` by TENT; it normalises with each batch's own statistics, as
-    TENT does, so predict with batches of target slices."""
+    """A copy of ``segmenter`` adapted to ``target`` by TENT, in evaluation mode.
+
+    TENT normalises with the target's statistics and learns the normalisation's scales and shifts by entropy.
+    It adapts with the statistics of random target batches, as the paper does; afterwards the statistics are
+    re-estimated over all of ``target`` (``torch.optim.swa_utils.update_bn``) and frozen, so that a prediction
+    does not depend on which slices share its batch (a volume's slices in order put a handful of edge slices
+    in a batch of their own).
+    """
     model = copy.deepcopy(segmenter).to(device)
     model.train()
     model.requires_grad_(False)
@@ -252,4 +265,15 @@ def tent(
         loss.backward()
         optimizer.step()
     model.requires_grad_(False)
-    return model
+    for layer in layers:
+        layer.track_running_stats = True
+        like = {"device": layer.weight.device}
+        layer.register_buffer("running_mean", torch.zeros(layer.num_features, **like))
+        layer.register_buffer("running_var", torch.ones(layer.num_features, **like))
+        layer.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, **like))
+    # shuffled full batches: each one a sample of the whole site, so the average of their statistics is the site's
+    g = torch.Generator().manual_seed(stable_seed(seed, "tent", "statistics"))
+    order = torch.randperm(n, generator=g)
+    batches = (target.batch(order[i : i + batch], torch.device(device))[0] for i in range(0, n - batch + 1, batch))
+    torch.optim.swa_utils.update_bn(batches, model)
+    return model.eval()

@@ -166,10 +166,10 @@ def _harmonize_stack(harmonizer: torch.nn.Module, stack: Stack, device: torch.de
     return out
 
 
-def _score(segmenter, images: np.ndarray, stack: Stack, device, batch_size: int = 32) -> dict[str, float]:
+def _score(segmenter, images: np.ndarray, stack: Stack, device) -> dict[str, float]:
     from harmonizing_flows.segment import predict
 
-    pred = predict(segmenter, images, stack.mask, device=device, batch_size=batch_size)
+    pred = predict(segmenter, images, stack.mask, device=device)
     return subject_means(score_volume(pred, stack.labels, stack.spacing))
 
 
@@ -432,10 +432,7 @@ def _run_setting(
             for name, images in harmonized.items()
         }
         adapted_segmenter = tent(segmenter, t_slices, profile.evaluation, device=device, seed=profile.seed)
-        scores["TENT"] = [
-            _score(adapted_segmenter, s.images, s, device, batch_size=profile.evaluation.tent_batch_size)
-            for s in t_test
-        ]
+        scores["TENT"] = [_score(adapted_segmenter, s.images, s, device) for s in t_test]
         del adapted_segmenter
 
         # the cheap Dice of the curves: every k-th brain slice of the test volumes

@@ -376,7 +376,7 @@ class EvaluationConfig:
     Attributes:
         tent_lr: Adam learning rate of TENT on the segmenter's batch-norm affine parameters.
         tent_steps: TENT steps on the target's slices.
-        tent_batch_size: Target slices per TENT step (also the batch whose statistics TENT normalises with).
+        tent_batch_size: Target slices per TENT step (the batch whose statistics TENT adapts with).
         curve_slice_stride: The Dice curve during adaptation is measured on every this-many test slices (the
             tables use every slice of every test volume).
         combat_min_share: ComBat runs voxel-wise on the voxels that are brain in at least this share of the

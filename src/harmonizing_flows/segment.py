@@ -177,8 +177,7 @@ def predict(
 ) -> np.ndarray:
     """Class indices ``(N, H, W)`` uint8 for slices ``(N, H, W)`` on 0..255; background outside the masks.
 
-    Only slices with brain go through the network. ``segmenter`` is used in whatever mode it is in (TENT relies on
-    training-mode batch statistics).
+    Only slices with brain go through the network, in whatever mode ``segmenter`` is in.
     """
     images = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
     masks = torch.as_tensor(np.asarray(masks) if isinstance(masks, np.ndarray) else masks).bool()
