@@ -211,16 +211,16 @@ def test_write_then_read_manifest_round_trips_with_relative_paths(manifest_dir, 
     data = manifest_dir / "data"
     subjects = [
         Subject("a", "s1", data / "a.nii.gz", data / "a_mask.nii.gz", data / "a_labels.nii.gz", "train"),
-        Subject("b, the second", "s1", data / "b.nii.gz", None, None, "val"),
+        Subject("b, the second", "s1", data / "b.nii.gz", None, None, "val", participant="b"),
         Subject("x", "s2", outside, None, None, None),
     ]
     manifest = write_manifest(subjects, manifest_dir / "manifest.csv")
     assert manifest == manifest_dir / "manifest.csv"
 
     rows = list(csv.reader(manifest.open(newline="", encoding="utf-8")))
-    assert rows[0] == ["subject", "site", "image", "mask", "labels", "split"]
-    assert rows[1] == ["a", "s1", "data/a.nii.gz", "data/a_mask.nii.gz", "data/a_labels.nii.gz", "train"]
-    assert rows[2] == ["b, the second", "s1", "data/b.nii.gz", "", "", "val"]
+    assert rows[0] == ["subject", "site", "image", "mask", "labels", "split", "participant"]
+    assert rows[1] == ["a", "s1", "data/a.nii.gz", "data/a_mask.nii.gz", "data/a_labels.nii.gz", "train", ""]
+    assert rows[2] == ["b, the second", "s1", "data/b.nii.gz", "", "", "val", "b"]
     assert Path(rows[3][2]).is_absolute()  # not below the manifest's folder: kept absolute
 
     def resolved(s: Subject) -> tuple:
@@ -229,6 +229,7 @@ def test_write_then_read_manifest_round_trips_with_relative_paths(manifest_dir, 
     back = read_manifest(manifest)
     assert [resolved(s) for s in back] == [resolved(s) for s in subjects]
     assert [s.split for s in back] == ["train", "val", None]
+    assert [s.participant for s in back] == [None, "b", None]
 
 
 # --------------------------------------------------------------------------------------------- site folders
@@ -289,6 +290,30 @@ def test_a_manifest_split_of_another_name_is_an_input_error_naming_the_line(mani
     manifest.write_text("subject,site,image,split\na,s,data/a.nii.gz,train\nb,s,data/b.nii.gz,Validation\n")
     with pytest.raises(InputError, match=r"line 3: split 'Validation' is not one of train, val, test"):
         read_manifest(manifest)
+
+
+def test_a_manifests_participant_column_keeps_a_persons_scans_in_one_split(tmp_path):
+    rows = [f"p{i}-s{k},A,data/p{i}-s{k}.nii.gz,p{i}\n" for i in range(10) for k in (1, 2)]
+    for i in range(10):
+        for k in (1, 2):
+            touch(tmp_path / "data" / f"p{i}-s{k}.nii.gz")
+    (tmp_path / "m.csv").write_text("subject,site,image,participant\n" + "".join(rows))
+    subjects = split_subjects(read_manifest(tmp_path / "m.csv"))
+    split_of: dict[str, set[str]] = {}
+    for s in subjects:
+        split_of.setdefault(s.participant, set()).add(s.split)
+    assert len(split_of) == 10 and all(len(splits) == 1 for splits in split_of.values())
+
+
+def test_given_splits_that_part_a_persons_scans_are_an_input_error_naming_the_scan(manifest_dir):
+    manifest = manifest_dir / "m.csv"
+    manifest.write_text(
+        "subject,site,image,split,participant\n"
+        "a,s,data/a.nii.gz,train,p1\nb,s,data/b.nii.gz,train,p2\nc,s,data/c.nii.gz,test,p1\n"
+    )
+    with pytest.raises(InputError, match=r"participant p1 of site s is in split 'train' \(scan a\) and 'test'") as exc:
+        split_subjects(read_manifest(manifest))
+    assert exc.value.path == manifest_dir / "data" / "c.nii.gz"
 
 
 def test_site_folders_without_images_is_an_input_error(tmp_path):

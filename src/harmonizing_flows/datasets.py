@@ -3,8 +3,9 @@
 Three layouts are read into one list of :class:`Subject` records:
 
 * **CSV manifest** (:func:`read_manifest`): columns ``subject, site, image`` and optionally ``mask, labels,
-  split``. The authors' names ``SUB_ID, SITE_ID, T1, brainmask, segmentation`` are accepted too. Relative paths
-  are relative to the manifest's folder.
+  split, participant`` (``participant`` names the person when one person has several rows: sessions, runs,
+  rescans; a person's rows then share a split). The authors' names ``SUB_ID, SITE_ID, T1, brainmask,
+  segmentation`` are accepted too. Relative paths are relative to the manifest's folder.
 * **A folder per site** (:func:`read_site_folders`): ``ROOT/<site>/<subject>.nii.gz`` with optional companions
   ``<subject>_mask.nii.gz`` (or ``_brainmask``) and ``<subject>_labels.nii.gz`` (or ``_aseg``, ``_seg``,
   ``_dseg``); a trailing ``_T1w`` on the image name is dropped from the subject id. A FreeSurfer subject folder
@@ -58,7 +59,7 @@ __all__ = [
     "write_manifest",
 ]
 
-MANIFEST_COLUMNS = ("subject", "site", "image", "mask", "labels", "split")
+MANIFEST_COLUMNS = ("subject", "site", "image", "mask", "labels", "split", "participant")
 _COLUMN_ALIASES = {
     "sub_id": "subject",
     "subject_id": "subject",
@@ -158,7 +159,7 @@ def _manifest_row(manifest: Path, line: int, cells: dict[str, str]) -> Subject:
     split = cells.get("split") or None
     if split is not None and split not in SplitConfig().names:
         raise InputError(manifest, f"line {line}: split {split!r} is not one of {', '.join(SplitConfig().names)}")
-    return Subject(subject, site, image, file("mask"), file("labels"), split)
+    return Subject(subject, site, image, file("mask"), file("labels"), split, cells.get("participant") or None)
 
 
 def write_manifest(subjects: Iterable[Subject], path: str | Path) -> Path:
@@ -178,7 +179,8 @@ def write_manifest(subjects: Iterable[Subject], path: str | Path) -> Path:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
         for s in subjects:
-            writer.writerow([s.subject, s.site, rel(s.image), rel(s.mask), rel(s.labels), s.split or ""])
+            row = [s.subject, s.site, rel(s.image), rel(s.mask), rel(s.labels), s.split or "", s.participant or ""]
+            writer.writerow(row)
     return path
 
 
@@ -373,7 +375,8 @@ def split_subjects(
     that already have a split keep it when ``keep`` is true (and then all of them must have one).
 
     Raises:
-        InputError: A site has too few subjects to give every split at least one, or splits are partly given.
+        InputError: A site has too few subjects to give every split at least one, splits are partly given, or
+            given splits put one participant's scans in two splits.
     """
     config = config or SplitConfig()
     given = [s.split for s in subjects]
@@ -381,6 +384,16 @@ def split_subjects(
         if not all(given):
             missing = next(s for s in subjects if not s.split)
             raise InputError(missing.image, "some subjects have a split and this one has none; give all or none")
+        first: dict[tuple[str, str], Subject] = {}
+        for s in subjects:
+            other = first.setdefault((s.site, s.participant or s.subject), s)
+            if other.split != s.split:
+                raise InputError(
+                    s.image,
+                    f"participant {s.participant or s.subject} of site {s.site} is in split {other.split!r} "
+                    f"(scan {other.subject}) and {s.split!r} (scan {s.subject}): one person's scans would leak "
+                    "between splits",
+                )
         return list(subjects)
     by_site: dict[str, list[Subject]] = {}
     for s in subjects:
