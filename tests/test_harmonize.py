@@ -16,7 +16,7 @@ from harmonizing_flows.harmonize import harmonize, harmonize_volume
 from harmonizing_flows.harmonizer import Harmonizer
 from harmonizing_flows.profiles import PROFILES
 from harmonizing_flows.store import Model, load_model, save_model
-from harmonizing_flows.volume import load_volume, slice_volume, unslice
+from harmonizing_flows.volume import load_volume, quantize_with, slice_volume, to_image, unslice
 
 
 def _digest(path):
@@ -25,13 +25,33 @@ def _digest(path):
 
 def test_identity_harmonizer_gives_back_the_quantized_input(simulated):
     subject = next(s for s in simulated.subjects if s.site == "spgr-15t")  # stored PIR
-    out = harmonize_volume(Harmonizer(PROFILES["smoke"].harmonizer), subject.image, subject.mask)
+    config = SliceConfig(image_size=(64, 64), voxel_size=4.0)  # the simulation's voxels: no resampling
+    out = harmonize_volume(Harmonizer(PROFILES["smoke"].harmonizer), subject.image, subject.mask, slices=config)
     source = nib.load(subject.image)
     assert out.shape == source.shape and np.allclose(out.affine, source.affine)
     volume = load_volume(subject.image, subject.mask)
-    sliced = slice_volume(volume, SliceConfig(image_size=(64, 64)))
+    sliced = slice_volume(volume, config)
     expected = np.asarray(unslice(sliced.images, sliced.grid, rescale=False).dataobj)
     assert np.array_equal(np.asarray(out.dataobj), expected)
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.5])
+def test_a_model_on_coarser_voxels_carries_its_correction_back_to_the_inputs_grid(simulated, gain):
+    # 4 mm data, a model for 8 mm voxels: the harmonizer runs on the resampled volume, but the output keeps the
+    # input's own detail (alpha and beta go back to the input grid, not the coarse image)
+    subject = next(s for s in simulated.subjects if s.site == "spgr-15t")
+    harmonizer = Harmonizer(PROFILES["smoke"].harmonizer)
+    torch.nn.init.constant_(harmonizer.alpha_head.bias, float(np.log(gain)))  # positive alpha: exp(bias)
+    config = SliceConfig(image_size=(32, 32), voxel_size=8.0)
+    out = harmonize_volume(harmonizer, subject.image, subject.mask, slices=config, dtype="float32")
+    source = nib.load(subject.image)
+    assert out.shape == source.shape and np.allclose(out.affine, source.affine)
+    volume = load_volume(subject.image, subject.mask)
+    coarse = slice_volume(volume, config)
+    assert coarse.grid.ras_shape != volume.image.shape  # it was resampled
+    quantized = quantize_with(volume.image, volume.mask, coarse.grid.scale).astype(np.float32)
+    expected = np.asarray(to_image(gain * quantized, volume).dataobj)
+    np.testing.assert_allclose(np.asarray(out.dataobj), expected, atol=1e-3)
 
 
 def test_harmonize_a_folder_keeps_headers_and_names(simulated, fitted, tmp_path):
@@ -138,3 +158,12 @@ def test_a_single_file_uses_the_mask_beside_it(simulated, fitted, tmp_path):
     assert np.all(data[~half] == 0) and np.count_nonzero(data[half]) > 0.9 * half.sum()
     with pytest.raises(OutputExistsError, match="is an input"):  # the companion it reads is never overwritten
         harmonize(fitted, tmp_path / "sub_T1w.nii.gz", tmp_path / "sub_mask.nii.gz", overwrite=True, progress=False)
+
+
+def test_the_callers_harmonizer_stays_trainable(simulated):
+    subject = simulated.subjects[0]
+    harmonizer = Harmonizer(PROFILES["smoke"].harmonizer)
+    harmonize_volume(harmonizer, subject.image, subject.mask, slices=SliceConfig(image_size=(64, 64), voxel_size=4.0))
+    x = torch.rand(2, 1, 32, 32) * 255
+    harmonizer(x, torch.ones_like(x)).sum().backward()  # inference tensors would refuse this
+    assert all(p.grad is not None for p in harmonizer.alpha_head.parameters())

@@ -44,7 +44,8 @@ def test_round_trip_reproduces_input_up_to_quantization(tmp_path, codes, axis):
 
     volume = load_volume(src, tmp_path / "mask.nii.gz")
     assert nib.aff2axcodes(volume.affine) == ("R", "A", "S")
-    sliced = slice_volume(volume, SliceConfig(axis=axis, image_size=(41, 37), percentile=100.0))
+    # the exact way back holds on the input's own grid (resampling is tested in test_resample.py)
+    sliced = slice_volume(volume, SliceConfig(axis=axis, image_size=(41, 37), percentile=100.0, resample=False))
     assert sliced.images.dtype == np.uint8 and sliced.images.shape[1:] == (41, 37)
     assert not sliced.images[~sliced.mask].any()  # background is zero
 
@@ -69,7 +70,7 @@ def test_round_trip_keeps_header_fields_and_clips_only_above_percentile(tmp_path
     img.set_qform(img.affine, 2)
     nib.save(img, tmp_path / "a.nii")
     volume = load_volume(tmp_path / "a.nii")
-    sliced = slice_volume(volume, SliceConfig(image_size=(32, 32), percentile=99.0))
+    sliced = slice_volume(volume, SliceConfig(image_size=(32, 32), percentile=99.0, resample=False))
     back = unslice(sliced.images, sliced.grid)
     assert back.header["descrip"].tobytes().startswith(b"scanner X")
     assert int(back.header["qform_code"]) == 2
@@ -107,7 +108,7 @@ def test_labels_follow_the_image_through_slicing(tmp_path):
     for name, data in (("t1", image), ("mask", mask), ("aseg", labels)):
         write_volume(tmp_path / f"{name}.nii.gz", data, affine)
     volume = load_volume(tmp_path / "t1.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "aseg.nii.gz")
-    sliced = slice_volume(volume, SliceConfig(image_size=(40, 40), percentile=100.0))
+    sliced = slice_volume(volume, SliceConfig(image_size=(40, 40), percentile=100.0, resample=False))
     back_labels = np.asarray(unslice(sliced.labels, sliced.grid, rescale=False).dataobj)
     ventricle = CLASS_NAMES.index("ventricles")
     np.testing.assert_array_equal(back_labels == ventricle, labels == 4)
@@ -126,15 +127,35 @@ def test_crop_is_centred_on_the_brain(tmp_path):
 def test_a_brain_much_larger_than_the_slices_is_refused_naming_the_file(tmp_path):
     data = np.zeros((60, 10, 60), np.float32)
     data[5:55, :, 5:55] = 100.0  # 50x50 voxels of brain in the plane
-    nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.5, 0.5, 1.0])), tmp_path / "fine.nii.gz")
-    volume = load_volume(tmp_path / "fine.nii.gz")
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "big.nii.gz")
+    volume = load_volume(tmp_path / "big.nii.gz")
     with pytest.raises(
-        InputError, match=r"fine\.nii\.gz.*36% of the brain lies outside the 40x40 slices.*0\.5x0\.5x0\.5 mm"
+        InputError, match=r"big\.nii\.gz.*36% of the brain lies outside the 40x40 slices.*larger than the slices"
     ):
         slice_volume(volume, SliceConfig(image_size=(40, 40)))
     # the share that may be lost is a setting: 36 % is allowed when 40 % is
     sliced = slice_volume(volume, SliceConfig(image_size=(40, 40), max_brain_outside=0.4))
     assert sliced.mask.sum() == 40 * 40 * 10
+
+
+def test_finer_data_is_resampled_to_the_profiles_voxel_size_or_refused_without_resampling(tmp_path):
+    data = np.zeros((60, 10, 60), np.float32)
+    data[6:54, :, 6:54] = 100.0  # 48x48 voxels of 0.5 mm: a 24 mm brain in the plane
+    labels = (data > 0).astype(np.int16) * 4  # aseg's white matter
+    affine = np.diag([0.5, 0.5, 0.5, 1.0])
+    write_volume(tmp_path / "fine.nii.gz", data, affine)
+    write_volume(tmp_path / "fine_aseg.nii.gz", labels, affine)
+    volume = load_volume(tmp_path / "fine.nii.gz", labels=tmp_path / "fine_aseg.nii.gz")
+    sliced = slice_volume(volume, SliceConfig(image_size=(40, 40), voxel_size=1.0))
+    assert sliced.grid.ras_shape == (30, 5, 30)
+    np.testing.assert_allclose(np.diag(sliced.grid.affine)[:3], 1.0)
+    assert sliced.brain_outside == 0 and sliced.mask.sum() == 24 * 24 * 5
+    assert sliced.labels is not None and np.array_equal(sliced.labels > 0, sliced.mask)
+    with pytest.raises(
+        InputError,
+        match=r"fine\.nii\.gz.*31% of the brain lies outside.*0\.5x0\.5x0\.5 mm voxels\) is finer.*slices\.resample",
+    ):
+        slice_volume(volume, SliceConfig(image_size=(40, 40), voxel_size=1.0, resample=False))
 
 
 def test_quantize_maps_percentile_to_top_and_zeroes_background():

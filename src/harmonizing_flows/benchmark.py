@@ -132,7 +132,7 @@ def load_stacks(subjects: Sequence[Subject], config: SliceConfig, *, progress: b
                 sliced.images,
                 sliced.mask,
                 sliced.labels,
-                _plane_spacing(volume.affine, config.axis),
+                _plane_spacing(sliced.grid.affine, config.axis),
                 Path(s.image),
             )
         )

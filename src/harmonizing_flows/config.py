@@ -38,11 +38,16 @@ class SliceConfig:
             the maximum, so that a few bright voxels do not compress the whole range.
         levels: Number of intensity levels after quantization (the paper: 256).
         voxel_size: The voxel size in mm that ``image_size`` is meant for (a 224x224 slice holds a 1 mm brain, an
-            80x80 one a 2 mm brain). The demo simulates at it, and the error for a brain outside the window
-            names it.
+            80x80 one a 2 mm brain). The demo simulates at it; with ``resample`` other data is resampled to it.
+        resample: Resample a volume whose voxel size differs from ``voxel_size`` by more than 10 % along any axis
+            to isotropic ``voxel_size`` voxels before slicing (the image linearly with anti-aliasing, masks and
+            labels to the nearest voxel), so that 1 mm scans work with the 2 mm fast profile. Harmonized volumes
+            still come out on the input's own grid: the harmonizer's correction is carried back to it, not its
+            coarse image. False slices every volume on its own grid.
         max_brain_outside: The largest share of a volume's brain that may fall outside the slice window when it
-            is cropped. More means the data is finer than the profile expects (1 mm data with the fast profile's
-            80x80 slices loses most of the brain), and slicing refuses the volume. The simulator's 2 mm brains
+            is cropped. More means a brain larger than the window (or, with ``resample`` off, data finer than the
+            profile expects: 1 mm data in the fast profile's 80x80 slices loses most of it), and slicing refuses
+            the volume. The simulator's 2 mm brains
             lose at most 0.24 % to the fast profile's window.
     """
 
@@ -51,6 +56,7 @@ class SliceConfig:
     percentile: float = 99.5
     levels: int = 256
     voxel_size: float = 1.0
+    resample: bool = True
     max_brain_outside: float = 0.05
 
     def __post_init__(self) -> None:

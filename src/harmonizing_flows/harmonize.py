@@ -6,7 +6,13 @@ That window matters beyond speed: the harmonizer's gain alpha is pooled over the
 included, so another window gives another alpha (up to 14 % on a slice), and the file would not hold what
 adaptation optimized and the benchmark scored. Brain outside the window (a sliver of the largest brains) comes
 from a second pass over whole slices, padded to a multiple of the network's down-sampling, never cropped. When
-much of the brain lies outside (data finer than the model's), the whole slices serve alone, with a warning.
+much of the brain lies outside (a brain much larger than the model's window), the whole slices serve alone, with
+a warning.
+
+Data at another voxel size than the model's is resampled to it first (:func:`harmonizing_flows.volume.conform`),
+but the output is not the coarse image brought back: the harmonizer is ``alpha * x + beta``, so its gain (one
+per slice) and its offset map are interpolated back to the input's grid and applied to the input's own
+intensities. A 1 mm scan harmonized by a 2 mm model keeps its 1 mm detail; only the correction is coarse.
 Intensities follow the model's scaling (a high percentile inside the brain maps to 255), and the output stays on
 that 0..255 scale, as the source images the model learned from. Without a mask, the brain is every voxel above
 zero (skull-stripped input); a ``<name>_mask`` file beside an image is its mask.
@@ -28,23 +34,27 @@ from harmonizing_flows.datasets import folder_images, strip_volume_suffix
 from harmonizing_flows.distributed import resolve_device
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.harmonizer import Harmonizer
+from harmonizing_flows.resample import resample_array
 from harmonizing_flows.store import load_model
 from harmonizing_flows.unet import channels_last
 from harmonizing_flows.volume import (
     VOLUME_SUFFIXES,
     SlicedVolume,
+    conform,
     load_volume,
+    quantize_with,
     rewindow,
     save_nifti,
     slice_volume,
+    slices_to_ras,
+    to_image,
     to_plane,
-    unslice,
 )
 
 __all__ = ["harmonize", "harmonize_volume"]
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the caller's harmonizer must stay trainable afterwards
 def harmonize_volume(
     harmonizer: Harmonizer,
     image: str | Path,
@@ -58,40 +68,56 @@ def harmonize_volume(
     """The harmonized image of one volume (0..255, ``uint8`` or ``float32``), on the input's grid and header."""
     config = slices or SliceConfig()
     volume = load_volume(image, mask)
-    extent = to_plane(np.empty(volume.image.shape, dtype=bool), config.axis).shape[1:]
+    model_grid = conform(volume, config.voxel_size) if config.resample else volume
+    config = replace(config, resample=False)  # model_grid is on the model's grid already
+    extent = to_plane(np.empty(model_grid.image.shape, dtype=bool), config.axis).shape[1:]
     f = harmonizer.factor
     size = (math.ceil(extent[0] / f) * f, math.ceil(extent[1] / f) * f)
-    whole = slice_volume(volume, replace(config, image_size=size))  # padded: nothing outside
-    window = slice_volume(volume, replace(config, max_brain_outside=1.0))  # too much outside: warn, don't refuse
+    whole = slice_volume(model_grid, replace(config, image_size=size))  # padded: nothing outside
+    window = slice_volume(model_grid, replace(config, max_brain_outside=1.0))  # too much outside: warn, don't refuse
     outside = window.brain_outside
     harmonizer = channels_last(harmonizer.to(device)).eval()
 
-    def run(sliced: SlicedVolume) -> np.ndarray:
-        out = np.zeros(sliced.images.shape, dtype=np.float32)
+    def run(sliced: SlicedVolume) -> tuple[np.ndarray, np.ndarray]:
+        """The harmonizer's gain alpha (one per slice, as a map) and offset beta, on ``sliced``'s slices."""
+        alpha = np.zeros(sliced.images.shape, dtype=np.float32)
+        beta = np.zeros(sliced.images.shape, dtype=np.float32)
         brain = np.flatnonzero(sliced.mask.reshape(len(sliced.mask), -1).any(1))
         for start in range(0, len(brain), batch_size):
             rows = brain[start : start + batch_size]
-            x = torch.from_numpy(sliced.images[rows]).to(device).float()[:, None]
-            m = torch.from_numpy(sliced.mask[rows]).to(device).float()[:, None]
-            out[rows] = harmonizer(x, m)[:, 0].float().cpu().numpy()
-        return out
+            a, b = harmonizer.parts(torch.from_numpy(sliced.images[rows]).to(device).float()[:, None])
+            alpha[rows] = a.float().cpu().numpy()[:, None, None]
+            beta[rows] = b[:, 0].float().cpu().numpy()
+        return alpha, beta
 
     if outside > config.max_brain_outside:
         warnings.warn(
             f"{volume.path}: {outside:.0%} of the brain lies outside the model's {config.image_size[0]}x"
-            f"{config.image_size[1]} slices, so the data is finer than the model's; harmonized over whole slices, "
-            "a view the model did not train on",
+            f"{config.image_size[1]} slices, so the brain is larger than the model's; harmonized over whole "
+            "slices, a view the model did not train on",
             stacklevel=2,
         )
-        out = run(whole)
+        alpha, beta = run(whole)
     else:
-        out = rewindow(run(window), window.grid, whole.grid)
+        alpha, beta = (rewindow(field, window.grid, whole.grid) for field in run(window))
         if outside > 0:
             covered = rewindow(np.ones(window.mask.shape, dtype=bool), window.grid, whole.grid)
-            out = np.where(covered, out, run(whole))
+            alpha_whole, beta_whole = run(whole)
+            alpha, beta = np.where(covered, alpha, alpha_whole), np.where(covered, beta, beta_whole)
+    # Slices without brain take their nearest brain slice's fields: after resampling, the input's finer grid
+    # can have brain a little beyond the model grid's last brain slice.
+    brain = np.flatnonzero(whole.mask.reshape(len(whole.mask), -1).any(1))
+    nearest = brain[np.abs(np.arange(len(whole.mask))[:, None] - brain[None, :]).argmin(1)]
+    alpha, beta = (slices_to_ras(field[nearest], whole.grid) for field in (alpha, beta))
+    if model_grid is not volume:  # the fields, not the coarse image, go back to the input's grid
+        alpha, beta = (
+            resample_array(field, model_grid.affine, volume.affine, volume.image.shape) for field in (alpha, beta)
+        )
+    x = quantize_with(volume.image, volume.mask, whole.grid.scale, config.levels).astype(np.float32)
+    out = np.clip(alpha * x + beta, 0.0, 255.0) * volume.mask
     if dtype == "uint8":
-        return unslice(np.rint(out).astype(np.uint8), whole.grid, rescale=False)
-    return unslice(out, whole.grid, rescale=False, dtype=np.float32)
+        return to_image(np.rint(out).astype(np.uint8), volume, dtype=np.uint8)
+    return to_image(out.astype(np.float32), volume, dtype=np.float32)
 
 
 def _inputs(path: Path) -> list[tuple[Path, Path | None]]:

@@ -3,7 +3,8 @@
 :func:`load_volume` reads an image with an optional brain mask and label map (checked against each other),
 reorients them to RAS, and returns a :class:`Volume`. :func:`slice_volume` scales intensities robustly (a high
 percentile inside the mask maps to 255), quantizes to 256 levels with the background at zero, cuts 2D slices along
-one axis and pads or crops them to a fixed in-plane size. The result, a :class:`SlicedVolume`, carries a
+one axis and pads or crops them to a fixed in-plane size. Data at another resolution than the profile's is first
+resampled to it (:func:`conform`, see :mod:`harmonizing_flows.resample`). The result, a :class:`SlicedVolume`, carries a
 :class:`SliceGrid` that records everything needed to undo those steps: :func:`unslice` puts slices back on the
 input's own voxel grid, with its affine and header, and :func:`save_nifti` writes them without ever leaving a
 half-written file.
@@ -28,19 +29,24 @@ from harmonizing_flows.config import SliceAxis, SliceConfig
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.labels import to_classes
 from harmonizing_flows.outputs import usual_mode
+from harmonizing_flows.resample import conformed_grid, needs_resampling, resample_array
 
 __all__ = [
     "SliceGrid",
     "SlicedVolume",
     "Volume",
+    "conform",
     "from_plane",
     "load_volume",
     "quantize",
+    "quantize_with",
     "ras_shape",
     "read_image",
     "rewindow",
     "save_nifti",
     "slice_volume",
+    "slices_to_ras",
+    "to_image",
     "to_plane",
     "unslice",
 ]
@@ -64,7 +70,8 @@ class Volume:
         path: The image file.
         native_shape: The shape of the array on disk.
         native_affine: The affine on disk.
-        header: The image header on disk (a NIfTI header, or an MGH header for .mgz).
+        header: The image header on disk (a NIfTI header, or an MGH header for .mgz); None for a volume made
+            by :func:`conform`, which has no file of its own.
         to_ras: nibabel orientation transform from the array on disk to RAS.
     """
 
@@ -86,6 +93,8 @@ class SliceGrid:
     Attributes:
         axis: The slicing plane.
         ras_shape: Shape of the RAS array that was sliced.
+        affine: Its voxel-to-world affine (the voxel spacing of the slices; after :func:`conform`, the
+            resampled grid's).
         start: Row and column in the RAS slice plane (display order) where the output window starts; negative
             means the slice was padded on that side.
         image_size: The window's size (height, width).
@@ -96,6 +105,7 @@ class SliceGrid:
 
     axis: SliceAxis
     ras_shape: tuple[int, int, int]
+    affine: np.ndarray
     start: tuple[int, int]
     image_size: tuple[int, int]
     scale: float
@@ -258,11 +268,16 @@ def quantize(
     if not top > 0:
         raise ValueError(f"the {percentile}th percentile of the image inside the mask is {top:g}; it must be positive")
     scale = top / ((levels - 1) * gain)
+    return quantize_with(image, mask, scale, levels), scale
+
+
+def quantize_with(image: np.ndarray, mask: np.ndarray, scale: float, levels: int = 256) -> np.ndarray:
+    """``image`` on the levels of a known ``scale`` (input units per level): rounded, clipped, background zero."""
     q = np.rint(image * np.float32(1.0 / scale))
     np.clip(q, 0, levels - 1, out=q)
     q = q.astype(np.uint8)
     q[~mask] = 0
-    return q, scale
+    return q
 
 
 def to_plane(ras_array: np.ndarray, axis: SliceAxis) -> np.ndarray:
@@ -323,8 +338,42 @@ def rewindow(slices: np.ndarray, source: SliceGrid, target: SliceGrid) -> np.nda
     return _window(_unwindow(slices, source.start, extent), target.start, target.image_size)
 
 
+def conform(volume: Volume, voxel_size: float) -> Volume:
+    """``volume`` on isotropic ``voxel_size`` mm voxels over the same field of view, or ``volume`` itself when
+    its voxels are already within 10 % of that (:func:`harmonizing_flows.resample.needs_resampling`).
+
+    The image is interpolated linearly (smoothed first where the grid gets coarser), the mask linearly and
+    thresholded at one half, the labels to the nearest voxel. The result is a volume of its own, stored as RAS:
+    its "native" grid is the resampled one, so :func:`unslice` writes it on that grid with a fresh header.
+    """
+    if not needs_resampling(volume.affine, voxel_size):
+        return volume
+    affine, shape = conformed_grid(volume.affine, volume.image.shape, voxel_size)
+    image = resample_array(volume.image, volume.affine, affine, shape)
+    mask = resample_array(volume.mask.astype(np.float32), volume.affine, affine, shape) >= 0.5
+    if not mask.any():
+        raise InputError(volume.path, f"no brain left after resampling to {voxel_size:g} mm voxels")
+    labels = None
+    if volume.labels is not None:
+        labels = resample_array(volume.labels, volume.affine, affine, shape, order=0)
+    return Volume(
+        image=np.where(mask, np.maximum(image, 0), 0).astype(np.float32),
+        mask=mask,
+        labels=labels,
+        affine=affine,
+        path=volume.path,
+        native_shape=shape,
+        native_affine=affine,
+        header=None,
+        to_ras=orientations.io_orientation(affine),
+    )
+
+
 def slice_volume(volume: Volume, config: SliceConfig | None = None) -> SlicedVolume:
     """Quantize a volume to 0..255 and cut it into fixed-size 2D slices (see the module docstring).
+
+    With ``config.resample``, a volume at another voxel size is first resampled to ``config.voxel_size``
+    (:func:`conform`); the slices and their grid are then the resampled volume's.
 
     When the brain is larger than ``config.image_size`` in the slice plane, the window is centred on the brain and
     the parts outside it are lost (and come back as zero from :func:`unslice`).
@@ -334,6 +383,8 @@ def slice_volume(volume: Volume, config: SliceConfig | None = None) -> SlicedVol
             (data finer than the profile expects).
     """
     config = config or SliceConfig()
+    if config.resample:
+        volume = conform(volume, config.voxel_size)
     try:
         q, scale = quantize(volume.image, volume.mask, config.percentile, config.levels)
     except ValueError as exc:
@@ -351,12 +402,18 @@ def slice_volume(volume: Volume, config: SliceConfig | None = None) -> SlicedVol
     outside = 1.0 - int(np.count_nonzero(window_mask)) / int(np.count_nonzero(mask))
     if outside > config.max_brain_outside:
         voxel = "x".join(f"{z:g}" for z in np.sqrt((volume.affine[:3, :3] ** 2).sum(0)))
+        if needs_resampling(volume.affine, config.voxel_size):
+            cause = (
+                f"the data ({voxel} mm voxels) is finer than the profile expects: resample it to about "
+                f"{config.voxel_size:g} mm (slices.voxel_size; slices.resample=true does it), or choose larger "
+                "slices (slices.image_size)"
+            )
+        else:
+            cause = f"the brain ({voxel} mm voxels) is larger than the slices: choose larger ones (slices.image_size)"
         raise InputError(
             volume.path,
             f"{outside:.0%} of the brain lies outside the {config.image_size[0]}x{config.image_size[1]} slices of "
-            f"this profile (at most {config.max_brain_outside:.0%} may; slices.max_brain_outside): the data "
-            f"({voxel} mm voxels) is finer than the profile expects. Resample it to about "
-            f"{config.voxel_size:g} mm (slices.voxel_size) or choose larger slices (slices.image_size)",
+            f"this profile (at most {config.max_brain_outside:.0%} may; slices.max_brain_outside): {cause}",
         )
     labels = None
     if volume.labels is not None:
@@ -364,6 +421,7 @@ def slice_volume(volume: Volume, config: SliceConfig | None = None) -> SlicedVol
     grid = SliceGrid(
         axis=config.axis,
         ras_shape=tuple(int(s) for s in volume.image.shape),
+        affine=volume.affine,
         start=start,
         image_size=tuple(config.image_size),
         scale=scale,
@@ -404,24 +462,35 @@ def unslice(
     if slices.shape != expected:
         raise ValueError(f"slices have shape {slices.shape}, expected {expected} for {grid.path.name}")
     data = slices.astype(np.float32) * np.float32(grid.scale) if rescale else slices
-    ras = from_plane(_unwindow(data, grid.start, plane_extent[1:]), grid.axis)
-    native = orientations.apply_orientation(ras, orientations.ornt_transform(_RAS, grid.to_ras))
-    dtype = np.dtype(dtype) if dtype is not None else (np.dtype(np.float32) if rescale else data.dtype)
+    default = np.float32 if rescale else data.dtype
+    return to_image(slices_to_ras(data, grid), grid, dtype=dtype if dtype is not None else default)
+
+
+def slices_to_ras(slices: np.ndarray, grid: SliceGrid) -> np.ndarray:
+    """Slices of ``grid``'s window back in the RAS array they were cut from (zero where the window was not)."""
+    plane_extent = to_plane(np.empty(grid.ras_shape, dtype=bool), grid.axis).shape
+    return from_plane(_unwindow(slices, grid.start, plane_extent[1:]), grid.axis)
+
+
+def to_image(ras: np.ndarray, like: Volume | SliceGrid, *, dtype: np.dtype | type = np.float32) -> nib.Nifti1Image:
+    """A RAS array on ``like``'s grid as a NIfTI image in the orientation, affine and header it came with."""
+    native = orientations.apply_orientation(ras, orientations.ornt_transform(_RAS, like.to_ras))
+    dtype = np.dtype(dtype)
     native = np.ascontiguousarray(native).astype(dtype, copy=False)
 
-    if isinstance(grid.header, nib.Nifti1Header):
-        header = grid.header.copy()
-        if isinstance(grid.header, nib.Nifti2Header):
-            out = nib.Nifti2Image(native, grid.native_affine, header=header)
+    if isinstance(like.header, nib.Nifti1Header):
+        header = like.header.copy()
+        if isinstance(like.header, nib.Nifti2Header):
+            out = nib.Nifti2Image(native, like.native_affine, header=header)
         else:
-            out = nib.Nifti1Image(native, grid.native_affine, header=header)
+            out = nib.Nifti1Image(native, like.native_affine, header=header)
         # Keep the input's qform/sform codes; the affine itself is unchanged.
-        out.set_qform(grid.native_affine, int(header["qform_code"]) or 1)
-        out.set_sform(grid.native_affine, int(header["sform_code"]) or 1)
-    else:  # MGZ and others: a fresh NIfTI header in mm
-        out = nib.Nifti1Image(native, grid.native_affine)
+        out.set_qform(like.native_affine, int(header["qform_code"]) or 1)
+        out.set_sform(like.native_affine, int(header["sform_code"]) or 1)
+    else:  # MGZ, and resampled volumes: a fresh NIfTI header in mm
+        out = nib.Nifti1Image(native, like.native_affine)
         out.header.set_xyzt_units("mm")
-        out.header.set_zooms(nib.affines.voxel_sizes(grid.native_affine))
+        out.header.set_zooms(nib.affines.voxel_sizes(like.native_affine))
     out.header.set_data_dtype(dtype)
     out.header["scl_slope"] = np.nan  # values are written as they are, not rescaled by a stale slope
     out.header["scl_inter"] = np.nan
