@@ -33,9 +33,10 @@ def test_adaptation_lowers_the_target_bpd(fitted, target):
     assert [r["step"] for r in result.curve] == [0, 10, 20, 30]
     assert bpd[-1] < bpd[0]
     assert result.chosen_step == 30 and "took all 30 steps" in result.reason
-    # The original model is untouched.
+    # The original model is untouched, its flow still trainable.
     fresh = load_model(fitted).harmonizer.state_dict().values()
     assert all(torch.equal(a, b) for a, b in zip(model.harmonizer.state_dict().values(), fresh, strict=True))
+    assert all(p.requires_grad for p in model.flow.parameters())
 
 
 def test_source_bpd_rule_stops_where_the_target_reaches_the_source(fitted, target):

@@ -43,6 +43,7 @@ def test_overrides_and_toml(tmp_path):
         ("fast", None, ["adapt.stop=never"], "stop must be"),
         ("fast", "[flow\n", [], "invalid settings"),
         ("fast", "[flow]\nmargin_mode = 'sideways'\n", [], "margin_mode"),
+        ("fast", None, ["slices.levels=128"], "levels must be 256"),
     ],
 )
 def test_bad_settings_are_clear_errors(tmp_path, name, file_text, overrides, message):

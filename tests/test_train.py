@@ -97,6 +97,22 @@ def test_fit_refuses_existing_output_and_ambiguous_sites(simulated, smoke_profil
     assert not (tmp_path / "m").exists()
 
 
+def test_fit_without_validation_subjects_warns_that_the_source_bpd_is_measured_on_training(
+    simulated, smoke_profile, tmp_path
+):
+    from dataclasses import replace
+
+    from harmonizing_flows.datasets import write_manifest
+
+    subjects = [s for s in load_subjects(simulated.manifest) if s.site == "mprage-3t"]
+    given = [replace(s, split="test" if k == len(subjects) - 1 else "train") for k, s in enumerate(subjects)]
+    manifest = write_manifest(given, tmp_path / "manifest.csv")
+    quick = apply_overrides(smoke_profile, ["flow_training.epochs=1", "harmonizer_training.epochs=1"])
+    with pytest.warns(UserWarning, match=r"mprage-3t has no subject in the validation split.*training slices"):
+        fit(manifest, tmp_path / "m", quick, progress=False)
+    assert load_model(tmp_path / "m").metadata["source_subjects"]["val"] == [s.subject for s in given[:-1]]
+
+
 def test_fit_model_depends_on_the_seed_not_on_earlier_draws(simulated, smoke_profile):
     # The demo simulates in the same process before fitting; a benchmark fits one setting after another.
     subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t" and s.split == "train"]

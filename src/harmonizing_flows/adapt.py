@@ -162,7 +162,8 @@ def adapt_harmonizer(
     progress: bool = True,
     observer: Callable[[Harmonizer, int], dict[str, float]] | None = None,
 ) -> AdaptationResult:
-    """Adapt a copy of ``model.harmonizer`` to the ``target`` slices (see the module docstring).
+    """Adapt a copy of ``model.harmonizer`` to the ``target`` slices (see the module docstring); ``model`` itself
+    is left as it was.
 
     Args:
         observer: Called at each evaluation with the harmonizer and the step; its values join the curve. For
@@ -179,9 +180,8 @@ def adapt_harmonizer(
     source_bpd = float((model.metadata.get("source_bpd") or {}).get(bpd_key, float("nan")))
     if config.stop == "source-bpd" and not source_bpd == source_bpd:  # NaN: the model has no stored source bpd
         raise ValueError("this model has no stored source bpd; fit it with `hflow fit` or use another stopping rule")
-    flow = channels_last(model.flow.to(device)).eval()
-    for p in flow.parameters():
-        p.requires_grad_(False)
+    # a copy, frozen: the caller's flow keeps its device and its trainable parameters
+    flow = channels_last(copy.deepcopy(model.flow).to(device)).eval().requires_grad_(False)
     harmonizer = channels_last(copy.deepcopy(model.harmonizer).to(device)).train()
     optimizer = torch.optim.Adam(harmonizer.parameters(), lr=config.lr)
 
@@ -304,7 +304,6 @@ def adapt(
     seed = model.profile.seed if seed is None else seed
     result = adapt_harmonizer(model, slices, config, device=resolved, segmenter=segmenter, seed=seed, progress=progress)
     model.harmonizer = result.harmonizer
-    model.flow.cpu()
     model.metadata["adaptation"] = {
         "target_site": target_site,
         "target_data": str(Path(target).resolve()),

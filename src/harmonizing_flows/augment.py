@@ -209,9 +209,9 @@ def dissimilarity(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch
 def collapse(x: torch.Tensor, mask: torch.Tensor, mode: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
     """The ways adaptation fails, as images: per image ``mode`` indexes :data:`COLLAPSE_MODES`.
 
-    ``strength`` in (0, 1]: darkened multiplies by ``1 - strength``, blurred averages over a box of
-    ``1 + 2 * round(8 * strength)`` pixels, constant replaces the brain by a mix of its mean and itself, inverted
-    maps ``v -> 255 - v`` inside the brain, blended by strength.
+    ``strength`` in (0, 1]: darkened multiplies by ``1 - strength``, blurred blends the image towards its 9x9
+    box average by strength, constant replaces the brain by a mix of its mean and itself, inverted maps
+    ``v -> 255 - v`` inside the brain, blended by strength.
     """
     mode = mode.to(x.device).view(-1, 1, 1, 1)
     s = strength.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)

@@ -36,7 +36,8 @@ class SliceConfig:
         image_size: In-plane size (height, width) that slices are padded or cropped to.
         percentile: Intensity percentile inside the brain mask that maps to 255. A high percentile rather than
             the maximum, so that a few bright voxels do not compress the whole range.
-        levels: Number of intensity levels after quantization (the paper: 256).
+        levels: Number of intensity levels after quantization: 256, the only value the flow supports (its
+            dequantization and bits per dimension, the augmentations and the harmonizer assume 8-bit images).
         voxel_size: The voxel size in mm that ``image_size`` is meant for (a 224x224 slice holds a 1 mm brain, an
             80x80 one a 2 mm brain). The demo simulates at it; with ``resample`` other data is resampled to it.
         resample: Resample a volume whose voxel size differs from ``voxel_size`` by more than 10 % along any axis
@@ -66,8 +67,8 @@ class SliceConfig:
             raise ValueError(f"image_size must be two positive integers, not {self.image_size!r}")
         if not 0.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (0, 100], not {self.percentile}")
-        if not 2 <= self.levels <= 256:
-            raise ValueError(f"levels must be in 2..256, not {self.levels}")
+        if self.levels != 256:
+            raise ValueError(f"levels must be 256 (the flow models 8-bit images), not {self.levels}")
         if not self.voxel_size > 0:
             raise ValueError(f"voxel_size must be positive, not {self.voxel_size}")
         if not 0.0 <= self.max_brain_outside <= 1.0:
@@ -300,7 +301,9 @@ class AdaptConfig:
     """Test-time adaptation of the harmonizer to one target site (paper Eq. 6).
 
     Attributes:
-        lr: Adam learning rate (the authors: 4e-6).
+        lr: Adam learning rate. The authors used 4e-6, but on a network that takes and returns 0..255 values;
+            this harmonizer sees ``x / 255`` and scales its offset by 255, so the same number is not the same
+            step (Adam moves each weight by about ``lr``: the first layer moves 255x less, the last 255x more).
         batch_size: Target slices per step (the authors: 16).
         steps: Most steps to take.
         eval_every: Steps between evaluations of the stopping rule (target bpd on a fixed monitoring set).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -516,7 +517,14 @@ def fit(
     subjects = select_site(load_subjects(source), site, source)
     subjects = split_subjects(subjects)  # keeps the splits the data gives
     train = [s for s in subjects if s.split == "train"]
-    val = [s for s in subjects if s.split == "val"] or train
+    val = [s for s in subjects if s.split == "val"]
+    if not val:
+        warnings.warn(
+            f"{source}: site {subjects[0].site} has no subject in the validation split, so the source bpd that "
+            "adaptation's source-bpd rule aims for is measured on the training slices, where it is too low",
+            stacklevel=2,
+        )
+        val = train
     site_name = subjects[0].site
     train_slices = load_slices(train, profile.slices, progress=progress and ctx.main, desc="reading training volumes")
     val_slices = load_slices(val, profile.slices, progress=progress and ctx.main, desc="reading validation volumes")

@@ -98,3 +98,14 @@ def test_dequantization_density_matches_jacobian():
         logdet = _jacobian_logdet(lambda e, i=i: deq(x[i : i + 1], e)[0], eps[i : i + 1])[0]
         expected = normal.log_prob(eps[i]).sum() - logdet  # q(u) = N(eps) / |du/deps|
         torch.testing.assert_close(log_q[i].sum(), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_a_mask_first_made_in_inference_mode_still_serves_training():
+    with torch.inference_mode():
+        checkerboard(6, 10, 1, torch.device("cpu"))  # a size no other test uses: this call fills the cache
+    layer = Coupling(1, (4,), "checkerboard", parity=1)
+    _randomize(layer)
+    z = torch.randn(2, 1, 6, 10, requires_grad=True)
+    y, logdet = layer(z)
+    (y.sum() + logdet.sum()).backward()  # autograd refuses inference tensors saved for backward
+    assert z.grad is not None

@@ -29,9 +29,10 @@ __all__ = ["Coupling", "Squeeze", "checkerboard"]
 def checkerboard(height: int, width: int, parity: int, device: torch.device | None = None) -> torch.Tensor:
     """A ``(1, 1, H, W)`` float mask, 1 where ``(i + j + parity)`` is even (cached: every coupling asks at every
     step; callers must not modify it)."""
-    i = torch.arange(height, device=device).view(-1, 1)
-    j = torch.arange(width, device=device).view(1, -1)
-    return ((i + j + parity) % 2 == 0).float().view(1, 1, height, width)
+    with torch.inference_mode(False):  # a mask first made under inference mode would be refused by autograd later
+        i = torch.arange(height, device=device).view(-1, 1)
+        j = torch.arange(width, device=device).view(1, -1)
+        return ((i + j + parity) % 2 == 0).float().view(1, 1, height, width)
 
 
 class Coupling(nn.Module):

@@ -3,6 +3,12 @@
 ``L = E_pos[bpd(x)] - E_neg[min(c, bpd(x_neg))]``: the flow lowers the bits per dimension of source slices and
 raises those of the guiding negatives until they reach the margin ``c``. With ``margin_mode="relative"`` the
 margin is the batch's mean source bpd plus ``c`` (see :class:`~harmonizing_flows.config.FlowConfig`).
+
+The two terms are means, each weighted one: a decision of this project, not the paper's weighting. Eq. 4 sums
+over samples (so each image weighs the same), and the authors' code averages ``bpd * label`` over a batch
+whose negatives *replace* their originals. Here a negative weighs about ``1 / negative_fraction`` times a
+positive (5x at the default 0.2; more when the dissimilarity test drops some), and the originals of the
+negatives stay in the positive term. Not yet measured against the paper's per-sample weighting.
 """
 
 from __future__ import annotations
