@@ -12,8 +12,8 @@ Measures, each case in a fresh child process (so its peak memory is its own):
 * end to end with the fast profile, through the CLI as a user runs it: ``hflow simulate`` (2 mm, and one 1 mm
   site), ``hflow fit`` on one site, ``hflow adapt`` to another (the adaptation time, by the default rule and over
   the whole 200-step schedule), and ``hflow harmonize`` of one 1 mm volume (target: under 10 s; the fast model
-  was fitted at 2 mm, so this times the finest data a user could give it, harmonized over whole slices with a
-  warning), and the same volume with a paper-profile harmonizer.
+  was fitted at 2 mm, so the volume is resampled to 2 mm and the harmonizer's correction carried back to 1 mm),
+  and the same volume with a paper-profile harmonizer (1 mm: no resampling).
 
 Usage: ``python benchmarks/bench_method.py [--skip-end-to-end] [--steps 3]``. Writes
 ``benchmarks/results/method.json``.
