@@ -157,14 +157,28 @@ def test_fit_adapt_harmonize_from_the_command_line(simulated, tmp_path):
         (["fit", "{manifest}", "--out", "m", "--set", "flow.nothing=1"], "unknown setting"),
         (["adapt", "nomodel", "{manifest}", "--out", "a"], "nomodel: model folder does not exist"),
         (["harmonize", "nomodel", "x.nii.gz", "--out", "o.nii.gz"], "does not exist"),
+        (["harmonize", "{model}", "{image}", "--out", "o.nii.gz", "--device", "foo"], "'foo' is not a device name"),
+        # a folder to be made where a file stands: the system's error, as `error: PATH: cause`
+        (["fit", "{manifest}", "--site", "mprage-3t", "--out", "afile/m", "--profile", "smoke"], "afile: is a file"),
+        (["fit", "{manifest}", "--site", "mprage-3t", "--out", "notes", "--overwrite"], "notes: exists and is not"),
     ],
 )
-def test_method_commands_report_bad_input(simulated, tmp_path, monkeypatch, args, message):
+def test_method_commands_report_bad_input(simulated, fitted, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
-    args = [a.replace("{manifest}", str(simulated.manifest)) for a in args]
+    (tmp_path / "afile").write_text("a file")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("mine")
+    values = {
+        "{manifest}": str(simulated.manifest),
+        "{model}": str(fitted),
+        "{image}": str(simulated.subjects[0].image),
+    }
+    args = [values.get(a, a) for a in args]
     result = runner.invoke(app, [*args, "--quiet"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+    # refused before any work: nothing trained, nothing replaced
+    assert not (tmp_path / "notes.checkpoints").exists() and (tmp_path / "notes" / "mine.txt").is_file()
 
 
 def test_the_cli_keeps_freed_memory_on_linux():
@@ -306,3 +320,18 @@ def test_demo_runs_end_to_end_and_prints_the_tables(tmp_path):
     assert sorted(p.name for p in (out / "results" / "figures").iterdir())  # figures written
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_system_errors_print_as_path_and_cause_with_notes(capsys):
+    import typer
+
+    from harmonizing_flows.cli import _fail
+
+    error = PermissionError(13, "Permission denied", "/data/out")
+    error.add_note("2 of 5 volumes were written before this one and are kept")
+    with pytest.raises(typer.Exit) as info:
+        _fail(error)
+    assert info.value.exit_code == 2
+    printed = capsys.readouterr().err
+    note = "2 of 5 volumes were written before this one and are kept"
+    assert printed == f"error: /data/out: permission denied\n  {note}\n"

@@ -167,3 +167,88 @@ def test_the_callers_harmonizer_stays_trainable(simulated):
     x = torch.rand(2, 1, 32, 32) * 255
     harmonizer(x, torch.ones_like(x)).sum().backward()  # inference tensors would refuse this
     assert all(p.grad is not None for p in harmonizer.alpha_head.parameters())
+
+
+def test_the_headers_qform_and_sform_and_their_codes_are_kept(simulated, fitted, tmp_path):
+    subject = simulated.subjects[0]
+    img = nib.load(subject.image)
+    shifted = img.affine.copy()
+    shifted[:3, 3] += 10.0  # a registration's sform beside the scanner's qform (FSL's layout)
+    odd = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), None, header=img.header.copy())
+    odd.set_qform(img.affine, 1)
+    odd.set_sform(shifted, 2)
+    odd.header["cal_min"], odd.header["cal_max"] = 0, 4000
+    nib.save(odd, tmp_path / "odd.nii.gz")
+    mask = nib.Nifti1Image(np.asarray(nib.load(subject.mask).dataobj), shifted)  # on the sform's grid, as nibabel reads
+    nib.save(mask, tmp_path / "odd_mask.nii.gz")
+    (written,) = harmonize(fitted, tmp_path / "odd.nii.gz", tmp_path / "o.nii.gz", progress=False)
+    out = nib.load(written)
+    q, qcode = out.header.get_qform(coded=True)
+    sform, scode = out.header.get_sform(coded=True)
+    assert (qcode, scode) == (1, 2)
+    np.testing.assert_allclose(q, img.affine, atol=1e-5)
+    np.testing.assert_allclose(sform, shifted, atol=1e-5)
+    assert out.header["cal_max"] == 0  # the input's display range does not fit 0..255
+    only_s = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), None, header=img.header.copy())
+    only_s.set_qform(None, 0)
+    only_s.set_sform(img.affine, 2)
+    nib.save(only_s, tmp_path / "s.nii.gz")
+    (written,) = harmonize(fitted, tmp_path / "s.nii.gz", tmp_path / "o2.nii.gz", mask=subject.mask, progress=False)
+    assert nib.load(written).header["qform_code"] == 0 and nib.load(written).header["sform_code"] == 2
+
+
+def test_a_folder_is_checked_before_anything_is_written_and_can_be_finished(simulated, fitted, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for s in simulated.subjects[:3]:
+        for path in (s.image, s.mask):
+            (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "zz_broken.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(InputError, match=r"zz_broken\.nii\.gz: cannot read image"):
+        harmonize(fitted, folder, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # refused before the first volume, not after it
+    (folder / "zz_broken.nii.gz").unlink()
+    first = harmonize(fitted, folder, tmp_path / "out", progress=False)
+    (first[0]).unlink()  # as if interrupted
+    with pytest.raises(OutputExistsError, match="--skip-existing"):
+        harmonize(fitted, folder, tmp_path / "out", progress=False)
+    before = {p: _digest(p) for p in first[1:]}
+    again = harmonize(fitted, folder, tmp_path / "out", skip_existing=True, progress=False)
+    assert again == [first[0]] and {p: _digest(p) for p in first[1:]} == before
+
+
+def test_a_freesurfer_subject_gives_its_brain_with_its_mask(simulated, fitted, tmp_path):
+    subject = simulated.subjects[0]
+    mri = tmp_path / "fs" / "sub01" / "mri"
+    mri.mkdir(parents=True)
+    for source, name in ((subject.image, "brain.mgz"), (subject.mask, "brainmask.mgz"), (subject.labels, "aseg.mgz")):
+        img = nib.load(source)
+        nib.save(nib.MGHImage(np.asarray(img.dataobj, dtype=np.float32), img.affine), mri / name)
+    for given in (mri, mri.parent):
+        written = harmonize(fitted, given, tmp_path / f"out-{given.name}", progress=False)
+        assert [p.name for p in written] == ["brain.nii.gz"]  # not aseg or brainmask as images
+        header = nib.load(written[0]).header
+        assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 1)
+    data = np.asarray(nib.load(written[0]).dataobj)
+    assert not data[np.asarray(nib.load(subject.mask).dataobj) == 0].any()  # brainmask.mgz was used
+
+
+def test_names_that_cannot_be_told_apart_or_written_are_refused(simulated, fitted, tmp_path):
+    subject = simulated.subjects[0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    img = nib.load(subject.image)
+    nib.save(img, folder / "s.nii.gz")
+    nib.save(img, folder / "s.nii")
+    with pytest.raises(InputError, match=r"s\.nii\.gz: has the same name as s\.nii in another format"):
+        harmonize(fitted, folder, tmp_path / "out", progress=False)
+    with pytest.raises(InputError, match="written as NIfTI"):
+        harmonize(fitted, subject.image, tmp_path / "x.mgz", progress=False)
+    with pytest.raises(InputError, match="is a folder, so its outputs go to a folder"):
+        harmonize(fitted, simulated.folder / "irspgr-3t", tmp_path / "y.nii.gz", progress=False)
+    (written,) = harmonize(fitted, subject.image, tmp_path / "UPPER.NII.GZ", mask=subject.mask, progress=False)
+    assert written.is_file()
+    labels = subject.image.with_name(subject.image.name.replace("_T1w", "_labels"))
+    with pytest.raises(OutputExistsError, match="is an input"):
+        harmonize(fitted, subject.image, labels, overwrite=True, progress=False)
+    assert not (tmp_path / "x.mgz").exists() and not (tmp_path / "y.nii.gz").exists()

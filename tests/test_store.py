@@ -46,6 +46,11 @@ def test_existing_folder_is_refused_unless_overwrite(saved):
         save_model(model, other, overwrite=True)
     assert (other / "x.txt").read_text() == "mine"
     assert sorted(p.name for p in folder.parent.iterdir()) == ["model", "notes"]
+    from harmonizing_flows.segment import SEGMENTER_FORMAT
+    from harmonizing_flows.store import check_output_folder
+
+    with pytest.raises(OutputExistsError, match="is a harmonizing-flows model, not a harmonizing-flows segmenter"):
+        check_output_folder(folder, True, SEGMENTER_FORMAT)  # a model is not replaced by a segmenter
 
 
 def test_missing_truncated_and_mismatched_files_are_clear_errors(saved, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import os
 import stat
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -125,8 +126,8 @@ def test_crop_is_centred_on_the_brain(tmp_path):
 
 
 def test_a_brain_much_larger_than_the_slices_is_refused_naming_the_file(tmp_path):
-    data = np.zeros((60, 10, 60), np.float32)
-    data[5:55, :, 5:55] = 100.0  # 50x50 voxels of brain in the plane
+    data = np.zeros((80, 10, 80), np.float32)
+    data[15:65, :, 15:65] = 100.0  # 50x50 voxels of brain in the plane
     nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "big.nii.gz")
     volume = load_volume(tmp_path / "big.nii.gz")
     with pytest.raises(
@@ -138,16 +139,33 @@ def test_a_brain_much_larger_than_the_slices_is_refused_naming_the_file(tmp_path
     assert sliced.mask.sum() == 40 * 40 * 10
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda rng: rng.uniform(1, 100, (20, 20, 20)), r"100% of the volume is above zero"),  # a head, noisy air
+        (lambda rng: rng.normal(0, 1, (20, 20, 20)), r"5\d% of the voxels are negative \(z-scored\?\)"),
+    ],
+)
+def test_an_unmasked_image_that_is_not_skull_stripped_is_warned_about(tmp_path, make, message):
+    path = write_volume(tmp_path / "head.nii.gz", make(np.random.default_rng(0)).astype(np.float32))
+    with pytest.warns(UserWarning, match=rf"head\.nii\.gz: no brain mask given.*{message}.*give a mask"):
+        load_volume(path)
+    mask = write_volume(tmp_path / "head_mask.nii.gz", np.ones((20, 20, 20), np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_volume(path, mask)  # with a mask nothing is guessed
+
+
 def test_finer_data_is_resampled_to_the_profiles_voxel_size_or_refused_without_resampling(tmp_path):
-    data = np.zeros((60, 10, 60), np.float32)
-    data[6:54, :, 6:54] = 100.0  # 48x48 voxels of 0.5 mm: a 24 mm brain in the plane
+    data = np.zeros((72, 10, 72), np.float32)
+    data[12:60, :, 12:60] = 100.0  # 48x48 voxels of 0.5 mm: a 24 mm brain in the plane
     labels = (data > 0).astype(np.int16) * 4  # aseg's white matter
     affine = np.diag([0.5, 0.5, 0.5, 1.0])
     write_volume(tmp_path / "fine.nii.gz", data, affine)
     write_volume(tmp_path / "fine_aseg.nii.gz", labels, affine)
     volume = load_volume(tmp_path / "fine.nii.gz", labels=tmp_path / "fine_aseg.nii.gz")
     sliced = slice_volume(volume, SliceConfig(image_size=(40, 40), voxel_size=1.0))
-    assert sliced.grid.ras_shape == (30, 5, 30)
+    assert sliced.grid.ras_shape == (36, 5, 36)
     np.testing.assert_allclose(np.diag(sliced.grid.affine)[:3], 1.0)
     assert sliced.brain_outside == 0 and sliced.mask.sum() == 24 * 24 * 5
     assert sliced.labels is not None and np.array_equal(sliced.labels > 0, sliced.mask)

@@ -32,7 +32,7 @@ from harmonizing_flows.config import AdaptConfig
 from harmonizing_flows.distributed import resolve_device, stable_seed
 from harmonizing_flows.errors import InputError
 from harmonizing_flows.harmonizer import Harmonizer
-from harmonizing_flows.store import Model, load_model, save_model
+from harmonizing_flows.store import FORMAT, Model, check_output_folder, load_model, save_model
 from harmonizing_flows.train import Slices, load_slices, select_site
 from harmonizing_flows.unet import channels_last
 
@@ -289,8 +289,7 @@ def adapt(
     out = Path(out)
     if out.resolve() == Path(model_dir).resolve():
         raise OutputExistsError(out, "is the input model; choose another output folder")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(out)
+    check_output_folder(out, overwrite, FORMAT)
     resolved = resolve_device(device)
     model = load_model(model_dir)
     config = config or model.profile.adapt

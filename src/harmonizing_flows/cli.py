@@ -24,7 +24,13 @@ app = typer.Typer(
 
 
 def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    """Print ``error: PATH: cause`` (and any notes), without a traceback, and exit with code 2."""
+    message = str(exc)
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:  # the system's own: "[Errno 13] ..." reads worse
+        message = f"{exc.filename}: {exc.strerror.lower()}"
+    for note in getattr(exc, "__notes__", ()):
+        message += f"\n  {note}"
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
@@ -80,7 +86,9 @@ def simulate(
             "or all sites of --sites-file."
         ),
     ] = None,
-    subjects_per_site: Annotated[int, typer.Option(min=1, help="Pseudo-subjects per site.")] = _SIM.subjects_per_site,
+    subjects_per_site: Annotated[
+        int, typer.Option(min=3, help="Pseudo-subjects per site (at least 3: one per split).")
+    ] = _SIM.subjects_per_site,
     voxel_size: Annotated[float, typer.Option(help="Output voxel size in mm (2 for quick runs).")] = _SIM.voxel_size,
     seed: Annotated[int, typer.Option(help="Seed of every draw; same seed and threads, same bytes.")] = _SIM.seed,
     sites_file: Annotated[Path | None, typer.Option(help="TOML file defining more sites.")] = None,
@@ -103,7 +111,7 @@ def simulate(
         names = [s.strip() for s in sites.split(",") if s.strip()] if sites else None
         result = run(out, sites=names, sites_file=sites_file, config=config, anatomy=anatomy,
                      overwrite=overwrite, progress=not quiet)  # fmt: skip
-    except (HflowError, ValueError) as exc:
+    except (HflowError, ValueError, OSError) as exc:
         _fail(exc)
     n_sites = len({s.site for s in result.subjects})
     typer.echo(
@@ -144,7 +152,7 @@ def fit(
     try:
         folder = run(source, out, _profile(profile, config, set_, seed), site=site, device=device, resume=resume,
                      overwrite=overwrite, progress=not quiet)  # fmt: skip
-    except (HflowError, ValueError) as exc:
+    except (HflowError, ValueError, OSError) as exc:
         _fail(exc)
     if folder is not None:
         meta = json.loads((folder / "model.json").read_text())
@@ -216,7 +224,7 @@ def adapt(
         folder, result = run(model, target, out, config=settings, site=site, splits=tuple(split) if split else None,
                              device=device, segmenter=seg, seed=profile.seed if seed is None else seed,
                              overwrite=overwrite, progress=not quiet)  # fmt: skip
-    except (HflowError, ValueError) as exc:
+    except (HflowError, ValueError, OSError) as exc:
         _fail(exc)
     kept = result.summary["kept"]
     start = result.summary["start"]
@@ -249,6 +257,9 @@ def harmonize(
     dtype: Annotated[str, typer.Option(help="uint8 (as the model's source images) or float32.")] = "uint8",
     device: DeviceOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    skip_existing: Annotated[
+        bool, typer.Option(help="Keep existing output files and harmonize the rest (to finish a folder).")
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Write harmonized NIfTI volumes on each input's own grid and header, background zero."""
@@ -257,8 +268,8 @@ def harmonize(
 
     try:
         written = run(model, inputs, out, mask=mask, device=device, dtype=dtype, overwrite=overwrite,
-                      progress=not quiet)  # fmt: skip
-    except (HflowError, ValueError) as exc:
+                      skip_existing=skip_existing, progress=not quiet)  # fmt: skip
+    except (HflowError, ValueError, OSError) as exc:
         _fail(exc)
     typer.echo(f"harmonized {len(written)} volume(s) into {out}")
 
@@ -284,7 +295,7 @@ def fit_segmenter(
     try:
         folder = fit_segmenter_on(source, out, _profile(profile, config, set_, seed), site=site, device=device,
                                   resume=resume, overwrite=overwrite, progress=not quiet)  # fmt: skip
-    except (HflowError, ValueError) as exc:
+    except (HflowError, ValueError, OSError) as exc:
         _fail(exc)
     typer.echo(f"segmenter: {folder}")
 
@@ -328,7 +339,7 @@ def benchmark(
         written = run(data, out, _profile(profile, config, set_, seed), settings=chosen,
                       variants=[x.strip() for x in variants.split(",") if x.strip()], device=device,
                       overwrite=overwrite, progress=not quiet, log=typer.echo, command=_command())  # fmt: skip
-    except (HflowError, ValueError) as exc:
+    except (HflowError, ValueError, OSError) as exc:
         _fail(exc)
     typer.echo((written["tables.md"]).read_text(encoding="utf-8"))
     typer.echo("written: " + ", ".join(str(p) for p in written.values()))
@@ -371,7 +382,7 @@ def demo(
         written = run(data / "manifest.csv", out / "results", chosen, settings=["A"],
                       variants=[DEFAULT_VARIANT], device=device, overwrite=overwrite,
                       progress=not quiet, log=typer.echo, command=_command())  # fmt: skip
-    except (HflowError, ValueError) as exc:
+    except (HflowError, ValueError, OSError) as exc:
         _fail(exc)
     typer.echo((written["tables.md"]).read_text(encoding="utf-8"))
     typer.echo(f"demo finished in {time.perf_counter() - started:.0f} s")

@@ -50,6 +50,7 @@ __all__ = [
     "Subject",
     "file_fingerprint",
     "folder_images",
+    "freesurfer_subject",
     "load_subjects",
     "read_bids",
     "read_manifest",
@@ -187,7 +188,9 @@ def write_manifest(subjects: Iterable[Subject], path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------- folders
 
 
-def _freesurfer_subject(folder: Path, site: str) -> Subject | None:
+def freesurfer_subject(folder: Path, site: str = "") -> Subject | None:
+    """The subject of a FreeSurfer subject folder (``<subject>/mri/``: ``brain.mgz``, else ``norm.mgz`` or
+    ``T1.mgz``, with ``brainmask.mgz`` and ``aseg.mgz``), or None when ``folder`` is not one."""
     mri = folder / "mri"
     image = next((mri / n for n in ("brain.mgz", "norm.mgz", "T1.mgz") if (mri / n).is_file()), None)
     if image is None:
@@ -203,11 +206,17 @@ def folder_images(folder: Path) -> list[tuple[str, Path, Path | None, Path | Non
     Companions ``<name>_mask`` (or ``_brainmask``, ``_desc-brain_mask``) and ``<name>_labels`` (or ``_aseg``,
     ``_seg``, ``_dseg``) go with ``<name>`` and are not images themselves; a trailing ``_T1w`` is dropped from the
     subject id and may be left out of the companions' names. Hidden files are skipped.
+
+    Raises:
+        InputError: Two files share a name but not a format (``s.nii`` and ``s.nii.gz``): which one is meant,
+            and whose companion ``s_mask`` is, cannot be told.
     """
     stems: dict[str, Path] = {}
     for f in sorted(folder.iterdir()):
         stem = strip_volume_suffix(f.name)
         if f.is_file() and stem is not None and not f.name.startswith("."):
+            if stem in stems:
+                raise InputError(f, f"has the same name as {stems[stem].name} in another format; keep one of them")
             stems[stem] = f
 
     def companion(names: tuple[str, ...], suffixes: tuple[str, ...]) -> Path | None:
@@ -234,7 +243,7 @@ def read_site_folders(root: str | Path) -> list[Subject]:
         seen: dict[str, Path] = {}
         found = len(subjects)
         for f in sorted(p for p in site_dir.iterdir() if p.is_dir()):
-            fs = _freesurfer_subject(f, site)
+            fs = freesurfer_subject(f, site)
             if fs is not None:
                 subjects.append(fs)
         for subject, image, mask, labels in folder_images(site_dir):

@@ -22,7 +22,10 @@ def resolve_device(device: str | None = None) -> torch.device:
     """``"auto"``/None: CUDA when available, else CPU; otherwise the named device, checked."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r} is not a device name (cpu, cuda, cuda:1, ...)") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
     return resolved

@@ -30,16 +30,18 @@ import numpy as np
 import torch
 
 from harmonizing_flows.config import SliceConfig
-from harmonizing_flows.datasets import folder_images, strip_volume_suffix
+from harmonizing_flows.datasets import folder_images, freesurfer_subject, strip_volume_suffix
 from harmonizing_flows.distributed import resolve_device
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.harmonizer import Harmonizer
+from harmonizing_flows.outputs import check_location
 from harmonizing_flows.resample import resample_array
 from harmonizing_flows.store import load_model
 from harmonizing_flows.unet import channels_last
 from harmonizing_flows.volume import (
     VOLUME_SUFFIXES,
     SlicedVolume,
+    check_volume,
     conform,
     load_volume,
     quantize_with,
@@ -120,17 +122,21 @@ def harmonize_volume(
     return to_image(out.astype(np.float32), volume, dtype=np.float32)
 
 
-def _inputs(path: Path) -> list[tuple[Path, Path | None]]:
-    """(image, mask) pairs: a file, or every image of a folder, each with its mask companion if present."""
+def _inputs(path: Path) -> list[tuple[Path, Path | None, Path | None]]:
+    """(image, mask, labels) of a file, of a FreeSurfer subject (its folder or its ``mri/``), or of every image of a
+    folder, each with its companions if present."""
     if path.is_file():
-        beside = (m for _, image, m, _ in folder_images(path.parent) if image.name == path.name)
-        return [(path, next(beside, None))]
+        beside = ((i, m, lab) for _, i, m, lab in folder_images(path.parent) if i.name == path.name)
+        return [next(beside, (path, None, None))]
     if not path.is_dir():
         raise InputError(path, "does not exist")
-    pairs = [(image, mask) for _, image, mask, _ in folder_images(path)]
-    if not pairs:
+    subject = freesurfer_subject(path) or (freesurfer_subject(path.parent) if path.name == "mri" else None)
+    if subject is not None:  # not every .mgz of mri/: brain.mgz (or norm, T1) with brainmask.mgz
+        return [(subject.image, subject.mask, subject.labels)]
+    found = [(image, mask, labels) for _, image, mask, labels in folder_images(path)]
+    if not found:
         raise InputError(path, f"holds no image ({', '.join(VOLUME_SUFFIXES)})")
-    return pairs
+    return found
 
 
 def harmonize(
@@ -143,57 +149,79 @@ def harmonize(
     batch_size: int = 32,
     dtype: str = "uint8",
     overwrite: bool = False,
+    skip_existing: bool = False,
     progress: bool = True,
 ) -> list[Path]:
     """Harmonize a NIfTI/MGZ file, or every image in a folder, with the model in ``model_dir``.
 
     Args:
         inputs: A file or a folder. ``<name>_mask.nii.gz`` beside an image is its brain mask; in a folder,
-            companions (``_mask``, ``_labels``, ...) are not harmonized themselves.
+            companions (``_mask``, ``_labels``, ...) are not harmonized themselves. A FreeSurfer subject folder
+            (or its ``mri/``) gives its ``brain.mgz`` with ``brainmask.mgz``.
         out: For a file: the output file (``.nii`` or ``.nii.gz``) or a folder; for a folder: a folder. Output
             files keep the input's name (``.mgz`` becomes ``.nii.gz``).
         mask: The brain mask of a single input file (instead of its companion).
         dtype: ``uint8`` (rounded, as the model's source images) or ``float32``.
+        skip_existing: Leave outputs that exist as they are and harmonize the rest (to finish an interrupted
+            folder).
 
     Returns:
-        The files written. Inputs are never modified; an existing output is refused unless ``overwrite``.
+        The files written. Inputs are never modified; an existing output is refused unless ``overwrite`` (or
+        skipped with ``skip_existing``). Every input's header is checked before anything is written.
     """
     from tqdm.auto import tqdm
 
     if dtype not in ("uint8", "float32"):
         raise ValueError(f"dtype must be uint8 or float32, not {dtype!r}")
+    if overwrite and skip_existing:
+        raise ValueError("overwrite and skip_existing exclude each other")
     inputs, out = Path(inputs), Path(out)
-    pairs = _inputs(inputs)
+    found = _inputs(inputs)
     if mask is not None:
-        if len(pairs) != 1 or not inputs.is_file():
+        if len(found) != 1 or not inputs.is_file():
             raise InputError(mask, "--mask goes with a single input file; in a folder name masks <image>_mask.nii.gz")
-        pairs = [(pairs[0][0], Path(mask))]
-    single_file = inputs.is_file() and out.name.endswith((".nii", ".nii.gz"))
-    inputs_read = {p.resolve() for pair in pairs for p in pair if p is not None}
-    targets = []
-    for image, _ in pairs:
+        found = [(found[0][0], Path(mask), found[0][2])]
+    names_a_file = strip_volume_suffix(out.name) is not None
+    if names_a_file and not out.name.lower().endswith((".nii", ".nii.gz")):
+        raise InputError(out, "output is written as NIfTI: name it .nii or .nii.gz, or give a folder")
+    if names_a_file and not inputs.is_file():
+        raise InputError(out, f"{inputs} is a folder, so its outputs go to a folder, not to one file")
+    check_location(out)
+    inputs_read = {p.resolve() for triple in found for p in triple if p is not None}
+    jobs = []
+    for image, image_mask, _ in found:
         stem = strip_volume_suffix(image.name)
-        name = out if single_file else out / f"{stem}{'.nii' if image.name.endswith('.nii') else '.nii.gz'}"
+        name = out if names_a_file else out / f"{stem}{'.nii' if image.name.endswith('.nii') else '.nii.gz'}"
         if name.resolve() in inputs_read:
             raise OutputExistsError(name, "is an input; choose another output")
+        if name.exists() and skip_existing:
+            continue
         if name.exists() and not overwrite:
-            raise OutputExistsError(name)
-        targets.append(name)
+            raise OutputExistsError(name, "already exists; pass --overwrite to replace it, --skip-existing to keep it")
+        jobs.append((image, image_mask, name))
+    for image, image_mask, _ in jobs:
+        check_volume(image, image_mask)
     resolved = resolve_device(device)
     model = load_model(model_dir)
     written = []
-    for (image, image_mask), target in tqdm(
-        list(zip(pairs, targets, strict=True)), desc="harmonizing", unit="vol", disable=not progress or len(pairs) == 1
-    ):
-        result = harmonize_volume(
-            model.harmonizer,
-            image,
-            image_mask,
-            slices=model.profile.slices,
-            device=resolved,
-            batch_size=batch_size,
-            dtype=dtype,
-        )
+    for image, image_mask, target in tqdm(jobs, desc="harmonizing", unit="vol", disable=not progress or len(jobs) < 2):
+        try:
+            result = harmonize_volume(
+                model.harmonizer,
+                image,
+                image_mask,
+                slices=model.profile.slices,
+                device=resolved,
+                batch_size=batch_size,
+                dtype=dtype,
+            )
+        except InputError as exc:
+            if written:  # say what is done, so that a rerun can keep it
+                exc.add_note(
+                    f"{len(written)} of {len(jobs)} volumes were written before this one and are kept; after fixing "
+                    "it, rerun with --skip-existing to harmonize the rest"
+                )
+            raise
         result.header["descrip"] = f"harmonized by harmonizing-flows to {model.source_site or 'source'}"[:79]
         written.append(save_nifti(result, target, overwrite=overwrite))
     return written

@@ -7,7 +7,22 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["publish_folder", "usual_mode"]
+__all__ = ["check_location", "publish_folder", "usual_mode"]
+
+
+def check_location(out: str | Path) -> None:
+    """Refuse an output whose nearest existing ancestor is a file rather than a folder, before any work is done.
+
+    Raises:
+        OutputExistsError: Naming that file.
+    """
+    from harmonizing_flows.errors import OutputExistsError
+
+    for parent in Path(out).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(parent, f"is a file, so {out} cannot be made inside it")
+            return
 
 
 def usual_mode(path: str | Path, *, folder: bool = False) -> None:

@@ -150,7 +150,7 @@ def save_segmenter(segmenter: Segmenter, out: str | Path, *, overwrite: bool = F
         save_weights(segmenter, folder / "segmenter.safetensors", {"version": __version__})
         write_document(folder, SEGMENTER_FORMAT, segmenter.profile, segmenter.metadata)
 
-    return write_folder(Path(out), overwrite, write)
+    return write_folder(Path(out), overwrite, write, SEGMENTER_FORMAT)
 
 
 def load_segmenter(folder: str | Path) -> Segmenter:
@@ -224,12 +224,11 @@ def fit_segmenter_on(
     training continues from them.
     """
     from harmonizing_flows.datasets import load_subjects, split_subjects
-    from harmonizing_flows.errors import OutputExistsError
+    from harmonizing_flows.store import check_output_folder
     from harmonizing_flows.train import load_slices, prepare_checkpoints, select_site
 
     source, out = Path(source), Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(out)
+    check_output_folder(out, overwrite, SEGMENTER_FORMAT)
     subjects = select_site(load_subjects(source), site, source)
     subjects = split_subjects(subjects)  # keeps the splits the data gives
     train = [s for s in subjects if s.split == "train"]

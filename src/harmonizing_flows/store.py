@@ -32,12 +32,13 @@ from harmonizing_flows import __version__
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.flow import Flow
 from harmonizing_flows.harmonizer import Harmonizer
-from harmonizing_flows.outputs import publish_folder
+from harmonizing_flows.outputs import check_location, publish_folder
 from harmonizing_flows.profiles import Profile, profile_from_dict, profile_to_dict
 
 __all__ = [
     "FORMAT",
     "Model",
+    "check_output_folder",
     "load_model",
     "load_weights",
     "read_document",
@@ -104,13 +105,32 @@ def load_weights(module: nn.Module, path: Path) -> None:
     module.load_state_dict(state)
 
 
-def write_folder(out: Path, overwrite: bool, write: Any) -> Path:
+def check_output_folder(out: str | Path, overwrite: bool, format: str) -> None:
+    """Refuse ``out`` before any work is done: it exists and ``overwrite`` is not set, or it is not a folder of
+    this ``format`` (a folder of other files, or a segmenter where a model goes), which is never replaced.
+
+    Raises:
+        OutputExistsError: Naming the folder and why.
+    """
+    out = Path(out)
+    if not out.exists():
+        check_location(out)
+        return
+    if not overwrite:
+        raise OutputExistsError(out)
+    try:
+        found = json.loads((out / "model.json").read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found != format:
+        what = f"a {found}" if isinstance(found, str) else "not a harmonizing-flows folder"
+        raise OutputExistsError(out, f"exists and is {what}, not a {format}; not replacing it")
+
+
+def write_folder(out: Path, overwrite: bool, write: Any, format: str = FORMAT) -> Path:
     """Create ``out`` atomically: ``write(tmp)`` fills a temporary sibling, which then replaces ``out``."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(out)
-    if out.exists() and not (out / "model.json").is_file():
-        raise OutputExistsError(out, "exists and is not a harmonizing-flows model folder; not replacing it")
+    check_output_folder(out, overwrite, format)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

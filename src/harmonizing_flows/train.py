@@ -507,11 +507,10 @@ def fit(
         InputError: Unreadable data, an ambiguous or unknown site, too few subjects to split.
         OutputExistsError: ``out`` exists and ``overwrite`` is not set.
     """
-    from harmonizing_flows.errors import OutputExistsError
+    from harmonizing_flows.store import FORMAT, check_output_folder
 
     source, out = Path(source), Path(out)
-    if out.exists() and not overwrite:  # an interrupted fit never wrote OUT: resuming needs no overwrite
-        raise OutputExistsError(out)
+    check_output_folder(out, overwrite, FORMAT)  # an interrupted fit never wrote OUT: resuming needs no overwrite
     ctx = setup(device)
     started = time.perf_counter()
     subjects = select_site(load_subjects(source), site, source)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "SliceGrid",
     "SlicedVolume",
     "Volume",
+    "check_volume",
     "conform",
     "from_plane",
     "load_volume",
@@ -56,6 +58,9 @@ _AXIS_INDEX: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 # An affine may differ by this much (mm, or unitless for the rotation part) between image, mask and labels.
 _AFFINE_TOLERANCE = 1e-3
+# A skull-stripped brain fills at most about half of even a tightly cropped volume (an ellipsoid fills pi/6 of its
+# box); a head with its noisy background fills nearly all of it.
+_MOST_A_BRAIN_FILLS = 0.6
 
 
 @dataclass(frozen=True)
@@ -163,13 +168,33 @@ def ras_shape(img: nib.spatialimages.SpatialImage) -> tuple[int, int, int]:
     return (shape[0], shape[1], shape[2])
 
 
-def _read_array(img: nib.spatialimages.SpatialImage, path: Path, role: str, dtype: type) -> np.ndarray:
+def _volume_shape(img: nib.spatialimages.SpatialImage, path: Path, role: str) -> tuple[int, ...]:
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
         what = f"{len(shape)}D volume of shape {img.shape}" if len(shape) != 4 else f"4D volume of shape {img.shape}"
         raise InputError(path, f"{role} is a {what}; expected a single 3D volume")
+    return shape
+
+
+def check_volume(image: str | Path, mask: str | Path | None = None) -> None:
+    """What can be checked of an image and its mask from their headers alone (readable, 3D, one grid), cheaply:
+    a batch checks every input this way before it writes anything.
+
+    Raises:
+        InputError: As :func:`load_volume` would for those causes.
+    """
+    img = read_image(image)
+    _volume_shape(img, Path(image), "image")
+    if mask is not None:
+        mask_img = read_image(mask, role="mask")
+        _volume_shape(mask_img, Path(mask), "mask")
+        _check_same_grid(img, Path(image), mask_img, Path(mask), "mask")
+
+
+def _read_array(img: nib.spatialimages.SpatialImage, path: Path, role: str, dtype: type) -> np.ndarray:
+    shape = _volume_shape(img, path, role)
     try:
         data = np.asarray(img.dataobj, dtype=dtype).reshape(shape)
     except Exception as exc:
@@ -227,6 +252,18 @@ def load_volume(
         mask_array = data > 0
         if not mask_array.any():
             raise InputError(path, "image has no voxel above zero, so no brain mask can be derived from it")
+        share, negative = float(mask_array.mean()), float((data < 0).mean())
+        if share > _MOST_A_BRAIN_FILLS or negative > 0.01:
+            cause = (
+                f"{share:.0%} of the volume is above zero, more than a skull-stripped brain fills"
+                if share > _MOST_A_BRAIN_FILLS
+                else f"{negative:.0%} of the voxels are negative (z-scored?), and they are not counted as brain"
+            )
+            warnings.warn(
+                f"{path}: no brain mask given, so the brain is every voxel above zero, but {cause}; give a mask "
+                "(--mask, or a <name>_mask file beside the image)",
+                stacklevel=2,
+            )
 
     label_array = None
     if labels is not None:
@@ -484,16 +521,20 @@ def to_image(ras: np.ndarray, like: Volume | SliceGrid, *, dtype: np.dtype | typ
             out = nib.Nifti2Image(native, like.native_affine, header=header)
         else:
             out = nib.Nifti1Image(native, like.native_affine, header=header)
-        # Keep the input's qform/sform codes; the affine itself is unchanged.
-        out.set_qform(like.native_affine, int(header["qform_code"]) or 1)
-        out.set_sform(like.native_affine, int(header["sform_code"]) or 1)
-    else:  # MGZ, and resampled volumes: a fresh NIfTI header in mm
+        # The input's own qform and sform with their codes, not one rebuilt from the other: after registration
+        # they differ (FSL: qform the scanner's, sform the standard space's), and either may be unset
+        out.set_qform(*header.get_qform(coded=True))
+        out.set_sform(*header.get_sform(coded=True))
+    else:  # MGZ, and resampled volumes: a fresh NIfTI header in mm, scanner coordinates (as mri_convert writes)
         out = nib.Nifti1Image(native, like.native_affine)
         out.header.set_xyzt_units("mm")
         out.header.set_zooms(nib.affines.voxel_sizes(like.native_affine))
+        out.set_qform(like.native_affine, 1)
+        out.set_sform(like.native_affine, 1)
     out.header.set_data_dtype(dtype)
     out.header["scl_slope"] = np.nan  # values are written as they are, not rescaled by a stale slope
     out.header["scl_inter"] = np.nan
+    out.header["cal_min"] = out.header["cal_max"] = 0  # the input's display range means nothing on 0..255
     return out
 
 
