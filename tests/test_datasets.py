@@ -316,6 +316,20 @@ def test_given_splits_that_part_a_persons_scans_are_an_input_error_naming_the_sc
     assert exc.value.path == manifest_dir / "data" / "c.nii.gz"
 
 
+def test_a_folder_of_images_is_one_site_named_after_it(tmp_path):
+    site = tmp_path / "scanner-B"
+    for name in ("s1_T1w.nii.gz", "s1_mask.nii.gz", "s2_T1w.nii.gz"):
+        touch(site / name)
+    subjects = load_subjects(site)
+    assert [(s.subject, s.site, s.mask is not None) for s in subjects] == [
+        ("s1", "scanner-B", True),
+        ("s2", "scanner-B", False),
+    ]
+    touch(site / "other-site" / "s3.nii.gz")
+    with pytest.raises(InputError, match="holds both images and site folders"):
+        load_subjects(site)
+
+
 def test_site_folders_without_images_is_an_input_error(tmp_path):
     root = tmp_path / "root"
     touch(root / "siteA" / "readme.txt")

@@ -75,6 +75,11 @@ def test_missing_truncated_and_mismatched_files_are_clear_errors(saved, tmp_path
     with pytest.raises(InputError, match="do not match the architecture") as info:
         load_model(folder2)
     assert "harmonizer.safetensors" in str(info.value)
+    doc["profile"] = {}
+    (folder2 / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="holds no settings") as info:
+        load_model(folder2)  # not the defaults, and then a complaint about the weights
+    assert "model.json" in str(info.value)
     (folder2 / "model.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
         load_model(folder2)

@@ -14,6 +14,7 @@ Three layouts are read into one list of :class:`Subject` records:
   column; masks and labels from ``*_desc-brain_mask`` and ``*_dseg`` files beside the image or under
   ``derivatives/*/``.
 
+A folder of images alone is one site, named after the folder (as ``hflow harmonize`` takes a site's scans).
 :func:`load_subjects` picks the layout from what it finds. :func:`split_subjects` splits each site by subject
 (60/15/25 by default), deterministically for a seed and independently of listing order, so that no subject's
 slices are ever in two splits (nor, for BIDS sessions and runs, two scans of one person). :class:`SliceDataset`
@@ -347,7 +348,8 @@ def _find_bids(folders: Sequence[Path], prefix: str, suffixes: Sequence[str]) ->
 
 
 def load_subjects(path: str | Path, *, site_column: str | None = None) -> list[Subject]:
-    """Read subjects from a manifest file, a BIDS root, a folder holding ``manifest.csv``, or site folders."""
+    """Read subjects from a manifest file, a BIDS root, a folder holding ``manifest.csv``, site folders, or a
+    folder of one site's images (the site named after the folder)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "does not exist")
@@ -359,6 +361,11 @@ def load_subjects(path: str | Path, *, site_column: str | None = None) -> list[S
         return read_bids(path, site_column)
     if (path / "manifest.csv").is_file():
         return read_manifest(path / "manifest.csv")
+    loose = folder_images(path)
+    if loose:  # a folder of one site's scans, as `hflow harmonize` takes them: the site is the folder's name
+        if any(p.is_dir() and not p.name.startswith(".") and folder_images(p) for p in path.iterdir()):
+            raise InputError(path, "holds both images and site folders of images; keep one layout")
+        return [Subject(subject, path.resolve().name, image, mask, labels) for subject, image, mask, labels in loose]
     return read_site_folders(path)
 
 

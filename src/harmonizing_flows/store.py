@@ -170,13 +170,18 @@ def read_document(folder: Path, format: str, kind: str, hint: str) -> tuple[Prof
         document = json.loads(doc_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(doc_path, f"is not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise InputError(doc_path, f"cannot be read ({exc.strerror or exc})") from exc
     found = document.get("format") if isinstance(document, dict) else None
     if found != format:
         raise InputError(doc_path, f"is not a {format} description (format {found!r}); {hint}")
     if document.get("format_version", 0) > FORMAT_VERSION:
         raise InputError(doc_path, "was written by a newer harmonizing-flows; upgrade to read it")
+    settings = document.get("profile")
+    if not isinstance(settings, dict) or not settings:  # defaults in their place would blame the weights later
+        raise InputError(doc_path, 'holds no settings (its "profile" is missing or empty)')
     try:
-        profile = profile_from_dict(document["profile"])
+        profile = profile_from_dict(settings)
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(doc_path, f"holds invalid settings ({exc})") from exc
     return profile, {k: v for k, v in document.items() if k not in ("format", "format_version", "profile")}
