@@ -62,7 +62,7 @@ def test_simulate_writes_a_loadable_dataset(tmp_path):
     ("extra", "message"),
     [
         (["--sites", "nowhere"], "unknown site"),
-        (["--subjects-per-site", "2"], "x>=3"),  # one subject per split
+        (["--subjects-per-site", "2"], "--subjects-per-site"),  # at least 3: one per split
         (["--voxel-size", "0"], "voxel"),
         (["--sites-file", "missing.toml"], "missing.toml: site file does not exist"),
         (["--anatomy", "missing.mgz"], "missing.mgz"),
