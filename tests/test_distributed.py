@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -23,7 +24,8 @@ WORKER = textwrap.dedent(
 
     torch.set_num_threads(1)
     profile = load_profile("smoke", overrides=["flow_training.epochs=2", "harmonizer_training.epochs=2",
-                                               "negatives.fraction=0.5", "slices.image_size=[16, 16]"])
+                                               "negatives.fraction=0.5", "slices.image_size=[16, 16]",
+                                               f"flow.weighting='{sys.argv[2]}'"])
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (32, 1, 16, 16), generator=g, dtype=torch.uint8)
     masks = torch.zeros(32, 1, 16, 16, dtype=torch.bool)
@@ -50,14 +52,15 @@ def _run(args, env):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("weighting", ["terms", "samples"])  # Eq. 4's weightings shard differently
+def test_two_processes_match_one(tmp_path, weighting):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     env["OMP_NUM_THREADS"] = "1"
-    _run([sys.executable, str(worker), str(tmp_path / "single.safetensors")], env)
+    _run([sys.executable, str(worker), str(tmp_path / "single.safetensors"), weighting], env)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
-          str(tmp_path / "ddp.safetensors")], env)  # fmt: skip
+          str(tmp_path / "ddp.safetensors"), weighting], env)  # fmt: skip
     single, ddp = load_file(tmp_path / "single.safetensors"), load_file(tmp_path / "ddp.safetensors")
     assert single.keys() == ddp.keys()
     keys = [k for k in single if not k.startswith("init.")]

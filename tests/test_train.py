@@ -198,10 +198,13 @@ def test_a_resume_never_continues_another_fit(simulated, smoke_profile, tmp_path
         fit(simulated.manifest, fitted, smoke_profile, site="mprage-3t", resume=True, progress=False)
 
 
-@pytest.mark.parametrize("margin_mode", ["relative", "absolute"])
-def test_the_training_step_computes_the_guided_objective(simulated, smoke_profile, margin_mode):
+@pytest.mark.parametrize(
+    ("margin_mode", "weighting"), [("relative", "terms"), ("absolute", "terms"), ("relative", "samples")]
+)
+def test_the_training_step_computes_the_guided_objective(simulated, smoke_profile, margin_mode, weighting):
     subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t" and s.split == "train"]
-    profile = apply_overrides(smoke_profile, ["negatives.fraction=0.5", f"flow.margin_mode='{margin_mode}'"])
+    overrides = ["negatives.fraction=0.5", f"flow.margin_mode='{margin_mode}'", f"flow.weighting='{weighting}'"]
+    profile = apply_overrides(smoke_profile, overrides)
     data = load_slices(subjects, profile.slices)
     index = torch.arange(8)
     # the draws of the step, in its order, for the reference objective
@@ -216,11 +219,17 @@ def test_the_training_step_computes_the_guided_objective(simulated, smoke_profil
         bpd = flow.bpd(torch.cat([x, negatives]), torch.cat([m, m[origin]]), noise=noise)
     c = bpd[len(x) :].median()
     assert (bpd[len(x) :] < c).any() and (bpd[len(x) :] > c).any()
-    margin = float(c) if margin_mode == "absolute" else float(c - bpd[: len(x)].mean())
+    # with the paper's weighting the negatives take their originals' places among the positives
+    positive = torch.ones(len(x), dtype=torch.bool)
+    if weighting == "samples":
+        positive[origin] = False
+        assert 0 < positive.sum() < len(x)
+    margin = float(c) if margin_mode == "absolute" else float(c - bpd[: len(x)][positive].mean())
     profile = apply_overrides(profile, [f"flow.margin={margin}"])
 
     loss, stats = flow_step(profile, data, Context())(_FlowBpd(flow), index, torch.Generator().manual_seed(3))
-    expected, parts = guided_loss(flow, x, m, negatives, m[origin], profile.flow, noise=noise)
+    noise = torch.cat([noise[: len(x)][positive], noise[len(x) :]])
+    expected, parts = guided_loss(flow, x[positive], m[positive], negatives, m[origin], profile.flow, noise=noise)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
     for got, want in zip(
         torch.autograd.grad(loss, list(flow.parameters())),

@@ -246,6 +246,11 @@ class FlowConfig:
             always saturated and gives no gradient, so relative is the default (METHOD.md leaves this to the data).
         brain_only: Guard: count only the brain's pixels in the likelihood (each term weighted by the share of
             brain in the pixels it covers), so that a background-like brain is not rewarded.
+        weighting: How Eq. 4's two terms are weighed. ``"samples"``, the paper's: a negative takes the place of
+            the image it came from, and every image of the batch weighs the same (the loss is a sum over images,
+            here divided by their number). ``"terms"``: the mean bpd of all source images minus the mean hinge of
+            the negatives, so that the negatives, a fifth of the batch, weigh as much as the positives together;
+            the default, being the one measured on the simulator.
     """
 
     dequantization_couplings: int = 4
@@ -256,8 +261,11 @@ class FlowConfig:
     margin: float = 1.2
     margin_mode: Literal["absolute", "relative"] = "relative"
     brain_only: bool = False
+    weighting: Literal["terms", "samples"] = "terms"
 
     def __post_init__(self) -> None:
+        if self.weighting not in ("terms", "samples"):
+            raise ValueError(f"weighting must be terms or samples, not {self.weighting!r}")
         if len(self.couplings) != 3 or min(self.couplings) < 0 or self.dequantization_couplings < 0:
             raise ValueError(f"couplings must be three non-negative counts, not {self.couplings}")
         if not self.widths or not self.dequantization_widths:

@@ -304,6 +304,7 @@ def flow_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
     sums over this process's share of it, so that DDP's averaged gradients equal those of the whole batch."""
     negatives = FlowNegatives(profile.negatives)
     margin, relative = profile.flow.margin, profile.flow.margin_mode == "relative"
+    by_samples = profile.flow.weighting == "samples"
 
     def step(
         model: nn.Module, index: torch.Tensor, generator: torch.Generator
@@ -311,23 +312,29 @@ def flow_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
         x, m = data.batch(index, ctx.device)
         neg, origin = negatives(x, m, generator)
         noise = torch.randn(x.shape[0] + neg.shape[0], *x.shape[1:], generator=generator).to(ctx.device)
-        mine = ctx.share(len(index))
-        rows = torch.arange(len(index))[mine]
-        mine_neg = (origin >= rows[0]) & (origin <= rows[-1])
-        xs = torch.cat([x[mine], neg[mine_neg.to(neg.device)]])
-        ms = torch.cat([m[mine], m[origin[mine_neg].to(m.device)]])
-        ns = torch.cat([noise[: len(index)][mine], noise[len(index) :][mine_neg.to(noise.device)]])
-        bpd = model(xs, ms, noise=ns)
-        k = rows.numel()
-        positive_sum = bpd[:k].sum()
-        mean_positive = ctx.all_sum(positive_sum.detach()) / len(index)
-        loss = positive_sum * ctx.world / len(index)
-        stats = {"bpd": float(mean_positive)}
         n_neg = len(origin)
+        positive = torch.ones(len(index), dtype=torch.bool)
+        if by_samples:  # Eq. 4 as written: a negative takes its original's place
+            positive[origin] = False
+        n_pos = int(positive.sum())
+        mine = torch.zeros(len(index), dtype=torch.bool)
+        mine[ctx.share(len(index))] = True
+        rows = torch.nonzero(mine).flatten()
+        mine_neg = (origin >= rows[0]) & (origin <= rows[-1])
+        keep = (mine & positive).to(x.device)
+        xs = torch.cat([x[keep], neg[mine_neg.to(neg.device)]])
+        ms = torch.cat([m[keep], m[origin[mine_neg].to(m.device)]])
+        ns = torch.cat([noise[: len(index)][keep.to(noise.device)], noise[len(index) :][mine_neg.to(noise.device)]])
+        bpd = model(xs, ms, noise=ns)
+        k = int(keep.sum())
+        positive_sum = bpd[:k].sum()
+        mean_positive = ctx.all_sum(positive_sum.detach()) / max(n_pos, 1)
+        loss = positive_sum * ctx.world / (n_pos + n_neg if by_samples else n_pos)
+        stats = {"bpd": float(mean_positive)}
         if n_neg:
             c = mean_positive + margin if relative else torch.tensor(margin, device=bpd.device)
             hinge = torch.minimum(bpd[k:], c).sum()
-            loss = loss - hinge * ctx.world / n_neg
+            loss = loss - hinge * ctx.world / (n_pos + n_neg if by_samples else n_neg)
             stats["negative_bpd"] = float(ctx.all_sum(bpd[k:].detach().sum()) / n_neg)
         return loss, stats
 

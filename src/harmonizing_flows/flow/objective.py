@@ -4,11 +4,11 @@
 raises those of the guiding negatives until they reach the margin ``c``. With ``margin_mode="relative"`` the
 margin is the batch's mean source bpd plus ``c`` (see :class:`~harmonizing_flows.config.FlowConfig`).
 
-The two terms are means, each weighted one: a decision of this project, not the paper's weighting. Eq. 4 sums
-over samples (so each image weighs the same), and the authors' code averages ``bpd * label`` over a batch
-whose negatives *replace* their originals. Here a negative weighs about ``1 / negative_fraction`` times a
-positive (5x at the default 0.2; more when the dissimilarity test drops some), and the originals of the
-negatives stay in the positive term. Not yet measured against the paper's per-sample weighting.
+How the terms are weighed is ``FlowConfig.weighting``. ``"samples"`` is Eq. 4 as written: the negatives take
+the places of the images they came from (the caller leaves those out of ``positives``) and the loss sums over
+the images, divided here by their number, as the authors' code averages ``bpd * label`` over such a batch.
+``"terms"``, the default, is the difference of two means, each weighted one: a negative weighs about
+``1 / negative_fraction`` times a positive (5x at the default 0.2), and the originals stay among the positives.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ def guided_loss(
     if has_negatives:
         negative_bpd = bpd[n:]
         c = config.margin if config.margin_mode == "absolute" else positive_bpd.detach() + config.margin
-        loss = loss - torch.minimum(negative_bpd, torch.as_tensor(c, dtype=bpd.dtype)).mean()
+        hinge = torch.minimum(negative_bpd, torch.as_tensor(c, dtype=bpd.dtype))
+        if config.weighting == "samples":
+            loss = (bpd[:n].sum() - hinge.sum()) / x.shape[0]
+        else:
+            loss = loss - hinge.mean()
         stats["negative_bpd"] = float(negative_bpd.detach().mean())
     return loss, stats
