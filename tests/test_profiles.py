@@ -19,6 +19,7 @@ def test_paper_profile_holds_the_papers_settings():
     assert p.harmonizer.widths == (16, 32, 48, 64, 64) and p.harmonizer.blocks == 2
     assert p.flow.couplings == (4, 4, 4) and p.flow.dequantization_couplings == 4 and p.flow.margin == 1.2
     assert (p.flow_training.epochs, p.flow_training.lr, p.flow_training.halve_every) == (1600, 1e-3, 200)
+    assert p.flow_training.clip_grad_norm == 1.0  # the authors' gradient_clip_val
     assert (p.harmonizer_training.epochs, p.harmonizer_training.halve_every) == (200, 30)
     assert (p.adapt.lr, p.adapt.batch_size) == (4e-6, 16)
 

@@ -179,6 +179,20 @@ def test_non_finite_gradients_stop_training_before_the_weights_change():
     assert all(torch.equal(value, before[key]) for key, value in module.state_dict().items())
 
 
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_gradients_are_clipped_to_the_configured_norm(clip):
+    module = torch.nn.Linear(2, 1)
+
+    def step(model, index, generator):  # a steep loss: gradient norms in the thousands
+        return 1e3 * model(torch.ones(len(index), 2)).sum(), {}
+
+    config = TrainConfig(epochs=1, batch_size=2, lr=1e-2, halve_every=1, clip_grad_norm=clip)
+    run_training(module, step, 4, config, name="demo", seed=0, ctx=Context(), progress=False)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()]))
+    # the last step's gradients, as the optimizer used them
+    assert norm <= clip * (1 + 1e-5) if clip else norm > 1e3
+
+
 def test_a_resume_never_continues_another_fit(simulated, smoke_profile, tmp_path, fitted):
     subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t" and s.split == "train"]
     folder = tmp_path / "m.checkpoints"

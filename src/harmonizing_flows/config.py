@@ -287,6 +287,8 @@ class TrainConfig:
         halve_every: Epochs between halvings of the learning rate.
         checkpoint_every: Epochs between checkpoints (0: only at the end).
         max_steps_per_epoch: Cap on steps per epoch (0: no cap), to bound an epoch on large data sets.
+        clip_grad_norm: Largest norm of all the gradients together before a step; larger ones are scaled down
+            (0: no clipping). The authors clip the flow's at 1.0.
     """
 
     epochs: int = 200
@@ -295,10 +297,13 @@ class TrainConfig:
     halve_every: int = 30
     checkpoint_every: int = 10
     max_steps_per_epoch: int = 0
+    clip_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.halve_every < 1:
             raise ValueError(f"epochs, batch_size, lr and halve_every must be positive: {self}")
+        if self.clip_grad_norm < 0:
+            raise ValueError(f"clip_grad_norm must be 0 (off) or positive, not {self.clip_grad_norm}")
 
 
 StopRule = Literal["source-bpd", "entropy", "steps"]

@@ -68,7 +68,9 @@ class Profile:
     )
     flow: FlowConfig = field(default_factory=FlowConfig)
     flow_training: TrainConfig = field(
-        default_factory=lambda: TrainConfig(epochs=1600, batch_size=32, lr=1e-3, halve_every=200, checkpoint_every=50)
+        default_factory=lambda: TrainConfig(
+            epochs=1600, batch_size=32, lr=1e-3, halve_every=200, checkpoint_every=50, clip_grad_norm=1.0
+        )
     )
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)

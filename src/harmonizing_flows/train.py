@@ -251,6 +251,8 @@ def run_training(
                 grads = [p.grad for p in module.parameters() if p.grad is not None]
                 if grads and not torch.stack([g.norm() for g in grads]).isfinite().all():
                     raise _diverged("the gradients", *where)
+                if config.clip_grad_norm > 0:  # after DDP's all-reduce: every process clips the same gradients
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), config.clip_grad_norm)
                 optimizer.step()
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
