@@ -131,7 +131,9 @@ def _profile(profile: str, config: Path | None, overrides: list[str] | None, see
 
 @app.command()
 def fit(
-    source: Annotated[Path, typer.Argument(help="Source data: a manifest CSV, site folders or a BIDS dataset.")],
+    source: Annotated[
+        Path, typer.Argument(help="Source data: a manifest CSV, site folders, a BIDS dataset or one site's folder.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     site: SourceSiteOption = None,
     profile: ProfileOption = "fast",
@@ -166,7 +168,9 @@ def fit(
 @app.command()
 def adapt(
     model: Annotated[Path, typer.Argument(help="A model folder from `hflow fit`.")],
-    target: Annotated[Path, typer.Argument(help="Target data (images; labels are not used).")],
+    target: Annotated[
+        Path, typer.Argument(help="Target data, as for fit, or a folder of the site's images (labels are not used).")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Adapted model folder to write.")],
     site: Annotated[str | None, typer.Option(help="The target site, if TARGET holds several.")] = None,
     split: Annotated[
