@@ -326,7 +326,30 @@ def test_a_folder_of_images_is_one_site_named_after_it(tmp_path):
         ("s2", "scanner-B", False),
     ]
     touch(site / "other-site" / "s3.nii.gz")
-    with pytest.raises(InputError, match="holds both images and site folders"):
+    with pytest.raises(InputError, match="holds both a site's scans and site folders"):
+        load_subjects(site)
+
+
+def test_a_folder_of_freesurfer_subjects_is_one_site_but_one_subject_is_refused(tmp_path):
+    subjects_dir = tmp_path / "site-C"
+    for name in ("bert", "ernie"):
+        for f in ("brain.mgz", "brainmask.mgz", "aseg.mgz", "wm.mgz", "T1.mgz"):
+            touch(subjects_dir / name / "mri" / f)
+    subjects = load_subjects(subjects_dir)
+    assert [(s.subject, s.site, s.image.name, s.mask.name) for s in subjects] == [
+        ("bert", "site-C", "brain.mgz", "brainmask.mgz"),
+        ("ernie", "site-C", "brain.mgz", "brainmask.mgz"),
+    ]
+    for one in (subjects_dir / "bert", subjects_dir / "bert" / "mri"):  # not its .mgz files as scans
+        with pytest.raises(InputError, match="is one FreeSurfer subject"):
+            load_subjects(one)
+
+
+def test_a_subject_id_used_twice_in_a_sites_folder_is_an_error(tmp_path):
+    site = tmp_path / "site-D"
+    touch(site / "s01.nii.gz")
+    touch(site / "s01_T1w.nii.gz")
+    with pytest.raises(InputError, match="subject id 's01' is also used by"):
         load_subjects(site)
 
 
@@ -718,6 +741,16 @@ def test_length_follows_the_header_orientation(tmp_path, count_loads):
         assert len(dataset) == n
         assert [dataset[i]["slice"] for i in range(n)] == list(range(n))  # every index is servable
     assert len(count_loads) == 3
+
+
+def test_length_follows_the_grid_a_volume_is_resampled_to(tmp_path, count_loads):
+    # 1 mm phantom, 2 mm slices: the count must be the resampled volume's, and every index servable
+    subject = phantom_subject(tmp_path, "fine", affine=oriented_affine("LIA"))
+    config = SliceConfig(axis="coronal", image_size=(32, 32), voxel_size=2.0)
+    dataset = SliceDataset([subject], config)
+    assert len(dataset) == 9  # 18 slices of 1 mm along A
+    assert [dataset[i]["slice"] for i in range(len(dataset))] == list(range(9))
+    assert dataset.volume(0).images.shape[0] == 9
 
 
 def test_items_hold_image_mask_labels_and_identity(tmp_path):

@@ -35,23 +35,65 @@ def test_identity_harmonizer_gives_back_the_quantized_input(simulated):
     assert np.array_equal(np.asarray(out.dataobj), expected)
 
 
-@pytest.mark.parametrize("gain", [1.0, 0.5])
-def test_a_model_on_coarser_voxels_carries_its_correction_back_to_the_inputs_grid(simulated, gain):
+class _Fields(torch.nn.Module):
+    """A harmonizer whose gain is ``gain`` and whose offset is ``share`` of its input: fields that vary in space
+    with the anatomy, so that a misplaced field shows."""
+
+    factor = 1
+
+    def __init__(self, gain: float, share: float) -> None:
+        super().__init__()
+        self.gain, self.share = gain, share
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.full((x.shape[0],), self.gain), self.share * x
+
+
+@pytest.mark.parametrize(("gain", "share"), [(1.0, 0.0), (0.5, 0.0), (1.0, 0.25)])
+def test_a_model_on_coarser_voxels_carries_its_correction_back_to_the_inputs_grid(simulated, gain, share):
     # 4 mm data, a model for 8 mm voxels: the harmonizer runs on the resampled volume, but the output keeps the
     # input's own detail (alpha and beta go back to the input grid, not the coarse image)
+    from nibabel.processing import resample_from_to
+
+    from harmonizing_flows.volume import conform
+
     subject = next(s for s in simulated.subjects if s.site == "spgr-15t")
-    harmonizer = Harmonizer(PROFILES["smoke"].harmonizer)
-    torch.nn.init.constant_(harmonizer.alpha_head.bias, float(np.log(gain)))  # positive alpha: exp(bias)
     config = SliceConfig(image_size=(32, 32), voxel_size=8.0)
-    out = harmonize_volume(harmonizer, subject.image, subject.mask, slices=config, dtype="float32")
+    out = harmonize_volume(_Fields(gain, share), subject.image, subject.mask, slices=config, dtype="float32")
     source = nib.load(subject.image)
     assert out.shape == source.shape and np.allclose(out.affine, source.affine)
     volume = load_volume(subject.image, subject.mask)
-    coarse = slice_volume(volume, config)
-    assert coarse.grid.ras_shape != volume.image.shape  # it was resampled
-    quantized = quantize_with(volume.image, volume.mask, coarse.grid.scale).astype(np.float32)
-    expected = np.asarray(to_image(gain * quantized, volume).dataobj)
-    np.testing.assert_allclose(np.asarray(out.dataobj), expected, atol=1e-3)
+    coarse = conform(volume, 8.0)
+    assert coarse.image.shape != volume.image.shape  # it was resampled
+    scale = slice_volume(volume, config).grid.scale
+    # the expected offset, interpolated onto the input's grid by nibabel, from the coarse image the model saw
+    q = quantize_with(coarse.image, coarse.mask, scale).astype(np.float32)
+    moved = resample_from_to(nib.Nifti1Image(q, coarse.affine), (volume.image.shape, volume.affine), order=1)
+    x = volume.image / scale
+    expected = to_image(np.clip(gain * x + share * np.asarray(moved.dataobj), 0, 255) * volume.mask, volume)
+    # compare where every coarse voxel the interpolation reads is brain (outside it the offset is extended)
+    inside = resample_from_to(
+        nib.Nifti1Image(coarse.mask.astype(np.float32), coarse.affine), (volume.image.shape, volume.affine), order=1
+    )
+    inner = np.asarray(to_image((np.asarray(inside.dataobj) > 0.999).astype(np.float32), volume).dataobj) > 0
+    assert inner.sum() > 0.5 * volume.mask.sum()
+    got, want = np.asarray(out.dataobj), np.asarray(expected.dataobj)
+    np.testing.assert_allclose(got[inner], want[inner], atol=0.05)
+    if share == 0:  # constant fields: exact everywhere, edges included
+        np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_a_brain_filling_the_model_window_is_not_darkened_at_its_edge(tmp_path):
+    # the coarse brain fills the window exactly: the fields are zero just outside it, and must not leak in
+    rng = np.random.default_rng(0)
+    image = np.zeros((64, 64, 64), np.float32)
+    image[16:48, 16:48, 16:48] = rng.uniform(60, 200, (32, 32, 32))
+    path = tmp_path / "box.nii.gz"
+    nib.save(nib.Nifti1Image(image, np.eye(4)), path)
+    config = SliceConfig(image_size=(16, 16), voxel_size=2.0)
+    out = np.asarray(harmonize_volume(_Fields(1.0, 0.0), path, slices=config, dtype="float32").dataobj)
+    scale = slice_volume(load_volume(path), config).grid.scale
+    np.testing.assert_allclose(out, np.clip(image / scale, 0, 255), atol=1e-3)
 
 
 def test_harmonize_a_folder_keeps_headers_and_names(simulated, fitted, tmp_path):
@@ -226,7 +268,7 @@ def test_a_freesurfer_subject_gives_its_brain_with_its_mask(simulated, fitted, t
         nib.save(nib.MGHImage(np.asarray(img.dataobj, dtype=np.float32), img.affine), mri / name)
     for given in (mri, mri.parent):
         written = harmonize(fitted, given, tmp_path / f"out-{given.name}", progress=False)
-        assert [p.name for p in written] == ["brain.nii.gz"]  # not aseg or brainmask as images
+        assert [p.name for p in written] == ["sub01.nii.gz"]  # the subject, not aseg or brainmask as images
         header = nib.load(written[0]).header
         assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 1)
     data = np.asarray(nib.load(written[0]).dataobj)

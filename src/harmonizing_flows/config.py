@@ -41,8 +41,9 @@ class SliceConfig:
         voxel_size: The voxel size in mm that ``image_size`` is meant for (a 224x224 slice holds a 1 mm brain, an
             80x80 one a 2 mm brain). The demo simulates at it; with ``resample`` other data is resampled to it.
         resample: Resample a volume whose voxel size differs from ``voxel_size`` by more than 10 % along any axis
-            to isotropic ``voxel_size`` voxels before slicing (the image linearly with anti-aliasing, masks and
-            labels to the nearest voxel), so that 1 mm scans work with the 2 mm fast profile. Harmonized volumes
+            to isotropic ``voxel_size`` voxels before slicing (the image linearly with anti-aliasing, the mask
+            likewise and thresholded at one half, labels to the nearest voxel), so that 1 mm scans work with the
+            2 mm fast profile. Harmonized volumes
             still come out on the input's own grid: the harmonizer's correction is carried back to it, not its
             coarse image. False slices every volume on its own grid.
         max_brain_outside: The largest share of a volume's brain that may fall outside the slice window when it

@@ -201,35 +201,42 @@ def freesurfer_subject(folder: Path, site: str = "") -> Subject | None:
     return Subject(folder.name, site, image, mask if mask.is_file() else None, labels if labels.is_file() else None)
 
 
-def folder_images(folder: Path) -> list[tuple[str, Path, Path | None, Path | None]]:
-    """``(subject, image, mask, labels)`` for each image file directly in ``folder``.
+def folder_images(folder: Path, *, only: str | None = None) -> list[tuple[str, Path, Path | None, Path | None]]:
+    """``(subject, image, mask, labels)`` for each image file directly in ``folder`` (or for the one named
+    ``only``).
 
     Companions ``<name>_mask`` (or ``_brainmask``, ``_desc-brain_mask``) and ``<name>_labels`` (or ``_aseg``,
     ``_seg``, ``_dseg``) go with ``<name>`` and are not images themselves; a trailing ``_T1w`` is dropped from the
     subject id and may be left out of the companions' names. Hidden files are skipped.
 
     Raises:
-        InputError: Two files share a name but not a format (``s.nii`` and ``s.nii.gz``): which one is meant,
-            and whose companion ``s_mask`` is, cannot be told.
+        InputError: Two files share a name but not a format (``s.nii`` and ``s.nii.gz``) where one of them is
+            listed or is a listed image's companion: which one is meant cannot be told.
     """
     stems: dict[str, Path] = {}
+    clashes: dict[str, tuple[Path, Path]] = {}
     for f in sorted(folder.iterdir()):
         stem = strip_volume_suffix(f.name)
         if f.is_file() and stem is not None and not f.name.startswith("."):
             if stem in stems:
-                raise InputError(f, f"has the same name as {stems[stem].name} in another format; keep one of them")
-            stems[stem] = f
+                clashes.setdefault(stem, (stems[stem], f))
+            stems.setdefault(stem, f)
 
     def companion(names: tuple[str, ...], suffixes: tuple[str, ...]) -> Path | None:
         return next((stems[n + sfx] for n in names for sfx in suffixes if n + sfx in stems), None)
 
     found = []
     for stem, image in stems.items():
-        if stem.endswith(_MASK_SUFFIXES + _LABEL_SUFFIXES):
+        if stem.endswith(_MASK_SUFFIXES + _LABEL_SUFFIXES) or (only is not None and strip_volume_suffix(only) != stem):
             continue
         subject = re.sub(r"_T1w$", "", stem)
         names = (stem, subject) if subject != stem else (stem,)
-        found.append((subject, image, companion(names, _MASK_SUFFIXES), companion(names, _LABEL_SUFFIXES)))
+        mask, labels = companion(names, _MASK_SUFFIXES), companion(names, _LABEL_SUFFIXES)
+        for used in (image, mask, labels):
+            clash = clashes.get(strip_volume_suffix(used.name) or "") if used is not None else None
+            if clash is not None:
+                raise InputError(clash[1], f"has the same name as {clash[0].name} in another format; keep one of them")
+        found.append((subject, image, mask, labels))
     return found
 
 
@@ -361,12 +368,28 @@ def load_subjects(path: str | Path, *, site_column: str | None = None) -> list[S
         return read_bids(path, site_column)
     if (path / "manifest.csv").is_file():
         return read_manifest(path / "manifest.csv")
-    loose = folder_images(path)
-    if loose:  # a folder of one site's scans, as `hflow harmonize` takes them: the site is the folder's name
-        if any(p.is_dir() and not p.name.startswith(".") and folder_images(p) for p in path.iterdir()):
-            raise InputError(path, "holds both images and site folders of images; keep one layout")
-        return [Subject(subject, path.resolve().name, image, mask, labels) for subject, image, mask, labels in loose]
-    return read_site_folders(path)
+    if freesurfer_subject(path) or (path.name == "mri" and freesurfer_subject(path.parent)):
+        raise InputError(path, "is one FreeSurfer subject; give the folder of a site's subject folders")
+    return _one_site_folder(path) or read_site_folders(path)
+
+
+def _one_site_folder(path: Path) -> list[Subject] | None:
+    """A folder of one site's scans (images, FreeSurfer subject folders, or both), as ``hflow harmonize`` takes
+    them, the site named after the folder; None when ``path`` holds neither (site folders, say)."""
+    site = path.resolve().name
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subjects = [s for f in folders if (s := freesurfer_subject(f, site)) is not None]
+    subjects += [Subject(subject, site, image, mask, labels) for subject, image, mask, labels in folder_images(path)]
+    if not subjects:
+        return None
+    if any(freesurfer_subject(f) is None and folder_images(f) for f in folders):
+        raise InputError(path, "holds both a site's scans and site folders of images; keep one layout")
+    seen: dict[str, Path] = {}
+    for s in subjects:
+        if s.subject in seen:
+            raise InputError(s.image, f"subject id {s.subject!r} is also used by {seen[s.subject]}")
+        seen[s.subject] = s.image
+    return subjects
 
 
 def _stable_int(*parts: object) -> int:
@@ -454,7 +477,8 @@ class SliceDataset(Dataset):
     Each item is a dict with ``image`` (float32 ``(1, H, W)`` on 0..255), ``mask`` (bool ``(1, H, W)``),
     ``labels`` (int64 ``(H, W)``, only when every subject has labels), ``subject``, ``site`` and ``slice``.
 
-    The slice count of each volume comes from its header, so construction reads no voxel data. A volume is read,
+    The slice count of each volume comes from its header (and the grid it is resampled to, if it is), so
+    construction reads no voxel data. A volume is read,
     quantized and sliced the first time one of its slices is asked for, and kept (as uint8) for later epochs.
     With ``brain_only``, slices without brain are left out; finding them means reading the volumes at
     construction. With DataLoader workers, each worker keeps its own copy of what it has read.
@@ -490,7 +514,7 @@ class SliceDataset(Dataset):
                 keep = np.flatnonzero(sliced.mask.any(axis=(1, 2)))
                 index.extend((i, int(k)) for k in keep)
             else:
-                index.extend((i, k) for k in range(ras_shape(read_image(s.image))[axis]))
+                index.extend((i, k) for k in range(ras_shape(read_image(s.image), self.config)[axis]))
         self.index = index
 
     def volume(self, i: int) -> SlicedVolume:

@@ -28,6 +28,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from scipy import ndimage
 
 from harmonizing_flows.config import SliceConfig
 from harmonizing_flows.datasets import folder_images, freesurfer_subject, strip_volume_suffix
@@ -106,34 +107,45 @@ def harmonize_volume(
             covered = rewindow(np.ones(window.mask.shape, dtype=bool), window.grid, whole.grid)
             alpha_whole, beta_whole = run(whole)
             alpha, beta = np.where(covered, alpha, alpha_whole), np.where(covered, beta, beta_whole)
-    # Slices without brain take their nearest brain slice's fields: after resampling, the input's finer grid
-    # can have brain a little beyond the model grid's last brain slice.
-    brain = np.flatnonzero(whole.mask.reshape(len(whole.mask), -1).any(1))
-    nearest = brain[np.abs(np.arange(len(whole.mask))[:, None] - brain[None, :]).argmin(1)]
-    alpha, beta = (slices_to_ras(field[nearest], whole.grid) for field in (alpha, beta))
-    if model_grid is not volume:  # the fields, not the coarse image, go back to the input's grid
+    alpha, beta = slices_to_ras(alpha, whole.grid), slices_to_ras(beta, whole.grid)
+    if model_grid is volume:
+        x = quantize_with(volume.image, volume.mask, whole.grid.scale, config.levels).astype(np.float32)
+    else:
+        # The fields, not the coarse image, go back to the input's grid. They were trained on brain only: outside
+        # the model grid's brain each voxel takes the nearest brain voxel's, so that interpolating onto the finer
+        # grid never mixes in the window's zeros or the background's offsets at the brain's edge.
+        brain = slices_to_ras(whole.mask, whole.grid)
+        nearest = tuple(ndimage.distance_transform_edt(~brain, return_distances=False, return_indices=True))
         alpha, beta = (
-            resample_array(field, model_grid.affine, volume.affine, volume.image.shape) for field in (alpha, beta)
+            resample_array(field[nearest], model_grid.affine, volume.affine, volume.image.shape)
+            for field in (alpha, beta)
         )
-    x = quantize_with(volume.image, volume.mask, whole.grid.scale, config.levels).astype(np.float32)
+        # on the model's levels but neither rounded nor clipped: the finer grid's brightest voxels lie above the
+        # coarse grid's percentile, and only the output is clipped
+        x = np.where(volume.mask, volume.image * np.float32(1.0 / whole.grid.scale), np.float32(0.0))
     out = np.clip(alpha * x + beta, 0.0, 255.0) * volume.mask
     if dtype == "uint8":
         return to_image(np.rint(out).astype(np.uint8), volume, dtype=np.uint8)
     return to_image(out.astype(np.float32), volume, dtype=np.float32)
 
 
-def _inputs(path: Path) -> list[tuple[Path, Path | None, Path | None]]:
-    """(image, mask, labels) of a file, of a FreeSurfer subject (its folder or its ``mri/``), or of every image of a
-    folder, each with its companions if present."""
+def _inputs(path: Path) -> list[tuple[str, Path, Path | None, Path | None]]:
+    """(output name, image, mask, labels) of a file, of a FreeSurfer subject (its folder or its ``mri/``), or of
+    every image of a folder, each with its companions if present."""
+
+    def named(image: Path, mask: Path | None, labels: Path | None) -> tuple[str, Path, Path | None, Path | None]:
+        stem = strip_volume_suffix(image.name)
+        return f"{stem}{'.nii' if image.name.endswith('.nii') else '.nii.gz'}", image, mask, labels
+
     if path.is_file():
-        beside = ((i, m, lab) for _, i, m, lab in folder_images(path.parent) if i.name == path.name)
-        return [next(beside, (path, None, None))]
+        beside = [named(path, m, lab) for _, _, m, lab in folder_images(path.parent, only=path.name)]
+        return beside or [named(path, None, None)]
     if not path.is_dir():
         raise InputError(path, "does not exist")
     subject = freesurfer_subject(path) or (freesurfer_subject(path.parent) if path.name == "mri" else None)
-    if subject is not None:  # not every .mgz of mri/: brain.mgz (or norm, T1) with brainmask.mgz
-        return [(subject.image, subject.mask, subject.labels)]
-    found = [(image, mask, labels) for _, image, mask, labels in folder_images(path)]
+    if subject is not None:  # not every .mgz of mri/: brain.mgz (or norm, T1) with brainmask.mgz, named for the subject
+        return [(f"{subject.subject}.nii.gz", subject.image, subject.mask, subject.labels)]
+    found = [named(image, mask, labels) for _, image, mask, labels in folder_images(path)]
     if not found:
         raise InputError(path, f"holds no image ({', '.join(VOLUME_SUFFIXES)})")
     return found
@@ -180,18 +192,19 @@ def harmonize(
     if mask is not None:
         if len(found) != 1 or not inputs.is_file():
             raise InputError(mask, "--mask goes with a single input file; in a folder name masks <image>_mask.nii.gz")
-        found = [(found[0][0], Path(mask), found[0][2])]
+        found = [(found[0][0], found[0][1], Path(mask), found[0][3])]
     names_a_file = strip_volume_suffix(out.name) is not None
     if names_a_file and not out.name.lower().endswith((".nii", ".nii.gz")):
         raise InputError(out, "output is written as NIfTI: name it .nii or .nii.gz, or give a folder")
     if names_a_file and not inputs.is_file():
         raise InputError(out, f"{inputs} is a folder, so its outputs go to a folder, not to one file")
     check_location(out)
-    inputs_read = {p.resolve() for triple in found for p in triple if p is not None}
+    if not names_a_file and out.exists() and not out.is_dir():
+        raise OutputExistsError(out, "is a file; the outputs go to a folder")
+    inputs_read = {p.resolve() for _, *files in found for p in files if p is not None}
     jobs = []
-    for image, image_mask, _ in found:
-        stem = strip_volume_suffix(image.name)
-        name = out if names_a_file else out / f"{stem}{'.nii' if image.name.endswith('.nii') else '.nii.gz'}"
+    for file_name, image, image_mask, _ in found:
+        name = out if names_a_file else out / file_name
         if name.resolve() in inputs_read:
             raise OutputExistsError(name, "is an input; choose another output")
         if name.exists() and skip_existing:

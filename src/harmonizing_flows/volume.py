@@ -159,13 +159,19 @@ def read_image(path: str | Path, *, role: str = "image") -> nib.spatialimages.Sp
     return img
 
 
-def ras_shape(img: nib.spatialimages.SpatialImage) -> tuple[int, int, int]:
-    """The shape an image's first three axes take once reoriented to RAS (from the header alone)."""
+def ras_shape(img: nib.spatialimages.SpatialImage, config: SliceConfig | None = None) -> tuple[int, int, int]:
+    """The shape an image's first three axes take once reoriented to RAS (from the header alone), and, given a
+    ``config`` that resamples, once resampled to its voxel size as :func:`slice_volume` would."""
     ornt = orientations.io_orientation(img.affine)
     shape = [0, 0, 0]
     for axis, (target, _) in enumerate(ornt):
         shape[int(target)] = int(img.shape[axis])
-    return (shape[0], shape[1], shape[2])
+    ras = (shape[0], shape[1], shape[2])
+    if config is not None and config.resample:
+        affine = img.affine @ orientations.inv_ornt_aff(ornt, img.shape[:3])
+        if needs_resampling(affine, config.voxel_size):
+            return conformed_grid(affine, ras, config.voxel_size)[1]
+    return ras
 
 
 def _volume_shape(img: nib.spatialimages.SpatialImage, path: Path, role: str) -> tuple[int, ...]:
