@@ -66,15 +66,24 @@ def test_combat_moves_the_target_to_the_reference_site_and_leaves_shapes_alone()
     assert all(not o[~m].any() for o, m in zip(out, target_masks, strict=True))
 
 
-def test_tent_changes_only_batch_norm_and_lowers_entropy():
+def _tent(n: int, steps: int) -> tuple[torch.nn.Module, torch.Tensor, torch.nn.Module]:
+    """A smoke-profile segmenter, ``n`` random target slices, and the segmenter TENT adapted to them."""
     from harmonizing_flows.profiles import load_profile
     from harmonizing_flows.segment import Segmenter
 
     torch.manual_seed(0)
     segmenter = Segmenter(load_profile("smoke")).eval()
-    images = torch.randint(0, 255, (24, 1, 16, 16), dtype=torch.uint8)
+    images = torch.randint(0, 255, (n, 1, 16, 16), dtype=torch.uint8)
     target = Slices(images, torch.ones_like(images, dtype=torch.bool), ["a"])
-    adapted = tent(segmenter, target, EvaluationConfig(tent_steps=30, tent_batch_size=8, tent_lr=1e-2))
+    return (
+        segmenter,
+        images,
+        tent(segmenter, target, EvaluationConfig(tent_steps=steps, tent_batch_size=8, tent_lr=1e-2)),
+    )
+
+
+def test_tent_changes_only_batch_norm_and_lowers_entropy():
+    segmenter, images, adapted = _tent(24, 30)
     changed = {
         name for name, p in adapted.named_parameters() if not torch.equal(p, dict(segmenter.named_parameters())[name])
     }
@@ -95,14 +104,7 @@ def test_tent_changes_only_batch_norm_and_lowers_entropy():
 
 
 def test_tent_predicts_with_the_sites_statistics_whatever_the_batch():
-    from harmonizing_flows.profiles import load_profile
-    from harmonizing_flows.segment import Segmenter
-
-    torch.manual_seed(0)
-    segmenter = Segmenter(load_profile("smoke")).eval()
-    images = torch.randint(0, 255, (48, 1, 16, 16), dtype=torch.uint8)
-    target = Slices(images, torch.ones_like(images, dtype=torch.bool), ["a"])
-    adapted = tent(segmenter, target, EvaluationConfig(tent_steps=5, tent_batch_size=8, tent_lr=1e-2))
+    _, images, adapted = _tent(48, 5)
     assert not adapted.training
     x = images.float()
     with torch.no_grad():
