@@ -52,6 +52,7 @@ __all__ = [
     "file_fingerprint",
     "folder_images",
     "freesurfer_subject",
+    "freesurfer_subject_at",
     "load_subjects",
     "read_bids",
     "read_manifest",
@@ -199,6 +200,11 @@ def freesurfer_subject(folder: Path, site: str = "") -> Subject | None:
     mask = mri / "brainmask.mgz"
     labels = mri / "aseg.mgz"
     return Subject(folder.name, site, image, mask if mask.is_file() else None, labels if labels.is_file() else None)
+
+
+def freesurfer_subject_at(path: Path) -> Subject | None:
+    """The FreeSurfer subject whose folder, or whose ``mri/`` folder, ``path`` is; None when it is neither."""
+    return freesurfer_subject(path) or (freesurfer_subject(path.parent) if path.name == "mri" else None)
 
 
 def folder_images(folder: Path, *, only: str | None = None) -> list[tuple[str, Path, Path | None, Path | None]]:
@@ -368,7 +374,7 @@ def load_subjects(path: str | Path, *, site_column: str | None = None) -> list[S
         return read_bids(path, site_column)
     if (path / "manifest.csv").is_file():
         return read_manifest(path / "manifest.csv")
-    if freesurfer_subject(path) or (path.name == "mri" and freesurfer_subject(path.parent)):
+    if freesurfer_subject_at(path) is not None:
         raise InputError(path, "is one FreeSurfer subject; give the folder of a site's subject folders")
     return _one_site_folder(path) or read_site_folders(path)
 

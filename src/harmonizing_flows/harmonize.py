@@ -31,7 +31,7 @@ import torch
 from scipy import ndimage
 
 from harmonizing_flows.config import SliceConfig
-from harmonizing_flows.datasets import folder_images, freesurfer_subject, strip_volume_suffix
+from harmonizing_flows.datasets import folder_images, freesurfer_subject_at, strip_volume_suffix
 from harmonizing_flows.distributed import resolve_device
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.harmonizer import Harmonizer
@@ -142,7 +142,7 @@ def _inputs(path: Path) -> list[tuple[str, Path, Path | None, Path | None]]:
         return beside or [named(path, None, None)]
     if not path.is_dir():
         raise InputError(path, "does not exist")
-    subject = freesurfer_subject(path) or (freesurfer_subject(path.parent) if path.name == "mri" else None)
+    subject = freesurfer_subject_at(path)
     if subject is not None:  # not every .mgz of mri/: brain.mgz (or norm, T1) with brainmask.mgz, named for the subject
         return [(f"{subject.subject}.nii.gz", subject.image, subject.mask, subject.labels)]
     found = [named(image, mask, labels) for _, image, mask, labels in folder_images(path)]
