@@ -202,10 +202,13 @@ def test_a_single_file_uses_the_mask_beside_it(simulated, fitted, tmp_path):
         harmonize(fitted, tmp_path / "sub_T1w.nii.gz", tmp_path / "sub_mask.nii.gz", overwrite=True, progress=False)
 
 
-def test_the_callers_harmonizer_stays_trainable(simulated):
+def test_the_callers_harmonizer_stays_trainable_and_untouched(simulated):
     subject = simulated.subjects[0]
-    harmonizer = Harmonizer(PROFILES["smoke"].harmonizer)
+    harmonizer = Harmonizer(PROFILES["smoke"].harmonizer).train()
+    before = {name: p.clone() for name, p in harmonizer.state_dict().items()}
     harmonize_volume(harmonizer, subject.image, subject.mask, slices=SliceConfig(image_size=(64, 64), voxel_size=4.0))
+    assert harmonizer.training  # its mode, memory layout and weights are the caller's, as they were
+    assert all(p.is_contiguous() and torch.equal(p, before[name]) for name, p in harmonizer.state_dict().items())
     x = torch.rand(2, 1, 32, 32) * 255
     harmonizer(x, torch.ones_like(x)).sum().backward()  # inference tensors would refuse this
     assert all(p.grad is not None for p in harmonizer.alpha_head.parameters())

@@ -20,6 +20,7 @@ zero (skull-stripped input); a ``<name>_mask`` file beside an image is its mask.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import replace
@@ -79,7 +80,7 @@ def harmonize_volume(
     whole = slice_volume(model_grid, replace(config, image_size=size))  # padded: nothing outside
     window = slice_volume(model_grid, replace(config, max_brain_outside=1.0))  # too much outside: warn, don't refuse
     outside = window.brain_outside
-    harmonizer = channels_last(harmonizer.to(device)).eval()
+    harmonizer = channels_last(copy.deepcopy(harmonizer).to(device)).eval()  # the caller's keeps its device and mode
 
     def run(sliced: SlicedVolume) -> tuple[np.ndarray, np.ndarray]:
         """The harmonizer's gain alpha (one per slice, as a map) and offset beta, on ``sliced``'s slices."""
