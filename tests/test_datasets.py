@@ -345,6 +345,19 @@ def test_a_folder_of_freesurfer_subjects_is_one_site_but_one_subject_is_refused(
             load_subjects(one)
 
 
+def test_freesurfers_template_subjects_are_left_out_of_a_subjects_dir_with_a_warning(tmp_path):
+    subjects_dir = tmp_path / "site-C"
+    for name in ("bert", "ernie", "fsaverage", "fsaverage5", "cvs_avg35"):  # templates have mri/brain.mgz too
+        for f in ("brain.mgz", "brainmask.mgz", "aseg.mgz"):
+            touch(subjects_dir / name / "mri" / f)
+    with pytest.warns(UserWarning, match="template subject") as caught:
+        subjects = load_subjects(subjects_dir)
+    assert [s.subject for s in subjects] == ["bert", "ernie"]
+    assert sorted(Path(str(w.message).split(":")[0]).name for w in caught) == ["cvs_avg35", "fsaverage", "fsaverage5"]
+    with pytest.warns(UserWarning, match="template subject"):  # the same in ROOT/<site>/<subject>/mri/
+        assert [s.subject for s in read_site_folders(tmp_path)] == ["bert", "ernie"]
+
+
 def test_a_subject_id_used_twice_in_a_sites_folder_is_an_error(tmp_path):
     site = tmp_path / "site-D"
     touch(site / "s01.nii.gz")

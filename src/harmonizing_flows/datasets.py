@@ -9,7 +9,8 @@ Three layouts are read into one list of :class:`Subject` records:
 * **A folder per site** (:func:`read_site_folders`): ``ROOT/<site>/<subject>.nii.gz`` with optional companions
   ``<subject>_mask.nii.gz`` (or ``_brainmask``) and ``<subject>_labels.nii.gz`` (or ``_aseg``, ``_seg``,
   ``_dseg``); a trailing ``_T1w`` on the image name is dropped from the subject id. A FreeSurfer subject folder
-  ``ROOT/<site>/<subject>/mri/`` (``brain.mgz`` or ``T1.mgz``, ``brainmask.mgz``, ``aseg.mgz``) works too.
+  ``ROOT/<site>/<subject>/mri/`` (``brain.mgz`` or ``T1.mgz``, ``brainmask.mgz``, ``aseg.mgz``) works too;
+  FreeSurfer's template subjects (``fsaverage``, which recon-all links into ``SUBJECTS_DIR``) are left out.
 * **BIDS** (:func:`read_bids`): ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``, the site from a ``participants.tsv``
   column; masks and labels from ``*_desc-brain_mask`` and ``*_dseg`` files beside the image or under
   ``derivatives/*/``.
@@ -27,6 +28,7 @@ import csv
 import hashlib
 import math
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,12 +49,14 @@ from harmonizing_flows.volume import (
 )
 
 __all__ = [
+    "FREESURFER_TEMPLATES",
     "SliceDataset",
     "Subject",
     "file_fingerprint",
     "folder_images",
     "freesurfer_subject",
     "freesurfer_subject_at",
+    "freesurfer_subjects_in",
     "load_subjects",
     "read_bids",
     "read_manifest",
@@ -202,6 +206,24 @@ def freesurfer_subject(folder: Path, site: str = "") -> Subject | None:
     return Subject(folder.name, site, image, mask if mask.is_file() else None, labels if labels.is_file() else None)
 
 
+FREESURFER_TEMPLATES = re.compile(r"fsaverage.*|cvs_avg35.*|.+_average")
+"""FreeSurfer's template subjects (``fsaverage`` is linked into a ``SUBJECTS_DIR`` by recon-all): atlases, not
+scans of a site, so a folder of subjects leaves them out."""
+
+
+def freesurfer_subjects_in(folder: Path, site: str = "") -> list[Subject]:
+    """The FreeSurfer subjects in ``folder`` (a ``SUBJECTS_DIR``), without FreeSurfer's template subjects."""
+    subjects = []
+    for f in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (subject := freesurfer_subject(f, site)) is None:
+            continue
+        if FREESURFER_TEMPLATES.fullmatch(f.name):
+            warnings.warn(f"{f}: FreeSurfer's template subject, not a scan of the site; left out", stacklevel=3)
+            continue
+        subjects.append(subject)
+    return subjects
+
+
 def freesurfer_subject_at(path: Path) -> Subject | None:
     """The FreeSurfer subject whose folder, or whose ``mri/`` folder, ``path`` is; None when it is neither."""
     return freesurfer_subject(path) or (freesurfer_subject(path.parent) if path.name == "mri" else None)
@@ -256,10 +278,7 @@ def read_site_folders(root: str | Path) -> list[Subject]:
         site = site_dir.name
         seen: dict[str, Path] = {}
         found = len(subjects)
-        for f in sorted(p for p in site_dir.iterdir() if p.is_dir()):
-            fs = freesurfer_subject(f, site)
-            if fs is not None:
-                subjects.append(fs)
+        subjects += freesurfer_subjects_in(site_dir, site)
         for subject, image, mask, labels in folder_images(site_dir):
             if subject in seen:
                 raise InputError(image, f"subject id {subject!r} of site {site} is also used by {seen[subject].name}")
@@ -384,7 +403,7 @@ def _one_site_folder(path: Path) -> list[Subject] | None:
     them, the site named after the folder; None when ``path`` holds neither (site folders, say)."""
     site = path.resolve().name
     folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    subjects = [s for f in folders if (s := freesurfer_subject(f, site)) is not None]
+    subjects = freesurfer_subjects_in(path, site)
     subjects += [Subject(subject, site, image, mask, labels) for subject, image, mask, labels in folder_images(path)]
     if not subjects:
         return None
