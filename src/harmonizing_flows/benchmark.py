@@ -59,14 +59,14 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "collapse-negatives": (*_PAPER, "negatives.collapse_modes=true"),
 }
 """The method's variants of Table 2: the paper-faithful one and the paper's with one guard that changes the
-adaptation's path, each spelled out in full so that a profile's defaults (positive alpha is one) cannot change
+adaptation's path, each spelled out in full so that a profile's defaults cannot change
 what a variant is. The alpha and intensity guards only stop a path early, so they are replayed on each
 variant's curve, at the fixed values of :data:`RULES` (a profile's own ``adapt.alpha_guard`` and
 ``adapt.intensity_guard`` are not used here)."""
 
-DEFAULT_VARIANT = "positive-alpha"
-"""The variant that the default profiles fit and adapt (``HarmonizerConfig.positive_alpha`` is on), and the one
-that ``hflow demo`` runs."""
+DEFAULT_VARIANT = "paper-faithful"
+"""The variant that the default profiles fit and adapt (the paper's linear alpha, no guard that changes the
+path; the stop-only intensity guard is on), and the one that ``hflow demo`` runs."""
 
 GUARD = AdaptConfig().intensity_guard
 """The intensity guard's tolerance in the replayed rules: the default's (see ``AdaptConfig.intensity_guard``)."""

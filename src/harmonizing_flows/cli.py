@@ -316,10 +316,10 @@ def benchmark(
     variants: Annotated[
         str,
         typer.Option(
-            help="Method variants: positive-alpha (the default method), paper-faithful, brain-only, "
+            help="Method variants: paper-faithful (the default method), positive-alpha, brain-only, "
             "collapse-negatives. Table 1 shows the first."
         ),
-    ] = "positive-alpha,paper-faithful,brain-only,collapse-negatives",
+    ] = "paper-faithful,positive-alpha,brain-only,collapse-negatives",
     profile: ProfileOption = "fast",
     config: ConfigOption = None,
     set_: SetOption = None,

@@ -215,15 +215,16 @@ class HarmonizerConfig:
         widths: Channels per U-Net level (the paper: 16, 32, 48, 64, 64).
         blocks: concat-ELU convolutions per level and side (the paper: 2).
         positive_alpha: Guard: ``alpha = exp(a)`` instead of the paper's unconstrained linear ``alpha``, so that
-            adaptation cannot invert the contrast. On by default in every profile: over the fast benchmark's four
-            settings it gave the best adapted Dice of the method's variants, ahead of or level with the paper's
-            linear alpha in each, on one seed; a second seed's first setting went the other way, so the choice
-            awaits more seeds (benchmarks/RESULTS.md). ``false`` gives the paper's harmonizer.
+            adaptation cannot invert the contrast. Off by default (the paper's harmonizer): on the simulator with
+            coil profiles (fast benchmark, settings A-D, b6bf57b) the linear alpha adapted as well with the
+            guarded entropy rule (72.0 vs 71.9 Dice), better with the source-bpd rule (71.0 vs 70.7), and never
+            collapsed unguarded, where the positive alpha drove the brain black in settings A and C (entropy rule
+            without the intensity guard: 72.0 vs 54.7). See benchmarks/RESULTS.md.
     """
 
     widths: tuple[int, ...] = (16, 32, 48, 64, 64)
     blocks: int = 2
-    positive_alpha: bool = True
+    positive_alpha: bool = False
 
     def __post_init__(self) -> None:
         if not self.widths or min(self.widths) < 1 or self.blocks < 1:

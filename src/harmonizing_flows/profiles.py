@@ -1,9 +1,9 @@
 """Profiles: every setting of the method in one :class:`Profile`, three named presets, and overrides.
 
 * ``paper``: the paper's settings (224x224 coronal slices of 1 mm data, full-size networks and schedules). Meant
-  for a GPU: on two CPU cores one flow step takes seconds and the schedule weeks. Like every profile it keeps
-  the guards that measured best (positive alpha, the intensity guard); ``harmonizer.positive_alpha=false`` and
-  ``adapt.intensity_guard=0`` give the paper's method, and ``flow.margin_mode=absolute`` with
+  for a GPU: on two CPU cores one flow step takes seconds and the schedule weeks. Like every profile it runs
+  the paper's harmonizer (linear alpha, which measured best) with the intensity guard, which only ever stops
+  adaptation early; ``adapt.intensity_guard=0`` gives the paper's method, and ``flow.margin_mode=absolute`` with
   ``flow.weighting=samples`` its Eq. 4 as written (the default measures the margin from the source bpd and
   weighs the two terms alike, see :class:`~harmonizing_flows.config.FlowConfig`).
 * ``fast``: the CPU default. 80x80 slices of 2 mm data (``hflow simulate --voxel-size 2``), narrower networks,
