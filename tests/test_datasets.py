@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import random
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -347,15 +348,21 @@ def test_a_folder_of_freesurfer_subjects_is_one_site_but_one_subject_is_refused(
 
 def test_freesurfers_template_subjects_are_left_out_of_a_subjects_dir_with_a_warning(tmp_path):
     subjects_dir = tmp_path / "site-C"
-    for name in ("bert", "ernie", "fsaverage", "fsaverage5", "cvs_avg35"):  # templates have mri/brain.mgz too
+    templates = ["V1_average", "cvs_avg35", "fsaverage", "fsaverage5", "fsaverage_sym", "lh.EC_average"]
+    for name in ["bert", "pilot_average", "fsaverage_2", *templates]:  # templates have mri/brain.mgz too
         for f in ("brain.mgz", "brainmask.mgz", "aseg.mgz"):
             touch(subjects_dir / name / "mri" / f)
     with pytest.warns(UserWarning, match="template subject") as caught:
         subjects = load_subjects(subjects_dir)
-    assert [s.subject for s in subjects] == ["bert", "ernie"]
-    assert sorted(Path(str(w.message).split(":")[0]).name for w in caught) == ["cvs_avg35", "fsaverage", "fsaverage5"]
+    assert [s.subject for s in subjects] == ["bert", "fsaverage_2", "pilot_average"]  # not FreeSurfer's names
+    assert sorted(Path(str(w.message).split(":")[0]).name for w in caught) == templates
     with pytest.warns(UserWarning, match="template subject"):  # the same in ROOT/<site>/<subject>/mri/
-        assert [s.subject for s in read_site_folders(tmp_path)] == ["bert", "ernie"]
+        assert [s.subject for s in read_site_folders(tmp_path)] == ["bert", "fsaverage_2", "pilot_average"]
+    for name in ("bert", "pilot_average", "fsaverage_2"):
+        shutil.rmtree(subjects_dir / name)
+    with pytest.warns(UserWarning), pytest.raises(InputError, match="only FreeSurfer's template subjects") as exc:
+        load_subjects(subjects_dir)
+    assert exc.value.path == subjects_dir
 
 
 def test_a_subject_id_used_twice_in_a_sites_folder_is_an_error(tmp_path):

@@ -337,7 +337,7 @@ def _run_setting(
     # The paper-faithful model, fitted when a variant first needs it: brain-only adapts it as it is, and
     # collapse-negatives refits its flow. A whole fit of positive-alpha equals the paper-faithful flow with its own
     # harmonizer (fit_model draws the same initial weights and batches; tested), so when the paper-faithful model is
-    # fitted anyway, positive-alpha refits only the harmonizer; alone (the demo) it is fitted whole, one model.
+    # fitted anyway, positive-alpha refits only the harmonizer; alone (--variants positive-alpha) it is fitted whole.
     paper = apply_overrides(profile, VARIANTS["paper-faithful"])
     paper_needed = any(v != "positive-alpha" for v in variants)
 

@@ -10,7 +10,8 @@ Three layouts are read into one list of :class:`Subject` records:
   ``<subject>_mask.nii.gz`` (or ``_brainmask``) and ``<subject>_labels.nii.gz`` (or ``_aseg``, ``_seg``,
   ``_dseg``); a trailing ``_T1w`` on the image name is dropped from the subject id. A FreeSurfer subject folder
   ``ROOT/<site>/<subject>/mri/`` (``brain.mgz`` or ``T1.mgz``, ``brainmask.mgz``, ``aseg.mgz``) works too;
-  FreeSurfer's template subjects (``fsaverage``, which recon-all links into ``SUBJECTS_DIR``) are left out.
+  FreeSurfer's template subjects (:data:`FREESURFER_TEMPLATES`: ``fsaverage``, which recon-all links into
+  ``SUBJECTS_DIR``, and the others it ships) are left out.
 * **BIDS** (:func:`read_bids`): ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``, the site from a ``participants.tsv``
   column; masks and labels from ``*_desc-brain_mask`` and ``*_dseg`` files beside the image or under
   ``derivatives/*/``.
@@ -206,9 +207,10 @@ def freesurfer_subject(folder: Path, site: str = "") -> Subject | None:
     return Subject(folder.name, site, image, mask if mask.is_file() else None, labels if labels.is_file() else None)
 
 
-FREESURFER_TEMPLATES = re.compile(r"fsaverage.*|cvs_avg35.*|.+_average")
-"""FreeSurfer's template subjects (``fsaverage`` is linked into a ``SUBJECTS_DIR`` by recon-all): atlases, not
-scans of a site, so a folder of subjects leaves them out."""
+FREESURFER_TEMPLATES = re.compile(r"fsaverage(\d|_sym)?|cvs_avg35(_inMNI152)?|[lr]h\.EC_average|V1_average")
+"""The template subjects FreeSurfer ships in ``$FREESURFER_HOME/subjects`` (recon-all links ``fsaverage`` into a
+``SUBJECTS_DIR``): atlases, not scans of a site, so a folder of subjects leaves them out. Exact names only, so
+that a real subject called ``pilot_average`` is kept."""
 
 
 def freesurfer_subjects_in(folder: Path, site: str = "") -> list[Subject]:
@@ -404,6 +406,8 @@ def _one_site_folder(path: Path) -> list[Subject] | None:
     site = path.resolve().name
     folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     subjects = freesurfer_subjects_in(path, site)
+    if not subjects and any(FREESURFER_TEMPLATES.fullmatch(f.name) and freesurfer_subject(f) for f in folders):
+        raise InputError(path, "holds only FreeSurfer's template subjects (fsaverage, ...), no scan of a site")
     subjects += [Subject(subject, site, image, mask, labels) for subject, image, mask, labels in folder_images(path)]
     if not subjects:
         return None

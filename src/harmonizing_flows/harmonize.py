@@ -58,7 +58,7 @@ from harmonizing_flows.volume import (
 __all__ = ["harmonize", "harmonize_volume"]
 
 
-@torch.no_grad()  # not inference_mode: the caller's harmonizer must stay trainable afterwards
+@torch.no_grad()  # not inference_mode: tensors made here may meet training later (the harmonizer is a copy)
 def harmonize_volume(
     harmonizer: Harmonizer,
     image: str | Path,

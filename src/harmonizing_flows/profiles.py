@@ -2,10 +2,11 @@
 
 * ``paper``: the paper's settings (224x224 coronal slices of 1 mm data, full-size networks and schedules). Meant
   for a GPU: on two CPU cores one flow step takes seconds and the schedule weeks. Like every profile it runs
-  the paper's harmonizer (linear alpha, which measured best) with the intensity guard, which only ever stops
-  adaptation early; ``adapt.intensity_guard=0`` gives the paper's method, and ``flow.margin_mode=absolute`` with
-  ``flow.weighting=samples`` its Eq. 4 as written (the default measures the margin from the source bpd and
-  weighs the two terms alike, see :class:`~harmonizing_flows.config.FlowConfig`).
+  the paper's harmonizer (linear alpha: level best with the entropy rule, best with the source-bpd rule) with
+  the intensity guard, which only ever stops adaptation early; ``adapt.intensity_guard=0`` gives the paper's
+  method, and ``flow.margin_mode=absolute`` with ``flow.weighting=samples`` its Eq. 4 as written (the default
+  measures the margin from the source bpd and weighs the two terms alike, see
+  :class:`~harmonizing_flows.config.FlowConfig`).
 * ``fast``: the CPU default. 80x80 slices of 2 mm data (``hflow simulate --voxel-size 2``), narrower networks,
   fewer couplings and short schedules; see ``benchmarks/RESULTS.md`` for what each step costs.
 * ``smoke``: tiny networks and a few steps, for tests: seconds, and no claim of quality.
