@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import replace
 
 import nibabel as nib
@@ -276,6 +277,14 @@ def test_a_freesurfer_subject_gives_its_brain_with_its_mask(simulated, fitted, t
         assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 1)
     data = np.asarray(nib.load(written[0]).dataobj)
     assert not data[np.asarray(nib.load(subject.mask).dataobj) == 0].any()  # brainmask.mgz was used
+    shutil.copytree(mri.parent, tmp_path / "fs" / "fsaverage")  # recon-all's link: a template, not a scan
+    with pytest.warns(UserWarning, match="template subject"):
+        (again,) = harmonize(fitted, tmp_path / "fs", tmp_path / "out-subjects-dir", progress=False)
+    assert again.name == "sub01.nii.gz" and np.array_equal(np.asarray(nib.load(again).dataobj), data)
+    nib.save(nib.load(subject.image), tmp_path / "fs" / "sub01.nii.gz")
+    with pytest.warns(UserWarning), pytest.raises(InputError, match=r"would be written as sub01\.nii\.gz"):
+        harmonize(fitted, tmp_path / "fs", tmp_path / "out-clash", progress=False)
+    assert not (tmp_path / "out-clash").exists()
 
 
 def test_names_that_cannot_be_told_apart_or_written_are_refused(simulated, fitted, tmp_path):

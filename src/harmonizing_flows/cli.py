@@ -255,7 +255,9 @@ def _sets_stop(config: Path | None, overrides: list[str]) -> bool:
 @app.command()
 def harmonize(
     model: Annotated[Path, typer.Argument(help="A model folder (fitted or adapted).")],
-    inputs: Annotated[Path, typer.Argument(help="A NIfTI/MGZ file, or a folder of them.")],
+    inputs: Annotated[
+        Path, typer.Argument(help="A NIfTI/MGZ file or a folder of them; a FreeSurfer subject or a folder of them.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.nii.gz) or folder.")],
     mask: Annotated[Path | None, typer.Option(help="Brain mask of a single input file.")] = None,
     dtype: Annotated[str, typer.Option(help="uint8 (as the model's source images) or float32.")] = "uint8",

@@ -32,7 +32,12 @@ import torch
 from scipy import ndimage
 
 from harmonizing_flows.config import SliceConfig
-from harmonizing_flows.datasets import folder_images, freesurfer_subject_at, strip_volume_suffix
+from harmonizing_flows.datasets import (
+    folder_images,
+    freesurfer_subject_at,
+    freesurfer_subjects_in,
+    strip_volume_suffix,
+)
 from harmonizing_flows.distributed import resolve_device
 from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.harmonizer import Harmonizer
@@ -132,7 +137,7 @@ def harmonize_volume(
 
 def _inputs(path: Path) -> list[tuple[str, Path, Path | None, Path | None]]:
     """(output name, image, mask, labels) of a file, of a FreeSurfer subject (its folder or its ``mri/``), or of
-    every image of a folder, each with its companions if present."""
+    every image and FreeSurfer subject (a ``SUBJECTS_DIR``) of a folder, each with its companions if present."""
 
     def named(image: Path, mask: Path | None, labels: Path | None) -> tuple[str, Path, Path | None, Path | None]:
         stem = strip_volume_suffix(image.name)
@@ -147,8 +152,14 @@ def _inputs(path: Path) -> list[tuple[str, Path, Path | None, Path | None]]:
     if subject is not None:  # not every .mgz of mri/: brain.mgz (or norm, T1) with brainmask.mgz, named for the subject
         return [(f"{subject.subject}.nii.gz", subject.image, subject.mask, subject.labels)]
     found = [named(image, mask, labels) for _, image, mask, labels in folder_images(path)]
+    found += [(f"{s.subject}.nii.gz", s.image, s.mask, s.labels) for s in freesurfer_subjects_in(path)]
     if not found:
-        raise InputError(path, f"holds no image ({', '.join(VOLUME_SUFFIXES)})")
+        raise InputError(path, f"holds no image ({', '.join(VOLUME_SUFFIXES)}) and no FreeSurfer subject folder")
+    outputs: dict[str, Path] = {}
+    for name, image, *_ in found:  # bert.nii.gz beside FreeSurfer's bert/ would both become bert.nii.gz
+        if name in outputs:
+            raise InputError(image, f"would be written as {name}, as {outputs[name]} is; rename one of them")
+        outputs[name] = image
     return found
 
 
@@ -170,7 +181,8 @@ def harmonize(
     Args:
         inputs: A file or a folder. ``<name>_mask.nii.gz`` beside an image is its brain mask; in a folder,
             companions (``_mask``, ``_labels``, ...) are not harmonized themselves. A FreeSurfer subject folder
-            (or its ``mri/``) gives its ``brain.mgz`` with ``brainmask.mgz``.
+            (or its ``mri/``) gives its ``brain.mgz`` with ``brainmask.mgz``, and so does each subject of a folder
+            of them (a ``SUBJECTS_DIR``; FreeSurfer's templates such as ``fsaverage`` are left out).
         out: For a file: the output file (``.nii`` or ``.nii.gz``) or a folder; for a folder: a folder. Output
             files keep the input's name (``.mgz`` becomes ``.nii.gz``).
         mask: The brain mask of a single input file (instead of its companion).
