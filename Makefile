@@ -41,7 +41,7 @@ bench: $(BIN)/hflow
 	$(BIN)/python benchmarks/bench_simulate.py
 	$(BIN)/python benchmarks/bench_volume.py
 
-# About two and a half hours on two CPU cores: settings A-D, every variant (see benchmarks/bench_evaluation.py).
+# Settings A-D, every variant: hours on two CPU cores (the default variant alone took 69 min; benchmarks/RESULTS.md).
 bench-evaluation: $(BIN)/hflow
 	$(BIN)/python benchmarks/bench_evaluation.py --work bench-evaluation
 

@@ -11,8 +11,9 @@ git commit, the machine and the dates. ``WORK`` is kept: run again with the same
 reuses what it computed with the same code: the networks it fitted (same profile, same training files), and every
 setting that finished with the same settings and data, so an interrupted run resumes at the setting it was in
 (each setting's own time is in ``results.json``). Changing the variants re-evaluates every setting but refits only
-the new variants' networks. The fast profile over settings A-D with all four variants takes about two and a half
-hours on two CPU cores.
+the new variants' networks. On two CPU cores the fast profile over settings A-D took 69 minutes for the default
+variant alone (``--variants paper-faithful``) and, with all four variants and 200 adaptation steps (now 100),
+about five hours on a slow day.
 
     python benchmarks/bench_evaluation.py --work /data/hflow-eval                     # A-D, all variants
     python benchmarks/bench_evaluation.py --work /data/hflow-eval --seeds 0,1,2       # three times as long
