@@ -61,6 +61,10 @@ def test_tables_json_and_figures_are_written(report):
     for method in TABLE1_METHODS:
         assert f"| {method} " in tables
     assert "ceiling: segmenter on its source test split" in tables
+    # CPU results depend on the thread count, so the provenance names it
+    threads = torch.get_num_threads()
+    assert json.loads((out / "results.json").read_text())["meta"]["machine"]["torch_threads"] == threads
+    assert f"({threads} torch threads)" in tables
     for name in ("slices_B.png", "histograms_B.png", "curves_B.png"):
         assert (out / "figures" / name).stat().st_size > 10_000
 

@@ -637,6 +637,8 @@ def _machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        # CPU results depend on it: one thread and two give different float rounding, and training amplifies it
+        "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -266,8 +266,9 @@ def _provenance(meta: Mapping[str, Any]) -> list[str]:
     if not machine:
         return []
     gpu = f", {machine['cuda']}" if machine.get("cuda") else ", no GPU"
+    threads = f" ({machine['torch_threads']} torch threads)" if machine.get("torch_threads") else ""
     return [
-        f"Finished {meta.get('finished', '?')} on {machine['platform']}, {machine['cpus']} CPUs{gpu}; Python "
+        f"Finished {meta.get('finished', '?')} on {machine['platform']}, {machine['cpus']} CPUs{threads}{gpu}; Python "
         f"{machine['python']}, torch {machine['torch']}, harmonizing-flows {machine['harmonizing_flows']}."
     ]
 
