@@ -93,7 +93,7 @@ PROFILES: dict[str, Profile] = {
         ),
         flow_training=TrainConfig(epochs=8, batch_size=16, lr=2e-3, halve_every=4, checkpoint_every=2),
         # 100 steps: over settings A-D (commit b6bf57b) every practical rule kept the default's step 110 or earlier,
-        # the oracle step 90 or earlier; the steps after that cost a third of the demo's time.
+        # the oracle step 90 or earlier; steps 100-200 took a fifth of the (10-subject) demo's time.
         adapt=AdaptConfig(lr=2e-5, batch_size=16, steps=100, eval_every=10, monitor_slices=48),
         segmenter=SegmenterConfig(channels=(16, 32, 64, 128)),
         segmenter_training=TrainConfig(epochs=40, batch_size=32, lr=4e-3, halve_every=15, checkpoint_every=5),
