@@ -20,7 +20,7 @@ $(BIN)/hflow: pyproject.toml
 		echo "no CUDA: installing the CPU build of PyTorch ($(TORCH_CPU))"; \
 		$(BIN)/pip install --quiet $(TORCH_CPU_ARGS) "$(TORCH_CPU)"; \
 	fi
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[eval,test]"
 	@touch $@
 
 install: $(BIN)/hflow

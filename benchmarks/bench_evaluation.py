@@ -92,9 +92,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy2(report / name, into / name)
         shutil.copytree(report / "figures", into / "figures")
     if len(seeds) > 1:
-        from harmonizing_flows.report import render_seeds
+        from harmonizing_flows.evaluation.report import render_seeds
+        from harmonizing_flows.evaluation.results import SettingResult
 
-        results = {seed: json.loads((r / "results.json").read_text())["results"] for seed, r in reports.items()}
+        results = {
+            seed: {
+                letter: SettingResult.from_json(setting)
+                for letter, setting in json.loads((r / "results.json").read_text())["results"].items()
+            }
+            for seed, r in reports.items()
+        }
         variants = [x.strip() for x in args.variants.split(",") if x.strip()]
         (tmp / "seeds.md").write_text(f"# The benchmark over seeds {args.seeds}\n\n" + render_seeds(results, variants))
     write_json(tmp / "run.json", {"runs": runs, "git": state, "machine": machine, "started": started,

@@ -51,10 +51,10 @@ def _child(case: str, steps: int) -> dict[str, Any]:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from harmonizing_flows.flow import Flow
-    from harmonizing_flows.harmonizer import Harmonizer
+    from harmonizing_flows.method.flow import Flow
+    from harmonizing_flows.method.harmonizer import Harmonizer
+    from harmonizing_flows.method.unet import channels_last
     from harmonizing_flows.profiles import PROFILES
-    from harmonizing_flows.unet import channels_last
     from reference_flow import ReferenceFlow
 
     kind, profile_name, batch = case.split(":")
@@ -183,8 +183,8 @@ def end_to_end(work: Path) -> dict[str, Any]:
     run("harmonize 1 mm volume", ["harmonize", str(work / "adapted"), str(volume), "--mask", str(mask),
                                   "--out", str(work / "harmonized.nii.gz"), "--quiet"])  # fmt: skip
     # the paper profile's harmonizer on the same volume: an untrained one costs the same as a fitted one
+    from harmonizing_flows.method.store import Model, save_model
     from harmonizing_flows.profiles import PROFILES
-    from harmonizing_flows.store import Model, save_model
 
     save_model(Model.create(PROFILES["paper"]), work / "paper-model")
     run("harmonize 1 mm, paper", ["harmonize", str(work / "paper-model"), str(volume), "--mask", str(mask),

@@ -47,7 +47,7 @@ from _common import (
     write_json,
 )
 from harmonizing_flows.config import SliceConfig
-from harmonizing_flows.volume import load_volume, slice_volume
+from harmonizing_flows.data.volume import load_volume, slice_volume
 
 TARGET_S = 0.5
 

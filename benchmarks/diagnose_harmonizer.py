@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harmonizing_flows.benchmark import _harmonize_stack, _score, load_stacks
-from harmonizing_flows.datasets import load_subjects, split_subjects
-from harmonizing_flows.segment import load_segmenter
-from harmonizing_flows.store import load_model
+from harmonizing_flows.data.prepare import read_site
+from harmonizing_flows.evaluation.protocol import _score
+from harmonizing_flows.evaluation.segmenter import load_segmenter
+from harmonizing_flows.harmonize import harmonize_slices
+from harmonizing_flows.method.store import load_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,14 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data", type=Path, help="The labelled data the benchmark ran on.")
     args = parser.parse_args(argv)
     device = torch.device("cpu")
-    subjects = load_subjects(args.data)
     for folder in sorted(p for p in args.models.iterdir() if p.is_dir()):
         model, segmenter = load_model(folder / "model"), load_segmenter(folder / "segmenter")
-        site = [s for s in subjects if s.site == folder.name]
-        site = split_subjects(site)  # keeps the splits the data gives
-        test = load_stacks([s for s in site if s.split == "test"], model.profile.slices)
+        # the site's test volumes, split as the benchmark splits them (keeping the splits the data gives)
+        test = read_site(args.data, model.profile.slices, site=folder.name, splits=["test"], labels=True).volumes
         harmonizer = model.harmonizer.eval()
-        harmonized = [_harmonize_stack(harmonizer, s, device) for s in test]
+        harmonized = [harmonize_slices(harmonizer, v, device=device) for v in test]
         raw = np.mean([_score(segmenter, s.images, s, device)["dice"] for s in test])
         through = np.mean([_score(segmenter, h, s, device)["dice"] for h, s in zip(harmonized, test, strict=True)])
         pairs = list(zip(harmonized, test, strict=True))

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from harmonizing_flows.baselines import HistogramMatching, NyulStandardization
-from harmonizing_flows.benchmark import _score, load_stacks, stacks_to_slices
-from harmonizing_flows.datasets import load_subjects, split_subjects
+from harmonizing_flows.data.prepare import read_sites
+from harmonizing_flows.data.slices import Slices
+from harmonizing_flows.data.volume import SlicedVolume
+from harmonizing_flows.evaluation.baselines import HistogramMatching, NyulStandardization
+from harmonizing_flows.evaluation.protocol import _score
+from harmonizing_flows.evaluation.segmenter import fit_segmenter
 from harmonizing_flows.profiles import load_profile
-from harmonizing_flows.segment import fit_segmenter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,29 +37,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     profile = load_profile(args.profile)
-    subjects = split_subjects(load_subjects(args.data))
-    sites = sorted({s.site for s in subjects})
-    stacks = {site: load_stacks([s for s in subjects if s.site == site], profile.slices) for site in sites}
+    by_name = {site.name: site for site in read_sites(args.data, profile.slices, labels=True)}
+    sites = list(by_name)
     sources = [s for s in args.sources.split(",") if s] or sites
+    if unknown := [s for s in sources if s not in by_name]:
+        parser.error(f"no site {', '.join(unknown)} in {args.data} (sites: {', '.join(sites)})")
     print("| source | target | ceiling | none | loss | histogram matching | Nyul |")
     print("|---|---|---|---|---|---|---|")
     for source in sources:
         begun = time.perf_counter()
-        train = [s for s in stacks[source] if s.split == "train"]
-        segmenter = fit_segmenter(stacks_to_slices(train, labels=True), profile, progress=False).eval()
+        train = by_name[source].split("train")
+        segmenter = fit_segmenter(Slices.pool(train, labels=True), profile, progress=False).eval()
 
-        def dice(images: list[np.ndarray], test: list, segmenter=segmenter) -> float:
+        def dice(images: list[np.ndarray], test: list[SlicedVolume], segmenter=segmenter) -> float:
             scores = [_score(segmenter, x, s, "cpu")["dice"] for x, s in zip(images, test, strict=True)]
             return float(np.mean(scores))
 
-        own = [s for s in stacks[source] if s.split == "test"]
+        own = by_name[source].split("test")
         ceiling = dice([s.images.astype(np.float32) for s in own], own)
         matching = HistogramMatching().fit([s.images for s in train], [s.mask for s in train])
         nyul = NyulStandardization().fit([s.images for s in train], [s.mask for s in train])
         for target in sites:
             if target == source:
                 continue
-            test = [s for s in stacks[target] if s.split == "test"]
+            test = by_name[target].split("test")
             none = dice([s.images.astype(np.float32) for s in test], test)
             hm = dice([matching.transform(s.images, s.mask) for s in test], test)
             ny = dice([nyul.transform(s.images, s.mask) for s in test], test)

@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harmonizing_flows.benchmark import _harmonize_stack, _score, load_stacks, stacks_to_slices
-from harmonizing_flows.datasets import load_subjects, split_subjects
-from harmonizing_flows.distributed import Context
-from harmonizing_flows.harmonizer import Harmonizer
+from harmonizing_flows.data.prepare import read_site
+from harmonizing_flows.data.slices import Slices
+from harmonizing_flows.evaluation.protocol import _score
+from harmonizing_flows.evaluation.segmenter import load_segmenter
+from harmonizing_flows.harmonize import harmonize_slices
+from harmonizing_flows.method.distributed import Context
+from harmonizing_flows.method.harmonizer import Harmonizer
+from harmonizing_flows.method.training import fit_harmonizer
 from harmonizing_flows.profiles import load_profile
-from harmonizing_flows.segment import load_segmenter
-from harmonizing_flows.train import fit_harmonizer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
                        batch_size=profile.harmonizer_training.batch_size if args.batch_size is None
                        else args.batch_size)  # fmt: skip
     profile = replace(profile, harmonizer_training=training)
-    site = [s for s in load_subjects(args.data) if s.site == args.site]
-    site = split_subjects(site)  # keeps the splits the data gives
-    train = stacks_to_slices(load_stacks([s for s in site if s.split == "train"], profile.slices))
-    test = load_stacks([s for s in site if s.split == "test"], profile.slices)
+    # split as the benchmark splits (keeping the splits the data gives); labels only for scoring the test split
+    site = read_site(args.data, profile.slices, site=args.site, splits=["train", "test"], labels=True)
+    train = Slices.pool(site.split("train"))
+    test = site.split("test")
     segmenter = load_segmenter(args.models / args.site / "segmenter")
     torch.manual_seed(profile.seed)
     harmonizer = Harmonizer(profile.harmonizer)
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     history = fit_harmonizer(harmonizer, train, profile, Context(), progress=False)
     harmonizer.eval()
     device = torch.device("cpu")
-    dice = np.mean([_score(segmenter, _harmonize_stack(harmonizer, s, device), s, device)["dice"] for s in test])
+    dice = np.mean([_score(segmenter, harmonize_slices(harmonizer, v, device=device), v, device)["dice"] for v in test])
     print(f"{args.site}: {args.epochs} epochs (halved every {args.halve_every}, lr {training.lr:g}, "
           f"batch {training.batch_size}) in "
           f"{time.perf_counter() - started:.0f} s; final MSE {history[-1]['mse']:.4f}; "

@@ -3,7 +3,7 @@
 Written the way the architecture reads in the paper and the authors' code, with nothing done for speed: NCHW
 float32, eager, a per-pixel ``nn.LayerNorm`` through two permutes, the checkerboard mask rebuilt at each call,
 ``torch.cat``/``chunk``/``flip`` where the text suggests them. Vectorized throughout: a yardstick, not a
-strawman. Same layers, same widths and the same number of parameters as ``harmonizing_flows.flow.Flow`` with the
+strawman. Same layers, same widths and the same number of parameters as ``harmonizing_flows.method.flow.Flow`` with the
 paper profile, so the two differ only in how they compute. Not part of the package.
 """
 

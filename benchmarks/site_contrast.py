@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harmonizing_flows.datasets import load_subjects
-from harmonizing_flows.labels import CLASS_NAMES, to_classes
-from harmonizing_flows.volume import load_volume
+from harmonizing_flows.data.datasets import load_subjects
+from harmonizing_flows.data.labels import CLASS_NAMES, to_classes
+from harmonizing_flows.data.volume import load_volume
 
 FOREGROUND = range(1, len(CLASS_NAMES))
 

@@ -19,20 +19,19 @@ from dataclasses import replace
 def _one(manifest: str, site: str, profile_name: str, threads: int) -> float:
     import torch
 
-    from harmonizing_flows.benchmark import load_stacks, stacks_to_slices
-    from harmonizing_flows.datasets import load_subjects
-    from harmonizing_flows.distributed import Context
+    from harmonizing_flows.data.prepare import read_site
+    from harmonizing_flows.data.slices import Slices
+    from harmonizing_flows.method.distributed import Context
+    from harmonizing_flows.method.store import Model
+    from harmonizing_flows.method.training import fit_harmonizer
     from harmonizing_flows.profiles import load_profile
-    from harmonizing_flows.store import Model
-    from harmonizing_flows.train import fit_harmonizer
 
     torch.set_num_threads(threads)
     profile = load_profile(profile_name)
     profile = replace(profile, harmonizer_training=replace(profile.harmonizer_training, epochs=1))
-    subjects = [s for s in load_subjects(manifest) if s.site == site and s.split == "train"]
-    if not subjects:
-        raise SystemExit(f"{manifest}: no training subject of site {site}")
-    train = stacks_to_slices(load_stacks(subjects, profile.slices), labels=True)
+    # the site's training split as the benchmark reads it (the data's splits kept, the others drawn as it draws them)
+    volumes = read_site(manifest, profile.slices, site=site, splits=["train"], labels=True).volumes
+    train = Slices.pool(volumes, labels=True)
     torch.manual_seed(profile.seed)  # as fit_model: initial weights from the seed alone
     model = Model.create(profile)
     history = fit_harmonizer(model.harmonizer, train, profile, Context(device=torch.device("cpu")), progress=False)

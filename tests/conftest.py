@@ -59,7 +59,7 @@ def smoke_profile():
 @pytest.fixture(scope="session")
 def fitted(tmp_path_factory: pytest.TempPathFactory, simulated, smoke_profile):
     """A model fitted on the tiny simulation's mprage-3t site at the smoke profile."""
-    from harmonizing_flows.train import fit
+    from harmonizing_flows.method.training import fit
 
     out = tmp_path_factory.mktemp("models") / "model"
     return fit(simulated.manifest, out, smoke_profile, site="mprage-3t", device="cpu", progress=False)

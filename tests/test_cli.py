@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from conftest import write_volume
 from harmonizing_flows import __version__
 from harmonizing_flows.cli import app
-from harmonizing_flows.datasets import load_subjects
+from harmonizing_flows.data.datasets import load_subjects
 
 runner = CliRunner()
 
@@ -326,12 +327,107 @@ def test_system_errors_print_as_path_and_cause_with_notes(capsys):
     import typer
 
     from harmonizing_flows.cli import _fail
+    from harmonizing_flows.errors import InputError, system_errors
 
-    error = PermissionError(13, "Permission denied", "/data/out")
-    error.add_note("2 of 5 volumes were written before this one and are kept")
+    @system_errors
+    def write() -> None:
+        error = PermissionError(13, "Permission denied", "/data/out")
+        error.add_note("2 of 5 volumes were written before this one and are kept")
+        raise error
+
+    with pytest.raises(InputError) as raised:
+        write()
     with pytest.raises(typer.Exit) as info:
-        _fail(error)
+        _fail(raised.value)
     assert info.value.exit_code == 2
     printed = capsys.readouterr().err
     note = "2 of 5 volumes were written before this one and are kept"
     assert printed == f"error: /data/out: permission denied\n  {note}\n"
+
+
+def test_a_bug_shows_its_traceback_and_debug_shows_it_for_user_errors_too(monkeypatch, tmp_path):
+    import harmonizing_flows.method.training as training
+
+    def broken(*args, **kwargs):
+        raise ValueError("a programming error")
+
+    monkeypatch.setattr(training, "fit", broken)
+    result = runner.invoke(app, ["fit", str(tmp_path), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)  # not a tidy "error:" line
+    missing = str(tmp_path / "nowhere")
+    tidy = runner.invoke(app, ["fit", missing, "--out", str(tmp_path / "m2")])
+    assert tidy.exit_code == 2 and "does not exist" in tidy.output and tidy.exception is not None
+    debug = runner.invoke(app, ["--debug", "fit", missing, "--out", str(tmp_path / "m2")])
+    from harmonizing_flows.errors import InputError
+
+    assert isinstance(debug.exception, InputError)
+
+
+def test_ctrl_c_during_fit_says_how_to_resume(monkeypatch, tmp_path):
+    import harmonizing_flows.method.training as training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "fit", interrupted)
+    result = runner.invoke(app, ["fit", str(tmp_path), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 130
+    assert f"{tmp_path / 'm.checkpoints'}" in result.output and "--resume" in result.output
+
+
+def test_fit_keeps_an_earlier_fits_checkpoints_unless_told(simulated, tmp_path):
+    args = ["fit", str(simulated.manifest), "--site", "mprage-3t", "--out", str(tmp_path / "m"), "--profile", "smoke"]
+    args += ["--set", "flow_training.epochs=1", "--set", "harmonizer_training.epochs=1", "--quiet"]
+    assert runner.invoke(app, args).exit_code == 0
+    checkpoints = tmp_path / "m.checkpoints"
+    shutil.rmtree(tmp_path / "m")  # the model gone, its checkpoints left: as after an interrupted fit
+    before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "holds checkpoints of an earlier fit" in refused.output
+    assert "--resume" in refused.output and "--overwrite" in refused.output
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_harmonize_needs_only_the_harmonizer(simulated, fitted, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(fitted, model)
+    (model / "flow.safetensors").unlink()  # never read: harmonizing needs the harmonizer alone
+    image = simulated.subjects[0].image
+    result = runner.invoke(app, ["harmonize", str(model), str(image), "--out", str(tmp_path / "h.nii.gz"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "h.nii.gz").is_file()
+
+
+def test_evaluation_commands_name_the_extra_they_need(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "monai" else real(name, *a))
+    for args in (["benchmark", "data.csv", "--out", "r"], ["demo", "--out", str(tmp_path / "d")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "needs the 'eval' extra (monai is not installed)" in result.output
+        assert "pip install 'harmonizing-flows[eval]'" in result.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_adapting_to_one_scan_says_that_it_is_one(simulated, fitted, tmp_path):
+    subject = next(s for s in simulated.subjects if s.site == "spgr-15t")
+    site = tmp_path / "one-scan"
+    site.mkdir()
+    shutil.copy2(subject.image, site / subject.image.name)
+    shutil.copy2(subject.mask, site / subject.mask.name)
+    args = ["adapt", str(fitted), str(site), "--out", str(tmp_path / "a"), "--steps", "2", "--quiet"]
+    with pytest.warns(UserWarning, match=r"adapting to site one-scan from a single scan"):
+        result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+
+def test_progress_piped_to_a_log_is_lines_not_redraws(tmp_path):
+    args = ["simulate", "--out", str(tmp_path / "s"), "--sites", "mprage-3t", "--subjects-per-site", "3"]
+    result = runner.invoke(app, [*args, "--voxel-size", "6"])  # CliRunner's streams are not terminals
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("simulating: ")]
+    assert 1 <= len(lines) <= 11 and lines[-1].startswith("simulating: 4/4 scan (100 %)")

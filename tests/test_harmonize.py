@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from harmonizing_flows.config import SliceConfig
+from harmonizing_flows.data.volume import load_volume, quantize_with, slice_volume, to_image, unslice
 from harmonizing_flows.errors import InputError, OutputExistsError
-from harmonizing_flows.harmonize import harmonize, harmonize_volume
-from harmonizing_flows.harmonizer import Harmonizer
+from harmonizing_flows.harmonize import harmonize, harmonize_slices, harmonize_volume
+from harmonizing_flows.method.harmonizer import Harmonizer
+from harmonizing_flows.method.store import Model, load_model, save_model
 from harmonizing_flows.profiles import PROFILES
-from harmonizing_flows.store import Model, load_model, save_model
-from harmonizing_flows.volume import load_volume, quantize_with, slice_volume, to_image, unslice
 
 
 def _digest(path):
@@ -56,7 +56,7 @@ def test_a_model_on_coarser_voxels_carries_its_correction_back_to_the_inputs_gri
     # input's own detail (alpha and beta go back to the input grid, not the coarse image)
     from nibabel.processing import resample_from_to
 
-    from harmonizing_flows.volume import conform
+    from harmonizing_flows.data.volume import conform
 
     subject = next(s for s in simulated.subjects if s.site == "spgr-15t")
     config = SliceConfig(image_size=(32, 32), voxel_size=8.0)
@@ -158,6 +158,9 @@ def test_a_harmonized_file_holds_what_adaptation_and_the_benchmark_see(simulated
     assert window.mask.sum() == (np.asarray(nib.load(subject.mask).dataobj) > 0).sum()  # the brain fits the window
     expected = np.asarray(unslice(_window_pass(model.harmonizer, window), window.grid, rescale=False).dataobj)
     np.testing.assert_allclose(np.asarray(out.dataobj), expected, atol=1e-3)
+    # the benchmark scores harmonize_slices on the same window: exactly what the file holds
+    scored = harmonize_slices(model.harmonizer, window)
+    assert np.array_equal(np.asarray(out.dataobj), np.asarray(unslice(scored, window.grid, rescale=False).dataobj))
     whole = harmonize_volume(
         model.harmonizer, subject.image, subject.mask, slices=replace(model.profile.slices, image_size=(64, 64))
     )

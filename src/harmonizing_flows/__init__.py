@@ -1,8 +1,8 @@
 """Harmonizing Flows: unsupervised, source-free MRI harmonization with normalizing flows.
 
-The package reads and writes brain MRI volumes (:mod:`~harmonizing_flows.volume`), organizes them into per-site
-datasets (:mod:`~harmonizing_flows.datasets`), maps FreeSurfer labels to the paper's 15 classes
-(:mod:`~harmonizing_flows.labels`), and simulates multi-site data from real anatomy
+The package reads and writes brain MRI volumes (:mod:`~harmonizing_flows.data.volume`), organizes them into per-site
+datasets (:mod:`~harmonizing_flows.data.datasets`), maps FreeSurfer labels to the paper's 15 classes
+(:mod:`~harmonizing_flows.data.labels`), and simulates multi-site data from real anatomy
 (:mod:`~harmonizing_flows.simulate`).
 
 References:

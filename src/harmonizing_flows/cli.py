@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 from harmonizing_flows.config import SimulationConfig  # dataclasses only: keeps --help instant
+from harmonizing_flows.errors import HflowError  # light: keeps --help instant
 
 __all__ = ["app"]
 
@@ -23,15 +26,50 @@ app = typer.Typer(
 )
 
 
-def _fail(exc: Exception) -> None:
+_DEBUG = False  # --debug: errors of the user's making show their traceback too
+
+
+def _fail(exc: HflowError) -> NoReturn:
     """Print ``error: PATH: cause`` (and any notes), without a traceback, and exit with code 2."""
     message = str(exc)
-    if isinstance(exc, OSError) and exc.filename and exc.strerror:  # the system's own: "[Errno 13] ..." reads worse
-        message = f"{exc.filename}: {exc.strerror.lower()}"
     for note in getattr(exc, "__notes__", ()):
         message += f"\n  {note}"
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the package's own errors (a bad file, a bad setting, an output in the way) into one tidy line; any
+    other exception is a bug and shows its traceback."""
+    try:
+        yield
+    except HflowError as exc:
+        if _DEBUG:
+            raise
+        _fail(exc)
+
+
+@contextmanager
+def _resumable(out: Path) -> Iterator[None]:
+    """On Ctrl-C, say where the checkpoints are and how to continue from them, and exit with code 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        checkpoints = out.with_name(out.name + ".checkpoints")
+        typer.secho(
+            f"interrupted; the last finished epochs are in {checkpoints}: run the same command with --resume to "
+            "continue from them",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        raise typer.Exit(code=130) from None
+
+
+def _require_eval(what: str) -> None:
+    from harmonizing_flows.evaluation import require_eval_extra
+
+    require_eval_extra(what)
 
 
 def _command() -> str:
@@ -54,10 +92,13 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
     ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of every error.")] = False,
 ) -> None:
     """Harmonizing Flows: make brain MRI from different scanners look as if one scanner took it."""
+    global _DEBUG
     from harmonizing_flows.allocator import keep_freed_memory
 
+    _DEBUG = debug
     keep_freed_memory()
 
 
@@ -102,17 +143,14 @@ def simulate(
     """Simulate a multi-site T1-weighted dataset with exact labels, from real anatomy."""
     import time
 
-    from harmonizing_flows.errors import HflowError
     from harmonizing_flows.simulate import simulate as run
 
     start = time.perf_counter()
-    try:
+    with _user_errors():
         config = SimulationConfig(subjects_per_site=subjects_per_site, voxel_size=voxel_size, seed=seed)
         names = [s.strip() for s in sites.split(",") if s.strip()] if sites else None
         result = run(out, sites=names, sites_file=sites_file, config=config, anatomy=anatomy,
                      overwrite=overwrite, progress=not quiet)  # fmt: skip
-    except (HflowError, ValueError, OSError) as exc:
-        _fail(exc)
     n_sites = len({s.site for s in result.subjects})
     typer.echo(
         f"simulated {len(result.subjects)} subjects at {n_sites} sites in {time.perf_counter() - start:.0f} s\n"
@@ -148,14 +186,11 @@ def fit(
     """Fit a model on one source site: pre-train the harmonizer, train the flow, store the source bpd."""
     import json
 
-    from harmonizing_flows.errors import HflowError
-    from harmonizing_flows.train import fit as run
+    from harmonizing_flows.method.training import fit as run
 
-    try:
+    with _user_errors(), _resumable(out):
         folder = run(source, out, _profile(profile, config, set_, seed), site=site, device=device, resume=resume,
                      overwrite=overwrite, progress=not quiet)  # fmt: skip
-    except (HflowError, ValueError, OSError) as exc:
-        _fail(exc)
     if folder is not None:
         meta = json.loads((folder / "model.json").read_text())
         bpd = meta["source_bpd"]
@@ -200,36 +235,26 @@ def adapt(
     quiet: QuietOption = False,
 ) -> None:
     """Adapt a fitted model's harmonizer to a new site, without labels or source data."""
-    from dataclasses import replace
-
-    from harmonizing_flows.adapt import adapt as run
-    from harmonizing_flows.errors import HflowError
+    from harmonizing_flows.method.adaptation import adapt as run
+    from harmonizing_flows.method.adaptation import choose_settings
+    from harmonizing_flows.method.store import load_model
     from harmonizing_flows.profiles import update_profile
-    from harmonizing_flows.store import load_model
 
-    try:
+    with _user_errors():
         fitted = load_model(model)
         profile = update_profile(fitted.profile, config, set_ or [], only=["adapt", "seed"])
-        settings = profile.adapt
-        if stop is not None:
-            settings = replace(settings, stop=stop)
         seg = None
         if segmenter is not None:
-            from harmonizing_flows.segment import check_compatible, load_segmenter
+            _require_eval("hflow adapt --segmenter")
+            from harmonizing_flows.evaluation.segmenter import check_compatible, load_segmenter
 
             seg = load_segmenter(segmenter)
             check_compatible(seg, fitted, segmenter)
-            if stop is None and not _sets_stop(config, set_ or []):
-                settings = replace(settings, stop="entropy")
-        elif settings.stop == "entropy":
-            raise ValueError("the entropy rule needs a segmenter: pass --segmenter (see `hflow fit-segmenter`)")
-        if steps is not None:
-            settings = replace(settings, steps=steps)
+        settings = choose_settings(profile.adapt, stop=stop, steps=steps, with_segmenter=seg is not None,
+                                   stop_chosen=_sets_stop(config, set_ or []))  # fmt: skip
         folder, result = run(model, target, out, config=settings, site=site, splits=tuple(split) if split else None,
                              device=device, segmenter=seg, seed=profile.seed if seed is None else seed,
                              overwrite=overwrite, progress=not quiet)  # fmt: skip
-    except (HflowError, ValueError, OSError) as exc:
-        _fail(exc)
     kept = result.summary["kept"]
     start = result.summary["start"]
     colour = typer.colors.YELLOW if result.guard else None
@@ -269,14 +294,11 @@ def harmonize(
     quiet: QuietOption = False,
 ) -> None:
     """Write harmonized NIfTI volumes on each input's own grid and header, background zero."""
-    from harmonizing_flows.errors import HflowError
     from harmonizing_flows.harmonize import harmonize as run
 
-    try:
+    with _user_errors():
         written = run(model, inputs, out, mask=mask, device=device, dtype=dtype, overwrite=overwrite,
                       skip_existing=skip_existing, progress=not quiet)  # fmt: skip
-    except (HflowError, ValueError, OSError) as exc:
-        _fail(exc)
     typer.echo(f"harmonized {len(written)} volume(s) into {out}")
 
 
@@ -295,14 +317,12 @@ def fit_segmenter(
     quiet: QuietOption = False,
 ) -> None:
     """Train the 15-class segmenter on a source site's training split (for evaluation and entropy stopping)."""
-    from harmonizing_flows.errors import HflowError
-    from harmonizing_flows.segment import fit_segmenter_on
+    with _user_errors(), _resumable(out):
+        _require_eval("hflow fit-segmenter")
+        from harmonizing_flows.evaluation.segmenter import fit_segmenter_on
 
-    try:
         folder = fit_segmenter_on(source, out, _profile(profile, config, set_, seed), site=site, device=device,
                                   resume=resume, overwrite=overwrite, progress=not quiet)  # fmt: skip
-    except (HflowError, ValueError, OSError) as exc:
-        _fail(exc)
     typer.echo(f"segmenter: {folder}")
 
 
@@ -337,16 +357,14 @@ def benchmark(
     quiet: QuietOption = False,
 ) -> None:
     """The paper's protocol: each site in turn as the source, every method on the others' test volumes."""
-    from harmonizing_flows.benchmark import benchmark as run
-    from harmonizing_flows.errors import HflowError
+    with _user_errors():
+        _require_eval("hflow benchmark")
+        from harmonizing_flows.evaluation.protocol import benchmark as run
 
-    try:
         chosen = [x.strip() for x in settings.split(",")] if settings else None
         written = run(data, out, _profile(profile, config, set_, seed), settings=chosen,
                       variants=[x.strip() for x in variants.split(",") if x.strip()], device=device,
                       overwrite=overwrite, progress=not quiet, log=typer.echo, command=_command())  # fmt: skip
-    except (HflowError, ValueError, OSError) as exc:
-        _fail(exc)
     typer.echo((written["tables.md"]).read_text(encoding="utf-8"))
     typer.echo("written: " + ", ".join(str(p) for p in written.values()))
 
@@ -370,15 +388,16 @@ def demo(
     """
     import time
 
-    from harmonizing_flows.benchmark import DEFAULT_VARIANT
-    from harmonizing_flows.benchmark import benchmark as run
-    from harmonizing_flows.errors import HflowError
     from harmonizing_flows.profiles import load_profile
     from harmonizing_flows.simulate import simulate as simulate_sites
 
     started = time.perf_counter()
     data = out / "data"
-    try:
+    with _user_errors():
+        _require_eval("hflow demo")
+        from harmonizing_flows.evaluation.protocol import DEFAULT_VARIANT
+        from harmonizing_flows.evaluation.protocol import benchmark as run
+
         if (out / "results").exists() and not overwrite:
             from harmonizing_flows.errors import OutputExistsError
 
@@ -392,8 +411,6 @@ def demo(
         written = run(data / "manifest.csv", out / "results", chosen, settings=["A"],
                       variants=[DEFAULT_VARIANT], device=device, overwrite=overwrite,
                       progress=not quiet, log=typer.echo, command=_command())  # fmt: skip
-    except (HflowError, ValueError, OSError) as exc:
-        _fail(exc)
     typer.echo((written["tables.md"]).read_text(encoding="utf-8"))
     typer.echo(f"demo finished in {time.perf_counter() - started:.0f} s")
     typer.echo("  tables:  " + str(written["tables.md"]))
@@ -424,13 +441,10 @@ def sites(
     from rich.console import Console
     from rich.table import Table
 
-    from harmonizing_flows.errors import HflowError
     from harmonizing_flows.simulate import BUILTIN_SITES, load_sites
 
-    try:
+    with _user_errors():
         listed = {**BUILTIN_SITES, **(load_sites(sites_file) if sites_file else {})}
-    except HflowError as exc:
-        _fail(exc)
     table = Table(
         title="simulated sites",
         box=None,  # columns two spaces apart: the table fits 80 columns

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from harmonizing_flows.errors import ConfigError
+
 __all__ = [
     "AdaptConfig",
     "AugmentConfig",
@@ -63,17 +65,17 @@ class SliceConfig:
 
     def __post_init__(self) -> None:
         if self.axis not in ("sagittal", "coronal", "axial"):
-            raise ValueError(f"axis must be sagittal, coronal or axial, not {self.axis!r}")
+            raise ConfigError(f"axis must be sagittal, coronal or axial, not {self.axis!r}")
         if len(self.image_size) != 2 or min(self.image_size) < 1:
-            raise ValueError(f"image_size must be two positive integers, not {self.image_size!r}")
+            raise ConfigError(f"image_size must be two positive integers, not {self.image_size!r}")
         if not 0.0 < self.percentile <= 100.0:
-            raise ValueError(f"percentile must be in (0, 100], not {self.percentile}")
+            raise ConfigError(f"percentile must be in (0, 100], not {self.percentile}")
         if self.levels != 256:
-            raise ValueError(f"levels must be 256 (the flow models 8-bit images), not {self.levels}")
+            raise ConfigError(f"levels must be 256 (the flow models 8-bit images), not {self.levels}")
         if not self.voxel_size > 0:
-            raise ValueError(f"voxel_size must be positive, not {self.voxel_size}")
+            raise ConfigError(f"voxel_size must be positive, not {self.voxel_size}")
         if not 0.0 <= self.max_brain_outside <= 1.0:
-            raise ValueError(f"max_brain_outside must be in [0, 1], not {self.max_brain_outside}")
+            raise ConfigError(f"max_brain_outside must be in [0, 1], not {self.max_brain_outside}")
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         if len(self.fractions) != 3 or min(self.fractions) < 0 or abs(sum(self.fractions) - 1.0) > 1e-6:
-            raise ValueError(f"split fractions must be three non-negative numbers summing to 1, not {self.fractions}")
+            raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, not {self.fractions}")
 
 
 @dataclass(frozen=True)
@@ -131,11 +133,11 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         if self.subjects_per_site < 1:
-            raise ValueError(f"subjects_per_site must be at least 1, not {self.subjects_per_site}")
+            raise ConfigError(f"subjects_per_site must be at least 1, not {self.subjects_per_site}")
         if not 0.25 <= self.voxel_size <= 8:
-            raise ValueError(f"voxel_size must be between 0.25 and 8 mm, not {self.voxel_size}")
+            raise ConfigError(f"voxel_size must be between 0.25 and 8 mm, not {self.voxel_size}")
         if min(self.fov_mm) <= 0:
-            raise ValueError(f"fov_mm must be positive, not {self.fov_mm}")
+            raise ConfigError(f"fov_mm must be positive, not {self.fov_mm}")
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ class AugmentConfig:
         bias_field: Not in the paper, 0 (off) by default: the largest peak-to-peak amplitude of a random smooth
             multiplicative field applied to every augmented image before its contrast changes (0.6: up to
             +-30 %), so that the pre-trained harmonizer also undoes smooth spatial intensity changes, such as
-            two sites' different receive coils, which a grey-level map cannot. Unmeasured as of commit 987fc39.
+            two sites' different receive coils, which a grey-level map cannot. Not yet measured.
     """
 
     curve_margin: float = 0.2
@@ -166,19 +168,19 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.bias_field < 2:
-            raise ValueError(f"bias_field must be in [0, 2), not {self.bias_field}")
+            raise ConfigError(f"bias_field must be in [0, 2), not {self.bias_field}")
         if not 0 <= self.curve_margin < 0.5:
-            raise ValueError(f"curve_margin must be in [0, 0.5), not {self.curve_margin}")
+            raise ConfigError(f"curve_margin must be in [0, 0.5), not {self.curve_margin}")
         if not 0 <= self.step_probability <= 1:
-            raise ValueError(f"step_probability must be in [0, 1], not {self.step_probability}")
+            raise ConfigError(f"step_probability must be in [0, 1], not {self.step_probability}")
         for name in ("shift", "factor", "gamma"):
             lo, hi = getattr(self, name)
             if lo > hi:
-                raise ValueError(f"{name} range must be (low, high), not {(lo, hi)}")
+                raise ConfigError(f"{name} range must be (low, high), not {(lo, hi)}")
         if self.factor[0] <= 0 or self.gamma[0] <= 0:
-            raise ValueError("factor and gamma ranges must be positive")
+            raise ConfigError("factor and gamma ranges must be positive")
         if len(self.mix) != 3 or min(self.mix) < 0 or abs(sum(self.mix) - 1) > 1e-6:
-            raise ValueError(f"mix must be three non-negative shares summing to 1, not {self.mix}")
+            raise ConfigError(f"mix must be three non-negative shares summing to 1, not {self.mix}")
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ class NegativeConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.fraction <= 1 or not 0 <= self.curve_share <= 1:
-            raise ValueError("fraction and curve_share must be in [0, 1]")
+            raise ConfigError("fraction and curve_share must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -215,11 +217,9 @@ class HarmonizerConfig:
         widths: Channels per U-Net level (the paper: 16, 32, 48, 64, 64).
         blocks: concat-ELU convolutions per level and side (the paper: 2).
         positive_alpha: Guard: ``alpha = exp(a)`` instead of the paper's unconstrained linear ``alpha``, so that
-            adaptation cannot invert the contrast. Off by default (the paper's harmonizer): on the simulator with
-            coil profiles (fast benchmark, settings A-D, b6bf57b) the linear alpha adapted as well with the
-            guarded entropy rule (72.0 vs 71.9 Dice), better with the source-bpd rule (71.0 vs 70.7), and never
-            collapsed unguarded, where the positive alpha drove the brain black in settings A and C (entropy rule
-            without the intensity guard: 72.0 vs 54.7). See benchmarks/RESULTS.md.
+            adaptation cannot invert the contrast. Off by default (the paper's harmonizer): in the benchmark the
+            linear alpha adapted as well with the guarded entropy rule, better with the source-bpd rule, and never
+            collapsed unguarded, where the positive alpha drove the brain black (benchmarks/RESULTS.md, Table 2).
     """
 
     widths: tuple[int, ...] = (16, 32, 48, 64, 64)
@@ -228,7 +228,7 @@ class HarmonizerConfig:
 
     def __post_init__(self) -> None:
         if not self.widths or min(self.widths) < 1 or self.blocks < 1:
-            raise ValueError(f"harmonizer widths and blocks must be positive, not {self.widths}, {self.blocks}")
+            raise ConfigError(f"harmonizer widths and blocks must be positive, not {self.widths}, {self.blocks}")
 
 
 @dataclass(frozen=True)
@@ -267,15 +267,15 @@ class FlowConfig:
 
     def __post_init__(self) -> None:
         if self.weighting not in ("terms", "samples"):
-            raise ValueError(f"weighting must be terms or samples, not {self.weighting!r}")
+            raise ConfigError(f"weighting must be terms or samples, not {self.weighting!r}")
         if len(self.couplings) != 3 or min(self.couplings) < 0 or self.dequantization_couplings < 0:
-            raise ValueError(f"couplings must be three non-negative counts, not {self.couplings}")
+            raise ConfigError(f"couplings must be three non-negative counts, not {self.couplings}")
         if not self.widths or not self.dequantization_widths:
-            raise ValueError("conditioner widths must not be empty")
+            raise ConfigError("conditioner widths must not be empty")
         if self.margin_mode not in ("absolute", "relative"):
-            raise ValueError(f"margin_mode must be absolute or relative, not {self.margin_mode!r}")
+            raise ConfigError(f"margin_mode must be absolute or relative, not {self.margin_mode!r}")
         if not 0 < self.logit_alpha < 0.5:
-            raise ValueError(f"logit_alpha must be in (0, 0.5), not {self.logit_alpha}")
+            raise ConfigError(f"logit_alpha must be in (0, 0.5), not {self.logit_alpha}")
 
 
 @dataclass(frozen=True)
@@ -303,9 +303,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.halve_every < 1:
-            raise ValueError(f"epochs, batch_size, lr and halve_every must be positive: {self}")
+            raise ConfigError(f"epochs, batch_size, lr and halve_every must be positive: {self}")
         if self.clip_grad_norm < 0:
-            raise ValueError(f"clip_grad_norm must be 0 (off) or positive, not {self.clip_grad_norm}")
+            raise ConfigError(f"clip_grad_norm must be 0 (off) or positive, not {self.clip_grad_norm}")
 
 
 StopRule = Literal["source-bpd", "entropy", "steps"]
@@ -334,14 +334,10 @@ class AdaptConfig:
             harmonizer's output), or its standard deviation falls by more than it (0 disables). Pushed too far,
             the flow drives the brain dark and flat (the demo at 300 steps: mean 135 -> 0, Dice -> 0, while alpha
             stayed above half its start, so the alpha guard at 0.5 never saw it). A collapse is gradual, and the
-            entropy rule favours its early steps (a darkening brain gives confident background): on the coil-bias
-            simulator (commit 47a20ac, demo, setting A) one target kept a step whose mean had fallen by 48 %,
-            Dice 10, under a tolerance of 0.5. Healthy adaptation, up to the step the entropy rule kept, moved the
-            mean by at most 23 % and cut the spread by at most 32 % over both committed fast A-D runs (95aff11,
-            a154534), and a tolerance of 0.1 stopped good runs early. The default, 0.3, changes one kept step
-            among the 72 adaptation runs of those two (Dice 68.3 -> 67.9) and keeps the demo's collapsing target
-            at step 60 (Dice 62.4). On in every profile: it only ever stops a run earlier (0 gives the paper's
-            exact procedure).
+            entropy rule favours its early steps (a darkening brain gives confident background). Healthy
+            adaptation moved the mean by at most about a quarter and cut the spread by at most about a third, so
+            the default, 0.3, lets it run and stops a collapse (benchmarks/HISTORY.md).
+            On in every profile: it only ever stops a run earlier (0 gives the paper's exact procedure).
         brain_only: Guard: measure the likelihood over the brain mask only (see ``FlowConfig.brain_only``).
     """
 
@@ -358,13 +354,13 @@ class AdaptConfig:
 
     def __post_init__(self) -> None:
         if self.stop not in ("source-bpd", "entropy", "steps"):
-            raise ValueError(f"stop must be source-bpd, entropy or steps, not {self.stop!r}")
+            raise ConfigError(f"stop must be source-bpd, entropy or steps, not {self.stop!r}")
         if self.lr <= 0 or self.batch_size < 1 or self.steps < 0 or self.eval_every < 1:
-            raise ValueError(f"lr, batch_size and eval_every must be positive and steps non-negative: {self}")
+            raise ConfigError(f"lr, batch_size and eval_every must be positive and steps non-negative: {self}")
         if not 0 <= self.alpha_guard < 1:
-            raise ValueError(f"alpha_guard must be in [0, 1), not {self.alpha_guard}")
+            raise ConfigError(f"alpha_guard must be in [0, 1), not {self.alpha_guard}")
         if not 0 <= self.intensity_guard < 1:
-            raise ValueError(f"intensity_guard must be in [0, 1), not {self.intensity_guard}")
+            raise ConfigError(f"intensity_guard must be in [0, 1), not {self.intensity_guard}")
 
 
 @dataclass(frozen=True)
@@ -385,7 +381,7 @@ class SegmenterConfig:
 
     def __post_init__(self) -> None:
         if len(self.channels) < 2 or min(self.channels) < 1 or self.res_units < 0:
-            raise ValueError(f"segmenter needs at least two positive channel counts, not {self.channels}")
+            raise ConfigError(f"segmenter needs at least two positive channel counts, not {self.channels}")
 
     @property
     def factor(self) -> int:
@@ -415,6 +411,6 @@ class EvaluationConfig:
 
     def __post_init__(self) -> None:
         if self.tent_lr <= 0 or self.tent_steps < 0 or self.tent_batch_size < 2 or self.curve_slice_stride < 1:
-            raise ValueError(f"invalid evaluation settings: {self}")
+            raise ConfigError(f"invalid evaluation settings: {self}")
         if not 0 < self.combat_min_share <= 1:
-            raise ValueError(f"combat_min_share must be in (0, 1], not {self.combat_min_share}")
+            raise ConfigError(f"combat_min_share must be in (0, 1], not {self.combat_min_share}")

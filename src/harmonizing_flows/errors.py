@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
-__all__ = ["HflowError", "InputError", "OutputExistsError", "TrainingError"]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+__all__ = [
+    "ConfigError",
+    "HflowError",
+    "InputError",
+    "MissingExtraError",
+    "OutputExistsError",
+    "TrainingError",
+    "system_errors",
+]
 
 
 class HflowError(Exception):
@@ -31,3 +45,39 @@ class OutputExistsError(HflowError, FileExistsError):
 class TrainingError(HflowError, RuntimeError):
     """Training went numerically wrong (a loss that is NaN or infinite); the message names the network, the epoch
     and the step, and what to change."""
+
+
+class ConfigError(HflowError, ValueError):
+    """A setting, option or combination of them is invalid; the message names the setting and what it accepts."""
+
+
+class MissingExtraError(HflowError, ImportError):
+    """A command needs packages of an optional extra that are not installed; the message says how to install them."""
+
+    def __init__(self, what: str, extra: str, missing: str) -> None:
+        self.extra = extra
+        super().__init__(
+            f"{what} needs the {extra!r} extra ({missing} is not installed): pip install 'harmonizing-flows[{extra}]'"
+        )
+
+
+def system_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """Let ``function`` raise the operating system's errors about a file (permission denied, disk full) as an
+    :class:`InputError` naming that file, so that every failure a user can fix is an :class:`HflowError`.
+    Errors without a file name are left as they are: they are not about the user's paths."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except HflowError:
+            raise
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            error = InputError(exc.filename, (exc.strerror or str(exc)).lower())
+            for note in getattr(exc, "__notes__", ()):
+                error.add_note(note)
+            raise error from exc
+
+    return wrapper

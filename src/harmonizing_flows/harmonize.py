@@ -9,7 +9,7 @@ from a second pass over whole slices, padded to a multiple of the network's down
 much of the brain lies outside (a brain much larger than the model's window), the whole slices serve alone, with
 a warning.
 
-Data at another voxel size than the model's is resampled to it first (:func:`harmonizing_flows.volume.conform`),
+Data at another voxel size than the model's is resampled to it first (:func:`harmonizing_flows.data.volume.conform`),
 but the output is not the coarse image brought back: the harmonizer is ``alpha * x + beta``, so its gain (one
 per slice) and its offset map are interpolated back to the input's grid and applied to the input's own
 intensities. A 1 mm scan harmonized by a 2 mm model keeps its 1 mm detail; only the correction is coarse.
@@ -32,20 +32,16 @@ import torch
 from scipy import ndimage
 
 from harmonizing_flows.config import SliceConfig
-from harmonizing_flows.datasets import (
+from harmonizing_flows.data.datasets import (
     folder_images,
     freesurfer_subject_at,
     freesurfer_subjects_in,
     strip_volume_suffix,
 )
-from harmonizing_flows.distributed import resolve_device
-from harmonizing_flows.errors import InputError, OutputExistsError
-from harmonizing_flows.harmonizer import Harmonizer
-from harmonizing_flows.outputs import check_location
-from harmonizing_flows.resample import resample_array
-from harmonizing_flows.store import load_model
-from harmonizing_flows.unet import channels_last
-from harmonizing_flows.volume import (
+from harmonizing_flows.data.outputs import check_location
+from harmonizing_flows.data.resample import resample_array
+from harmonizing_flows.data.slices import Slices
+from harmonizing_flows.data.volume import (
     VOLUME_SUFFIXES,
     SlicedVolume,
     check_volume,
@@ -59,11 +55,52 @@ from harmonizing_flows.volume import (
     to_image,
     to_plane,
 )
+from harmonizing_flows.errors import ConfigError, InputError, OutputExistsError, system_errors
+from harmonizing_flows.method.distributed import resolve_device
+from harmonizing_flows.method.harmonizer import Harmonizer
+from harmonizing_flows.method.store import load_harmonizer
+from harmonizing_flows.method.unet import channels_last
 
-__all__ = ["harmonize", "harmonize_volume"]
+__all__ = ["apply_fields", "harmonize", "harmonize_slices", "harmonize_volume", "harmonizer_fields"]
 
 
-@torch.no_grad()  # not inference_mode: tensors made here may meet training later (the harmonizer is a copy)
+@torch.no_grad()  # not inference_mode: tensors made here may meet training later
+def harmonizer_fields(
+    harmonizer: Harmonizer, sliced: Slices, *, device: torch.device | str = "cpu", batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """The harmonizer's gain alpha (one per slice, spread as a map) and offset beta on each brain slice of
+    ``sliced``, float32 ``(N, H, W)``, zero on slices without brain. ``harmonizer`` must be in evaluation mode."""
+    alpha = np.zeros(sliced.images.shape, dtype=np.float32)
+    beta = np.zeros(sliced.images.shape, dtype=np.float32)
+    brain = sliced.brain_rows()
+    for start in range(0, len(brain), batch_size):
+        rows = brain[start : start + batch_size]
+        a, b = harmonizer.parts(torch.from_numpy(sliced.images[rows]).to(device).float()[:, None])
+        alpha[rows] = a.float().cpu().numpy()[:, None, None]
+        beta[rows] = b[:, 0].float().cpu().numpy()
+    return alpha, beta
+
+
+def apply_fields(alpha: np.ndarray, beta: np.ndarray, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``h(x)`` (:meth:`Harmonizer.apply`) with gain and offset maps on ``x``'s own grid, float32 on 0..255."""
+
+    def t(array: np.ndarray, dtype: type | None = None) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+
+    return Harmonizer.apply(t(alpha), t(beta), t(x, np.float32), t(mask)).numpy()
+
+
+def harmonize_slices(
+    harmonizer: Harmonizer, sliced: Slices, *, device: torch.device | str = "cpu", batch_size: int = 32
+) -> np.ndarray:
+    """Harmonized slices (float32 on 0..255, zero outside the brain) of ``sliced``, as the model sees them: what
+    :func:`harmonize_volume` writes, on the model's grid and window. The benchmark scores these."""
+    harmonizer = channels_last(copy.deepcopy(harmonizer).to(device)).eval()  # the caller's keeps its device and mode
+    alpha, beta = harmonizer_fields(harmonizer, sliced, device=device, batch_size=batch_size)
+    return apply_fields(alpha, beta, sliced.images, sliced.mask)
+
+
+@torch.no_grad()
 def harmonize_volume(
     harmonizer: Harmonizer,
     image: str | Path,
@@ -87,17 +124,8 @@ def harmonize_volume(
     outside = window.brain_outside
     harmonizer = channels_last(copy.deepcopy(harmonizer).to(device)).eval()  # the caller's keeps its device and mode
 
-    def run(sliced: SlicedVolume) -> tuple[np.ndarray, np.ndarray]:
-        """The harmonizer's gain alpha (one per slice, as a map) and offset beta, on ``sliced``'s slices."""
-        alpha = np.zeros(sliced.images.shape, dtype=np.float32)
-        beta = np.zeros(sliced.images.shape, dtype=np.float32)
-        brain = np.flatnonzero(sliced.mask.reshape(len(sliced.mask), -1).any(1))
-        for start in range(0, len(brain), batch_size):
-            rows = brain[start : start + batch_size]
-            a, b = harmonizer.parts(torch.from_numpy(sliced.images[rows]).to(device).float()[:, None])
-            alpha[rows] = a.float().cpu().numpy()[:, None, None]
-            beta[rows] = b[:, 0].float().cpu().numpy()
-        return alpha, beta
+    def fields(sliced: SlicedVolume) -> tuple[np.ndarray, np.ndarray]:
+        return harmonizer_fields(harmonizer, sliced, device=device, batch_size=batch_size)
 
     if outside > config.max_brain_outside:
         warnings.warn(
@@ -106,12 +134,12 @@ def harmonize_volume(
             "slices, a view the model did not train on",
             stacklevel=2,
         )
-        alpha, beta = run(whole)
+        alpha, beta = fields(whole)
     else:
-        alpha, beta = (rewindow(field, window.grid, whole.grid) for field in run(window))
+        alpha, beta = (rewindow(field, window.grid, whole.grid) for field in fields(window))
         if outside > 0:
             covered = rewindow(np.ones(window.mask.shape, dtype=bool), window.grid, whole.grid)
-            alpha_whole, beta_whole = run(whole)
+            alpha_whole, beta_whole = fields(whole)
             alpha, beta = np.where(covered, alpha, alpha_whole), np.where(covered, beta, beta_whole)
     alpha, beta = slices_to_ras(alpha, whole.grid), slices_to_ras(beta, whole.grid)
     if model_grid is volume:
@@ -129,10 +157,10 @@ def harmonize_volume(
         # on the model's levels but neither rounded nor clipped: the finer grid's brightest voxels lie above the
         # coarse grid's percentile, and only the output is clipped
         x = np.where(volume.mask, volume.image * np.float32(1.0 / whole.grid.scale), np.float32(0.0))
-    out = np.clip(alpha * x + beta, 0.0, 255.0) * volume.mask
+    out = apply_fields(alpha.astype(np.float32), beta.astype(np.float32), x, volume.mask)
     if dtype == "uint8":
         return to_image(np.rint(out).astype(np.uint8), volume, dtype=np.uint8)
-    return to_image(out.astype(np.float32), volume, dtype=np.float32)
+    return to_image(out, volume, dtype=np.float32)
 
 
 def _inputs(path: Path) -> list[tuple[str, Path, Path | None, Path | None]]:
@@ -163,6 +191,7 @@ def _inputs(path: Path) -> list[tuple[str, Path, Path | None, Path | None]]:
     return found
 
 
+@system_errors
 def harmonize(
     model_dir: str | Path,
     inputs: str | Path,
@@ -194,12 +223,12 @@ def harmonize(
         The files written. Inputs are never modified; an existing output is refused unless ``overwrite`` (or
         skipped with ``skip_existing``). Every input's header is checked before anything is written.
     """
-    from tqdm.auto import tqdm
+    from harmonizing_flows.progress import progress_bar
 
     if dtype not in ("uint8", "float32"):
-        raise ValueError(f"dtype must be uint8 or float32, not {dtype!r}")
+        raise ConfigError(f"dtype must be uint8 or float32, not {dtype!r}")
     if overwrite and skip_existing:
-        raise ValueError("overwrite and skip_existing exclude each other")
+        raise ConfigError("overwrite and skip_existing exclude each other")
     inputs, out = Path(inputs), Path(out)
     found = _inputs(inputs)
     if mask is not None:
@@ -228,15 +257,18 @@ def harmonize(
     for image, image_mask, _ in jobs:
         check_volume(image, image_mask)
     resolved = resolve_device(device)
-    model = load_model(model_dir)
+    harmonizer, profile, metadata = load_harmonizer(model_dir)
+    source_site = metadata.get("source_site")
     written = []
-    for image, image_mask, target in tqdm(jobs, desc="harmonizing", unit="vol", disable=not progress or len(jobs) < 2):
+    for image, image_mask, target in progress_bar(
+        jobs, desc="harmonizing", unit="vol", enabled=progress and len(jobs) > 1
+    ):
         try:
             result = harmonize_volume(
-                model.harmonizer,
+                harmonizer,
                 image,
                 image_mask,
-                slices=model.profile.slices,
+                slices=profile.slices,
                 device=resolved,
                 batch_size=batch_size,
                 dtype=dtype,
@@ -248,6 +280,6 @@ def harmonize(
                     "it, rerun with --skip-existing to harmonize the rest"
                 )
             raise
-        result.header["descrip"] = f"harmonized by harmonizing-flows to {model.source_site or 'source'}"[:79]
+        result.header["descrip"] = f"harmonized by harmonizing-flows to {source_site or 'source'}"[:79]
         written.append(save_nifti(result, target, overwrite=overwrite))
     return written

@@ -36,7 +36,7 @@ from harmonizing_flows.config import (
     SliceConfig,
     TrainConfig,
 )
-from harmonizing_flows.errors import InputError
+from harmonizing_flows.errors import ConfigError, InputError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,8 +92,8 @@ PROFILES: dict[str, Profile] = {
             dequantization_couplings=2, couplings=(2, 3, 3), widths=(8, 16, 32), dequantization_widths=(8, 16)
         ),
         flow_training=TrainConfig(epochs=8, batch_size=16, lr=2e-3, halve_every=4, checkpoint_every=2),
-        # 100 steps: over settings A-D (commit b6bf57b) every practical rule kept the default's step 110 or earlier,
-        # the oracle step 90 or earlier; steps 100-200 took a fifth of the (10-subject) demo's time.
+        # 100 steps: in the benchmark every practical rule kept a step near 100 or earlier (benchmarks/RESULTS.md),
+        # and later steps cost time.
         adapt=AdaptConfig(lr=2e-5, batch_size=16, steps=100, eval_every=10, monitor_slices=48),
         segmenter=SegmenterConfig(channels=(16, 32, 64, 128)),
         segmenter_training=TrainConfig(epochs=40, batch_size=32, lr=4e-3, halve_every=15, checkpoint_every=5),
@@ -124,7 +124,7 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{where}: unknown setting(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
         )
     kwargs = {}
@@ -133,13 +133,13 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
         key = f"{where}.{name}" if where else name
         if is_dataclass(hint):
             if not isinstance(value, Mapping):
-                raise ValueError(f"{key} is a table of settings, not {value!r}")
+                raise ConfigError(f"{key} is a table of settings, not {value!r}")
             kwargs[name] = _build(hint, value, key)  # type: ignore[arg-type]
         elif hint in (int, float) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-            raise ValueError(f"{key} must be a number, not {value!r}")
+            raise ConfigError(f"{key} must be a number, not {value!r}")
         elif hint is int:
             if not float(value).is_integer():
-                raise ValueError(f"{key} must be a whole number, not {value!r}")
+                raise ConfigError(f"{key} must be a whole number, not {value!r}")
             kwargs[name] = int(value)  # 5.0 from an older file, numpy integers
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
@@ -183,7 +183,7 @@ def apply_overrides(profile: Profile, overrides: Sequence[str]) -> Profile:
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"override {item!r} is not of the form section.field=value")
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
         target = update
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -11,9 +11,9 @@ import pytest
 from nibabel import orientations
 
 from harmonizing_flows.config import SimulationConfig
-from harmonizing_flows.datasets import load_subjects
+from harmonizing_flows.data.datasets import load_subjects
+from harmonizing_flows.data.labels import CLASS_NAMES
 from harmonizing_flows.errors import InputError, OutputExistsError
-from harmonizing_flows.labels import CLASS_NAMES
 from harmonizing_flows.simulate import BUILTIN_SITES, simulate
 from harmonizing_flows.simulate.anatomy import deform, load_anatomy, output_grid
 from harmonizing_flows.simulate.run import _rng

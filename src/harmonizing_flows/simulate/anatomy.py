@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from harmonizing_flows.config import SimulationConfig
+from harmonizing_flows.data.volume import load_volume
 from harmonizing_flows.errors import InputError
 from harmonizing_flows.simulate.fields import smooth_field
-from harmonizing_flows.volume import load_volume
 
 __all__ = ["Anatomy", "Grid", "deform", "fsaverage_aseg", "load_anatomy", "output_grid"]
 
@@ -106,7 +106,7 @@ def _cached_anatomy(key: tuple[str, int, int], mask_dilation_mm: float) -> Anato
 
 
 def _read_anatomy(path: Path, mask_dilation_mm: float) -> Anatomy:
-    volume = load_volume(path, labels=path)
+    volume = load_volume(path, labels=path, image_may_be_labels=True)
     labels = volume.labels
     assert labels is not None
     brain = labels > 0

@@ -8,7 +8,7 @@ Output folder::
       montage.png                    one subject imaged at every site, and the sites' intensity histograms
       <site>/<subject>_T1w.nii.gz    uint8 image, 0..255, background 0, in the site's file orientation
       <site>/<subject>_mask.nii.gz   brain mask
-      <site>/<subject>_labels.nii.gz the 15 classes of :mod:`harmonizing_flows.labels`
+      <site>/<subject>_labels.nii.gz the 15 classes of :mod:`harmonizing_flows.data.labels`
 
 Every random draw comes from a generator seeded by (seed, site, subject, purpose), so the same seed gives the same
 bytes, and adding a site or subjects leaves the others unchanged. The montage's subject is a "travelling subject":
@@ -31,15 +31,15 @@ from nibabel import orientations
 
 from harmonizing_flows import __version__
 from harmonizing_flows.config import SimulationConfig, SplitConfig
-from harmonizing_flows.datasets import Subject, split_counts, split_subjects, write_manifest
-from harmonizing_flows.errors import InputError, OutputExistsError
+from harmonizing_flows.data.datasets import Subject, split_counts, split_subjects, write_manifest
+from harmonizing_flows.data.labels import to_classes
+from harmonizing_flows.data.outputs import publish_folder
+from harmonizing_flows.data.volume import save_nifti, to_plane
+from harmonizing_flows.errors import InputError, OutputExistsError, system_errors
 from harmonizing_flows.figures import site_montage
-from harmonizing_flows.labels import to_classes
-from harmonizing_flows.outputs import publish_folder
 from harmonizing_flows.simulate.anatomy import Anatomy, Grid, deform, load_anatomy, output_grid
 from harmonizing_flows.simulate.scanner import acquire
 from harmonizing_flows.simulate.sites import Site, resolve_sites, site_key
-from harmonizing_flows.volume import save_nifti, to_plane
 
 __all__ = ["SimulationResult", "simulate"]
 
@@ -100,6 +100,7 @@ def _montage_slice(labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(to_plane(image, "coronal")[index])
 
 
+@system_errors
 def simulate(
     out: str | Path,
     *,
@@ -125,7 +126,7 @@ def simulate(
         InputError: Unknown sites, a bad site file or anatomy, too few subjects per site to split.
         OutputExistsError: ``out`` holds files and ``overwrite`` is not set, or holds something else.
     """
-    from tqdm.auto import tqdm
+    from harmonizing_flows.progress import progress_bar
 
     config = config or SimulationConfig()
     out = Path(out)
@@ -144,7 +145,7 @@ def simulate(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        result = _simulate_into(tmp, chosen, config, reference, grid, split_config, progress, tqdm)
+        result = _simulate_into(tmp, chosen, config, reference, grid, split_config, progress, progress_bar)
         publish_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -165,13 +166,13 @@ def _simulate_into(
     grid: Grid,
     split_config: SplitConfig,
     progress: bool,
-    tqdm: Any,
+    progress_bar: Any,
 ) -> list[Subject]:
     subjects: list[Subject] = []
     records: list[dict[str, Any]] = []
     histograms = {s.name: np.zeros(256, dtype=np.int64) for s in sites}
     total = len(sites) * config.subjects_per_site + len(sites)
-    with tqdm(total=total, desc="simulating", unit="scan", disable=not progress) as bar:
+    with progress_bar(total=total, desc="simulating", unit="scan", enabled=progress) as bar:
         for site in sites:
             (folder / site.name).mkdir()
             for i in range(config.subjects_per_site):

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from harmonizing_flows.config import SimulationConfig
+from harmonizing_flows.data.volume import quantize
 from harmonizing_flows.simulate.fields import gaussian_blur, smooth_field
 from harmonizing_flows.simulate.sites import Site, site_key
 from harmonizing_flows.simulate.tissues import Relaxation, base_tissues, tissue_table
-from harmonizing_flows.volume import quantize
 
 __all__ = ["acquire", "coil_profile"]
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from harmonizing_flows.errors import ConfigError
+
 __all__ = ["mprage", "spgr", "spin_echo"]
 
 
@@ -56,7 +58,7 @@ def mprage(
     before = ti - centre * echo_spacing  # inversion -> first excitation
     after = tr - before - readouts * echo_spacing  # last excitation -> next inversion
     if before < 0 or after < 0:
-        raise ValueError(
+        raise ConfigError(
             f"MPRAGE timing impossible: TI={ti} ms, TR={tr} ms with {readouts} readouts every {echo_spacing} ms "
             f"(the train needs {readouts * echo_spacing:g} ms and must start after the inversion)"
         )

@@ -52,7 +52,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harmonizing_flows.errors import InputError
+from harmonizing_flows.errors import ConfigError, InputError
 from harmonizing_flows.simulate.sequences import mprage, spgr, spin_echo
 from harmonizing_flows.simulate.tissues import TissueTable, base_tissues, check_structures
 
@@ -111,13 +111,13 @@ class Site:
         if len(self.orientation) != 3 or {frozenset(p) for p in _pairs(self.orientation)} != _AXIS_CODES:
             problems.append(f"orientation must be three axis codes such as RAS or LPS, not {self.orientation!r}")
         if problems:
-            raise ValueError(f"site {self.name!r}: " + "; ".join(problems))
+            raise ConfigError(f"site {self.name!r}: " + "; ".join(problems))
         try:
             base_tissues(self.field_strength, self.tissues)
             check_structures(self.structures)
             self.signal(np.array([1000.0]), np.array([80.0]), np.array([60.0]), np.array([0.7]))
         except ValueError as exc:
-            raise ValueError(f"site {self.name!r}: {exc}") from exc
+            raise ConfigError(f"site {self.name!r}: {exc}") from exc
 
     def signal(self, t1: np.ndarray, t2: np.ndarray, t2s: np.ndarray, pd: np.ndarray) -> np.ndarray:
         """The site's signal for tissues with these relaxation times (ms) and proton densities."""

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harmonizing_flows.errors import ConfigError
+
 __all__ = [
     "BASE_TISSUES",
     "STRUCTURES",
@@ -164,18 +166,18 @@ def _check_overrides(overrides: object, known: Mapping[str, object], kind: str) 
     """Raise ValueError unless ``overrides`` maps names in ``known`` (tissues or structures) to tables of
     positive ``t1``, ``t2``, ``t2s``, ``pd``: the one check behind a site file's ``tissues`` and ``structures``."""
     if not isinstance(overrides, Mapping):
-        raise ValueError(f"{kind}s must be a table of {kind} tables, e.g. [sites.NAME.{kind}s.{next(iter(known))}]")
+        raise ConfigError(f"{kind}s must be a table of {kind} tables, e.g. [sites.NAME.{kind}s.{next(iter(known))}]")
     for name, values in overrides.items():
         if name not in known:
-            raise ValueError(f"unknown {kind} {name!r}; {kind}s are {', '.join(known)}")
+            raise ConfigError(f"unknown {kind} {name!r}; {kind}s are {', '.join(known)}")
         if not isinstance(values, Mapping):
-            raise ValueError(f"{kind} {name} must be a table of {', '.join(_PARAMETERS)}")
+            raise ConfigError(f"{kind} {name} must be a table of {', '.join(_PARAMETERS)}")
         unknown = set(values) - set(_PARAMETERS)
         if unknown:
-            raise ValueError(f"unknown tissue parameter(s) {', '.join(sorted(unknown))} for {name}")
+            raise ConfigError(f"unknown tissue parameter(s) {', '.join(sorted(unknown))} for {name}")
         numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values())
         if not numbers or not all(v > 0 for v in values.values()):  # NaN fails v > 0 too
-            raise ValueError(f"tissue values of {name} must be positive numbers: {dict(values)}")
+            raise ConfigError(f"tissue values of {name} must be positive numbers: {dict(values)}")
 
 
 def check_structures(structures: Mapping[str, Mapping[str, float]]) -> None:
@@ -193,7 +195,7 @@ def base_tissues(
         overrides: ``{"white_matter": {"t1": 950.0}, ...}``; keys ``t1``, ``t2``, ``t2s`` (ms) and ``pd``.
     """
     if field_strength not in BASE_TISSUES:
-        raise ValueError(
+        raise ConfigError(
             f"field strength {field_strength} T has no tissue table; use one of "
             f"{', '.join(str(b) for b in BASE_TISSUES)} or give every tissue's values under [tissues]"
         )

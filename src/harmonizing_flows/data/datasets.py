@@ -1,0 +1,489 @@
+"""Site datasets: subjects from a CSV manifest, a folder per site or a BIDS layout; subject-level splits; slices.
+
+Three layouts are read into one list of :class:`Subject` records:
+
+* **CSV manifest** (:func:`read_manifest`): columns ``subject, site, image`` and optionally ``mask, labels,
+  split, participant`` (``participant`` names the person when one person has several rows: sessions, runs,
+  rescans; a person's rows then share a split). The authors' names ``SUB_ID, SITE_ID, T1, brainmask,
+  segmentation`` are accepted too. Relative paths are relative to the manifest's folder.
+* **A folder per site** (:func:`read_site_folders`): ``ROOT/<site>/<subject>.nii.gz`` with optional companions
+  ``<subject>_mask.nii.gz`` (or ``_brainmask``) and ``<subject>_labels.nii.gz`` (or ``_aseg``, ``_seg``,
+  ``_dseg``); a trailing ``_T1w`` on the image name is dropped from the subject id. A FreeSurfer subject folder
+  ``ROOT/<site>/<subject>/mri/`` (``brain.mgz`` or ``T1.mgz``, ``brainmask.mgz``, ``aseg.mgz``) works too;
+  FreeSurfer's template subjects (:data:`FREESURFER_TEMPLATES`: ``fsaverage``, which recon-all links into
+  ``SUBJECTS_DIR``, and the others it ships) are left out.
+* **BIDS** (:func:`read_bids`): ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``, the site from a ``participants.tsv``
+  column; masks and labels from ``*_desc-brain_mask`` and ``*_dseg`` files beside the image or under
+  ``derivatives/*/``.
+
+A folder of images alone is one site, named after the folder (as ``hflow harmonize`` takes a site's scans).
+:func:`load_subjects` picks the layout from what it finds. :func:`split_subjects` splits each site by subject
+(60/15/25 by default), deterministically for a seed and independently of listing order, so that no subject's
+slices are ever in two splits (nor, for BIDS sessions and runs, two scans of one person).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from harmonizing_flows.config import SplitConfig
+from harmonizing_flows.data.subject import Subject
+from harmonizing_flows.data.volume import (
+    VOLUME_SUFFIXES,
+)
+from harmonizing_flows.errors import InputError
+
+__all__ = [
+    "FREESURFER_TEMPLATES",
+    "NOT_AN_IMAGE",
+    "Subject",
+    "file_fingerprint",
+    "folder_images",
+    "freesurfer_subject",
+    "freesurfer_subject_at",
+    "freesurfer_subjects_in",
+    "load_subjects",
+    "read_bids",
+    "read_manifest",
+    "read_site_folders",
+    "split_subjects",
+    "strip_volume_suffix",
+    "write_manifest",
+]
+
+MANIFEST_COLUMNS = ("subject", "site", "image", "mask", "labels", "split", "participant")
+_COLUMN_ALIASES = {
+    "sub_id": "subject",
+    "subject_id": "subject",
+    "participant_id": "subject",
+    "site_id": "site",
+    "t1": "image",
+    "t1w": "image",
+    "brainmask": "mask",
+    "brain_mask": "mask",
+    "segmentation": "labels",
+    "seg": "labels",
+    "aseg": "labels",
+    "label": "labels",
+}
+_MASK_SUFFIXES = ("_mask", "_brainmask", "_desc-brain_mask")
+_LABEL_SUFFIXES = ("_labels", "_aseg", "_seg", "_dseg")
+NOT_AN_IMAGE = re.compile(
+    r"(^|.*[_-])(mask|brainmask|labels?|aseg|aparc\+aseg|seg|dseg|probseg|tissues?|wmparc)$|.*_label-[^_]+$",
+    re.IGNORECASE,
+)
+"""File stems that name a mask or a label map, never an image: ``mask``, ``tissue``, ``sub-01_desc-brain_mask``,
+``sub-01_dseg``, ``sub-01_label-GM_probseg`` and the like (:func:`~harmonizing_flows.data.volume.load_volume`
+also refuses an image whose content is a mask's or a label map's)."""
+_SITE_COLUMNS = ("site", "site_id", "scanner", "centre", "center")
+
+
+def strip_volume_suffix(name: str) -> str | None:
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+# --------------------------------------------------------------------------------------------- manifest
+
+
+def read_manifest(path: str | Path) -> list[Subject]:
+    """Read a CSV manifest (see the module docstring for its columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "manifest file does not exist")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"cannot read manifest ({exc})") from exc
+    if not rows:
+        raise InputError(path, "manifest is empty")
+    header = [_COLUMN_ALIASES.get(h.strip().lower(), h.strip().lower()) for h in rows[0]]
+    missing = [c for c in ("subject", "site", "image") if c not in header]
+    if missing:
+        raise InputError(path, f"manifest lacks column(s) {', '.join(missing)} (has: {', '.join(rows[0])})")
+    col = {name: header.index(name) for name in MANIFEST_COLUMNS if name in header}
+    subjects, seen = [], set()
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < len(header):
+            raise InputError(path, f"line {line} has {len(row)} fields, the header has {len(header)}")
+        subject = _manifest_row(path, line, {name: row[i].strip() for name, i in col.items()})
+        if (subject.site, subject.subject) in seen:
+            raise InputError(path, f"line {line}: subject {subject.subject} of site {subject.site} is listed twice")
+        seen.add((subject.site, subject.subject))
+        subjects.append(subject)
+    if not subjects:
+        raise InputError(path, "manifest lists no subjects")
+    return subjects
+
+
+def _manifest_row(manifest: Path, line: int, cells: dict[str, str]) -> Subject:
+    def file(name: str) -> Path | None:
+        value = cells.get(name, "")
+        if not value:
+            return None
+        p = Path(value)
+        p = p if p.is_absolute() else manifest.parent / p
+        if not p.exists():
+            raise InputError(manifest, f"line {line}: {name} file {p} does not exist")
+        return p
+
+    subject, site = cells.get("subject", ""), cells.get("site", "")
+    if not subject or not site or not cells.get("image"):
+        raise InputError(manifest, f"line {line}: subject, site and image must not be empty")
+    image = file("image")
+    assert image is not None
+    split = cells.get("split") or None
+    if split is not None and split not in SplitConfig().names:
+        raise InputError(manifest, f"line {line}: split {split!r} is not one of {', '.join(SplitConfig().names)}")
+    return Subject(subject, site, image, file("mask"), file("labels"), split, cells.get("participant") or None)
+
+
+def write_manifest(subjects: Iterable[Subject], path: str | Path) -> Path:
+    """Write a manifest with paths relative to its folder where they lie below it."""
+    path = Path(path)
+    root = path.parent.resolve()
+
+    def rel(p: Path | None) -> str:
+        if p is None:
+            return ""
+        try:
+            return Path(p).resolve().relative_to(root).as_posix()
+        except ValueError:
+            return str(Path(p).resolve())
+
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        for s in subjects:
+            row = [s.subject, s.site, rel(s.image), rel(s.mask), rel(s.labels), s.split or "", s.participant or ""]
+            writer.writerow(row)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- folders
+
+
+def freesurfer_subject(folder: Path, site: str = "") -> Subject | None:
+    """The subject of a FreeSurfer subject folder (``<subject>/mri/``: ``brain.mgz``, else ``norm.mgz`` or
+    ``T1.mgz``, with ``brainmask.mgz`` and ``aseg.mgz``), or None when ``folder`` is not one."""
+    mri = folder / "mri"
+    image = next((mri / n for n in ("brain.mgz", "norm.mgz", "T1.mgz") if (mri / n).is_file()), None)
+    if image is None:
+        return None
+    mask = mri / "brainmask.mgz"
+    labels = mri / "aseg.mgz"
+    return Subject(folder.name, site, image, mask if mask.is_file() else None, labels if labels.is_file() else None)
+
+
+FREESURFER_TEMPLATES = re.compile(r"fsaverage(\d|_sym)?|cvs_avg35(_inMNI152)?|[lr]h\.EC_average|V1_average")
+"""The template subjects FreeSurfer ships in ``$FREESURFER_HOME/subjects`` (recon-all links ``fsaverage`` into a
+``SUBJECTS_DIR``): atlases, not scans of a site, so a folder of subjects leaves them out. Exact names only, so
+that a real subject called ``pilot_average`` is kept."""
+
+
+def freesurfer_subjects_in(folder: Path, site: str = "") -> list[Subject]:
+    """The FreeSurfer subjects in ``folder`` (a ``SUBJECTS_DIR``), without FreeSurfer's template subjects."""
+    subjects = []
+    for f in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (subject := freesurfer_subject(f, site)) is None:
+            continue
+        if FREESURFER_TEMPLATES.fullmatch(f.name):
+            warnings.warn(f"{f}: FreeSurfer's template subject, not a scan of the site; left out", stacklevel=3)
+            continue
+        subjects.append(subject)
+    return subjects
+
+
+def freesurfer_subject_at(path: Path) -> Subject | None:
+    """The FreeSurfer subject whose folder, or whose ``mri/`` folder, ``path`` is; None when it is neither."""
+    return freesurfer_subject(path) or (freesurfer_subject(path.parent) if path.name == "mri" else None)
+
+
+def folder_images(folder: Path, *, only: str | None = None) -> list[tuple[str, Path, Path | None, Path | None]]:
+    """``(subject, image, mask, labels)`` for each image file directly in ``folder`` (or for the one named
+    ``only``). Files named like masks or label maps (:data:`NOT_AN_IMAGE`) are never images; those that are no
+    image's companion are left out with a warning.
+
+    Companions ``<name>_mask`` (or ``_brainmask``, ``_desc-brain_mask``) and ``<name>_labels`` (or ``_aseg``,
+    ``_seg``, ``_dseg``) go with ``<name>`` and are not images themselves; a trailing ``_T1w`` is dropped from the
+    subject id and may be left out of the companions' names. Hidden files are skipped.
+
+    Raises:
+        InputError: Two files share a name but not a format (``s.nii`` and ``s.nii.gz``) where one of them is
+            listed or is a listed image's companion: which one is meant cannot be told.
+    """
+    stems: dict[str, Path] = {}
+    clashes: dict[str, tuple[Path, Path]] = {}
+    for f in sorted(folder.iterdir()):
+        stem = strip_volume_suffix(f.name)
+        if f.is_file() and stem is not None and not f.name.startswith("."):
+            if stem in stems:
+                clashes.setdefault(stem, (stems[stem], f))
+            stems.setdefault(stem, f)
+
+    def companion(names: tuple[str, ...], suffixes: tuple[str, ...]) -> Path | None:
+        return next((stems[n + sfx] for n in names for sfx in suffixes if n + sfx in stems), None)
+
+    found = []
+    skipped: list[Path] = []
+    attached = {
+        stem: {companion((stem, re.sub(r"_T1w$", "", stem)), sfx) for sfx in (_MASK_SUFFIXES, _LABEL_SUFFIXES)}
+        for stem in stems
+        if not NOT_AN_IMAGE.fullmatch(stem)
+    }
+    for stem, image in stems.items():
+        if only is not None and strip_volume_suffix(only) != stem:
+            continue
+        if NOT_AN_IMAGE.fullmatch(stem):
+            if not any(image in companions for companions in attached.values()):
+                skipped.append(image)
+            continue
+        subject = re.sub(r"_T1w$", "", stem)
+        names = (stem, subject) if subject != stem else (stem,)
+        mask, labels = companion(names, _MASK_SUFFIXES), companion(names, _LABEL_SUFFIXES)
+        for used in (image, mask, labels):
+            clash = clashes.get(strip_volume_suffix(used.name) or "") if used is not None else None
+            if clash is not None:
+                raise InputError(clash[1], f"has the same name as {clash[0].name} in another format; keep one of them")
+        found.append((subject, image, mask, labels))
+    if skipped and only is None:
+        listed = ", ".join(p.name for p in skipped)
+        warnings.warn(
+            f"{folder}: left out {listed}: named like a mask or label map, and not the companion of an image "
+            "(name a mask <image>_mask.nii.gz and a label map <image>_labels.nii.gz to use them)",
+            stacklevel=3,
+        )
+    return found
+
+
+def read_site_folders(root: str | Path) -> list[Subject]:
+    """Read ``ROOT/<site>/...`` (see the module docstring for the file names)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "is not a folder")
+    subjects, empty = [], []
+    for site_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        site = site_dir.name
+        seen: dict[str, Path] = {}
+        found = len(subjects)
+        subjects += freesurfer_subjects_in(site_dir, site)
+        for subject, image, mask, labels in folder_images(site_dir):
+            if subject in seen:
+                raise InputError(image, f"subject id {subject!r} of site {site} is also used by {seen[subject].name}")
+            seen[subject] = image
+            subjects.append(Subject(subject, site, image, mask, labels))
+        if len(subjects) == found:
+            empty.append(site_dir)
+    if not subjects:
+        raise InputError(root, "holds no site folder with NIfTI or MGZ images (expected ROOT/<site>/<subject>.nii.gz)")
+    if empty:  # beside sites that were read, a site that silently vanished would shrink the study unnoticed
+        raise InputError(
+            empty[0],
+            "holds no image (<subject>.nii.gz) and no FreeSurfer subject folder (<subject>/mri/), unlike the other "
+            "site folders; subject folders of other layouts are not read",
+        )
+    return subjects
+
+
+# --------------------------------------------------------------------------------------------- BIDS
+
+
+_DERIVATIVE_ENTITIES = {"space", "desc", "res", "den", "label"}
+
+
+def _bids_entities(name: str) -> dict[str, str]:
+    return dict(part.split("-", 1) for part in name.split("_") if "-" in part)
+
+
+def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]:
+    """Read a BIDS dataset; each subject's site comes from ``participants.tsv``.
+
+    Args:
+        root: The BIDS root (holding ``participants.tsv``).
+        site_column: The participants.tsv column naming the site; by default the first of ``site``, ``site_id``,
+            ``scanner``, ``centre``, ``center`` that exists (case-insensitive).
+    """
+    root = Path(root)
+    table = root / "participants.tsv"
+    if not table.is_file():
+        raise InputError(root, "BIDS dataset has no participants.tsv, which must name each subject's site")
+    with table.open(newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows:
+        raise InputError(table, "participants.tsv lists no participants")
+    columns = {c.lower(): c for c in rows[0]}
+    if site_column is None:
+        site_column = next((columns[c] for c in _SITE_COLUMNS if c in columns), None)
+        if site_column is None:
+            raise InputError(
+                table, f"no site column (looked for {', '.join(_SITE_COLUMNS)}); name one with site_column"
+            )
+    elif site_column not in rows[0]:
+        raise InputError(table, f"has no column {site_column!r} (has: {', '.join(rows[0])})")
+    if "participant_id" not in rows[0]:
+        raise InputError(table, "participants.tsv has no participant_id column")
+    sites = {(r.get("participant_id") or "").strip(): (r.get(site_column) or "").strip() for r in rows}
+
+    derivatives = sorted((root / "derivatives").glob("*/")) if (root / "derivatives").is_dir() else []
+    subjects = []
+    for sub_dir in sorted(root.glob("sub-*/")):
+        sub = sub_dir.name
+        if sub not in sites:
+            raise InputError(table, f"does not list {sub}, which has a folder in {root}")
+        if not sites[sub] or sites[sub].lower() == "n/a":
+            raise InputError(table, f"{sub} has no site in column {site_column!r}")
+        for image in sorted(sub_dir.glob("**/anat/*_T1w.nii*")):
+            stem = strip_volume_suffix(image.name)
+            assert stem is not None
+            prefix = stem[: -len("_T1w")]
+            rel_dir = image.parent.relative_to(root)
+            search = [image.parent] + [d / rel_dir for d in derivatives]
+            mask = _find_bids(search, prefix, ("_desc-brain_mask", "_mask"))
+            labels = _find_bids(search, prefix, ("_dseg", "_desc-aseg_dseg"))
+            entities = _bids_entities(prefix)
+            ident = sub + "".join(f"_{k}-{v}" for k, v in entities.items() if k not in ("sub",))
+            subjects.append(Subject(ident, sites[sub], image, mask, labels, participant=sub))
+    if not subjects:
+        raise InputError(root, "BIDS dataset has no sub-*/anat/*_T1w.nii[.gz] images")
+    return subjects
+
+
+def _find_bids(folders: Sequence[Path], prefix: str, suffixes: Sequence[str]) -> Path | None:
+    """The first companion of the image named ``prefix`` (e.g. its brain mask) in the first folder that has one.
+
+    Between the prefix and the suffix only derivative entities (space, desc, res, den, label) may appear, so that
+    ``sub-01_T1w`` never takes ``sub-01_acq-fast_desc-brain_mask`` or ``run-1`` the mask of ``run-10``.
+    """
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for suffix in suffixes:
+            for ext in (".nii.gz", ".nii"):
+                for candidate in sorted(folder.glob(f"{prefix}*{suffix}{ext}")):
+                    extra = candidate.name[len(prefix) : -len(suffix + ext)]
+                    keys = [part.split("-", 1)[0] for part in extra.split("_") if part]
+                    if all("-" in part for part in extra.split("_") if part) and set(keys) <= _DERIVATIVE_ENTITIES:
+                        return candidate
+    return None
+
+
+def load_subjects(path: str | Path, *, site_column: str | None = None) -> list[Subject]:
+    """Read subjects from a manifest file, a BIDS root, a folder holding ``manifest.csv``, site folders, or a
+    folder of one site's images (the site named after the folder)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if path.is_file():
+        if path.suffix.lower() not in (".csv", ".tsv"):
+            raise InputError(path, "expected a CSV manifest or a folder")
+        return read_manifest(path)
+    if (path / "participants.tsv").is_file() or (path / "dataset_description.json").is_file():
+        return read_bids(path, site_column)
+    if (path / "manifest.csv").is_file():
+        return read_manifest(path / "manifest.csv")
+    if freesurfer_subject_at(path) is not None:
+        raise InputError(path, "is one FreeSurfer subject; give the folder of a site's subject folders")
+    return _one_site_folder(path) or read_site_folders(path)
+
+
+def _one_site_folder(path: Path) -> list[Subject] | None:
+    """A folder of one site's scans (images, FreeSurfer subject folders, or both), as ``hflow harmonize`` takes
+    them, the site named after the folder; None when ``path`` holds neither (site folders, say)."""
+    site = path.resolve().name
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subjects = freesurfer_subjects_in(path, site)
+    if not subjects and any(FREESURFER_TEMPLATES.fullmatch(f.name) and freesurfer_subject(f) for f in folders):
+        raise InputError(path, "holds only FreeSurfer's template subjects (fsaverage, ...), no scan of a site")
+    subjects += [Subject(subject, site, image, mask, labels) for subject, image, mask, labels in folder_images(path)]
+    if not subjects:
+        return None
+    if any(freesurfer_subject(f) is None and folder_images(f) for f in folders):
+        raise InputError(path, "holds both a site's scans and site folders of images; keep one layout")
+    seen: dict[str, Path] = {}
+    for s in subjects:
+        if s.subject in seen:
+            raise InputError(s.image, f"subject id {s.subject!r} is also used by {seen[s.subject]}")
+        seen[s.subject] = s.image
+    return subjects
+
+
+def _stable_int(*parts: object) -> int:
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+    """Subjects per split for a site of ``n``: validation and test rounded, at least one each; train the rest."""
+    n_val = max(1, math.floor(n * fractions[1] + 0.5)) if fractions[1] > 0 else 0
+    n_test = max(1, math.floor(n * fractions[2] + 0.5)) if fractions[2] > 0 else 0
+    return n - n_val - n_test, n_val, n_test
+
+
+def split_subjects(
+    subjects: Sequence[Subject], config: SplitConfig | None = None, *, keep: bool = True
+) -> list[Subject]:
+    """Assign each subject to train / val / test, site by site, a participant's scans all to one split.
+
+    The order within a site comes from a hash of (seed, site, participant id), so the split depends only on the
+    seed and the set of ids, not on the order they were listed in; the split sizes count participants. Subjects
+    that already have a split keep it when ``keep`` is true (and then all of them must have one).
+
+    Raises:
+        InputError: A site has too few subjects to give every split at least one, splits are partly given, or
+            given splits put one participant's scans in two splits.
+    """
+    config = config or SplitConfig()
+    given = [s.split for s in subjects]
+    if keep and any(given):
+        if not all(given):
+            missing = next(s for s in subjects if not s.split)
+            raise InputError(missing.image, "some subjects have a split and this one has none; give all or none")
+        first: dict[tuple[str, str], Subject] = {}
+        for s in subjects:
+            other = first.setdefault((s.site, s.participant or s.subject), s)
+            if other.split != s.split:
+                raise InputError(
+                    s.image,
+                    f"participant {s.participant or s.subject} of site {s.site} is in split {other.split!r} "
+                    f"(scan {other.subject}) and {s.split!r} (scan {s.subject}): one person's scans would leak "
+                    "between splits",
+                )
+        return list(subjects)
+    by_site: dict[str, list[Subject]] = {}
+    for s in subjects:
+        by_site.setdefault(s.site, []).append(s)
+    out: dict[tuple[str, str], Subject] = {}
+    for site, members in by_site.items():
+        people = sorted({s.participant or s.subject for s in members})
+        n_train, n_val, n_test = split_counts(len(people), config.fractions)
+        if n_train < (1 if config.fractions[0] > 0 else 0):
+            raise InputError(
+                members[0].image.parent,
+                f"site {site!r} has {len(people)} subject(s), too few to split "
+                f"{'/'.join(f'{f:.0%}' for f in config.fractions)} with at least one subject per split",
+            )
+        order = sorted(people, key=lambda person: (_stable_int(config.seed, site, person), person))
+        names = [config.names[0]] * n_train + [config.names[1]] * n_val + [config.names[2]] * n_test
+        split_of = dict(zip(order, names, strict=True))
+        for s in members:
+            out[(s.site, s.subject)] = replace(s, split=split_of[s.participant or s.subject])
+    return [out[(s.site, s.subject)] for s in subjects]
+
+
+def file_fingerprint(paths: Iterable[Path | None]) -> list[tuple[str, int, int]]:
+    """Path, size and modification time of each file: what says that data is the same data (for keys of stored
+    results: fitted networks, checkpoints)."""
+    return sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p is not None)

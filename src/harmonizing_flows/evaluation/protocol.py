@@ -1,0 +1,434 @@
+"""The paper's evaluation protocol as a tool: settings A-D, baselines, stopping rules, guards, tables, figures.
+
+For each setting one site is the source and every other site a target. On the source's training split it fits a
+model (harmonizer and flow) and a segmenter, which is then frozen. Each method harmonizes the target sites' test
+volumes, the segmenter labels them, and :mod:`~harmonizing_flows.evaluation.metrics` scores every test volume
+against its reference labels, in mm. Harmonizing Flows' volumes are harmonized by
+:func:`~harmonizing_flows.harmonize.harmonize_slices`, the code that ``hflow harmonize`` runs. Adaptation uses all
+of a target site's volumes, without their labels, as the paper's test-time setting allows.
+
+Harmonizing Flows is adapted once per target and variant, taking every step; the stopping rules
+(:data:`~harmonizing_flows.evaluation.variants.RULES`) are then replayed on the recorded curve with
+:func:`~harmonizing_flows.method.adaptation.decide`, which keeps the same step that a run stopped by that rule
+keeps. The oracle keeps the step with the best Dice on the test slices: it reads labels, so it is for analysis
+only.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harmonizing_flows.data.datasets import Subject, file_fingerprint, load_subjects, split_subjects
+from harmonizing_flows.data.labels import NUM_CLASSES
+from harmonizing_flows.data.prepare import Site, read_volumes
+from harmonizing_flows.data.slices import Slices
+from harmonizing_flows.data.volume import SlicedVolume
+from harmonizing_flows.errors import ConfigError, InputError, system_errors
+from harmonizing_flows.evaluation import cache
+from harmonizing_flows.evaluation.metrics import score_volume, subject_means
+from harmonizing_flows.evaluation.results import Kept, Scores, SettingResult, TargetResult, VariantResult
+from harmonizing_flows.evaluation.variants import DEFAULT_VARIANT, EXAMPLE_RULE, RULES, VARIANTS
+from harmonizing_flows.harmonize import harmonize_slices
+from harmonizing_flows.method.store import Model
+from harmonizing_flows.profiles import Profile, apply_overrides, profile_to_dict
+
+__all__ = ["DEFAULT_VARIANT", "RULES", "VARIANTS", "benchmark"]
+
+
+def _score(segmenter: torch.nn.Module, images: np.ndarray, volume: SlicedVolume, device: torch.device) -> Scores:
+    """A test volume's scores: the segmenter's labels of ``images`` (its slices, harmonized or not) against its own."""
+    from harmonizing_flows.evaluation.segmenter import predict
+
+    assert volume.labels is not None
+    pred = predict(segmenter, images, volume.mask, device=device)
+    return subject_means(score_volume(pred, volume.labels, volume.spacing))
+
+
+def _pooled_dice(segmenter, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over classes of the Dice pooled over a set of slices (the cheap Dice of the adaptation curves)."""
+    pred = segmenter(images).argmax(1) * masks[:, 0].long()
+    scores = []
+    for c in range(1, NUM_CLASSES):
+        p, r = pred == c, labels == c
+        total = int(p.sum() + r.sum())
+        if total:
+            scores.append(2.0 * int((p & r).sum()) / total)
+    return 100.0 * float(np.mean(scores)) if scores else float("nan")
+
+
+def _mean_dice(scores: Sequence[Scores]) -> float:
+    return float(np.mean([x["dice"] for x in scores]))
+
+
+@dataclass
+class _Setting:
+    """One setting's run: the source's split volumes, the frozen segmenter and the variants' fitted models."""
+
+    letter: str
+    source: Site
+    profile: Profile
+    device: torch.device
+    out: Path
+    progress: bool
+    log: Callable[[str], None]
+
+    def __post_init__(self) -> None:
+        self.train, self.val = self.source.fitting_splits()
+        self.test = self.source.split("test")
+        if not self.test:
+            raise InputError(self.source.source, f"site {self.source.name} has no subject in its test split")
+        self.train_slices = Slices.pool(self.train, labels=True)
+        self.val_slices = Slices.pool(self.val)
+
+    # ----------------------------------------------------------------------------------------- fitting
+
+    def _fit_or_load(self, name: str, profile: Profile, build: Callable[[], Any], save, load) -> Any:
+        """Fit once and keep the result under OUT/models/SOURCE/NAME, reused when fitted with the same settings on
+        the same training files."""
+        files = file_fingerprint([v.path for v in self.train])
+        fit_key = cache.key(profile_to_dict(profile), files, str(self.device))
+        folder = self.out / "models" / self.source.name / name
+        return cache.fit_or_load(folder, fit_key, build, save, load, self.log)
+
+    def segmenter(self) -> torch.nn.Module:
+        from harmonizing_flows.evaluation.segmenter import fit_segmenter, load_segmenter, save_segmenter
+
+        def fit() -> Any:
+            return fit_segmenter(self.train_slices, self.profile, device=str(self.device), progress=self.progress,
+                                 metadata={"source_site": self.source.name})  # fmt: skip
+
+        made = self._fit_or_load("segmenter", self.profile, fit,
+                                 lambda s, f: save_segmenter(s, f, overwrite=True), load_segmenter)  # fmt: skip
+        return made.to(self.device).eval()
+
+    def models(self, variants: Sequence[str]) -> dict[str, Model]:
+        """Each variant's fitted model.
+
+        The paper-faithful model is fitted when a variant first needs it: brain-only adapts it as it is, and
+        collapse-negatives refits its flow. A whole fit of positive-alpha equals the paper-faithful flow with its
+        own harmonizer (fit_model draws the same initial weights and batches; tested), so when the paper-faithful
+        model is fitted anyway, positive-alpha refits only the harmonizer; alone it is fitted whole.
+        """
+        from harmonizing_flows.method.distributed import Context
+        from harmonizing_flows.method.flow import Flow
+        from harmonizing_flows.method.harmonizer import Harmonizer
+        from harmonizing_flows.method.store import load_model, save_model
+        from harmonizing_flows.method.training import fit_flow, fit_harmonizer, fit_model, source_bpd
+
+        ctx = Context(device=self.device)
+
+        def fit_whole(vprofile: Profile) -> Model:
+            model = fit_model(self.train_slices, self.val_slices, vprofile, ctx, progress=self.progress)
+            assert model is not None
+            model.metadata.update(source_site=self.source.name, source_subjects=[_name(v) for v in self.train])
+            return model
+
+        def save(model: Model, folder: Path) -> None:
+            save_model(model, folder, overwrite=True)
+
+        paper = apply_overrides(self.profile, VARIANTS["paper-faithful"])
+        paper_needed = any(v != "positive-alpha" for v in variants)
+
+        @functools.cache
+        def paper_model() -> Model:
+            return self._fit_or_load("model", paper, lambda: fit_whole(paper), save, load_model)
+
+        def refit(vprofile: Profile, part: str) -> Model:
+            model = copy.deepcopy(paper_model())
+            model.profile = vprofile
+            torch.manual_seed(vprofile.seed)  # initial weights from the seed alone, as in fit_model
+            if part == "harmonizer":
+                model.harmonizer = Harmonizer(vprofile.harmonizer)
+                history = fit_harmonizer(model.harmonizer, self.train_slices, vprofile, ctx, progress=self.progress)
+                model.metadata["training"] = {**model.metadata["training"], "harmonizer": history}
+            else:
+                model.flow = Flow(vprofile.flow)
+                fit_flow(model.flow, self.train_slices, vprofile, ctx, progress=self.progress)
+                model.metadata["source_bpd"] = source_bpd(model.flow.eval(), self.val_slices, self.device,
+                                                          seed=vprofile.seed)  # fmt: skip
+            return model.to("cpu")
+
+        models: dict[str, Model] = {}
+        for variant in variants:
+            vprofile = apply_overrides(self.profile, VARIANTS[variant])
+            if variant in ("paper-faithful", "brain-only"):
+                models[variant] = paper_model()
+                continue
+            part = "harmonizer" if variant == "positive-alpha" else "flow"
+            if part == "harmonizer" and not paper_needed:
+                build = functools.partial(fit_whole, vprofile)
+            else:
+                build = functools.partial(refit, vprofile, part)
+            models[variant] = self._fit_or_load(variant, vprofile, build, save, load_model)
+        return models
+
+    # ----------------------------------------------------------------------------------------- scoring
+
+    def run(self, sites: Sequence[Site], variants: Sequence[str]) -> SettingResult:
+        from harmonizing_flows.evaluation.baselines import HistogramMatching, NyulStandardization
+
+        segmenter = self.segmenter()
+        models = self.models(variants)
+        self.log("  ceiling: the segmenter on its own test volumes")
+        ceiling = [_score(segmenter, v.images, v, self.device) for v in self.test]
+        stored = [v.images for v in self.train], [v.mask for v in self.train]
+        self.histogram = HistogramMatching().fit(*stored)
+        self.nyul = NyulStandardization().fit(*stored)
+        result = SettingResult(
+            self.source.name, ceiling, [_name(v) for v in self.test], {},
+            source_example=self.test[0].images, source_mask=self.test[0].mask,
+        )  # fmt: skip
+        for site in sites:
+            if site.name != self.source.name:
+                result.targets[site.name] = self.target(site, segmenter, models, variants, result.examples)
+        return result
+
+    def target(
+        self,
+        site: Site,
+        segmenter: torch.nn.Module,
+        models: dict[str, Model],
+        variants: Sequence[str],
+        examples: dict[str, dict[str, np.ndarray]],
+    ) -> TargetResult:
+        """Every method on one target site's test volumes."""
+        from harmonizing_flows.evaluation.baselines import combat, tent
+
+        test = site.split("test")
+        if not test:
+            raise InputError(site.source, f"target site {site.name} has no subject in its test split")
+        slices = Slices.pool(site.volumes)
+        self.log(f"  target {site.name}: {len(site.volumes)} volumes ({len(slices)} slices), {len(test)} to score")
+        harmonized: dict[str, list[np.ndarray]] = {
+            "none": [v.images.astype(np.float32) for v in test],
+            "histogram matching": [self.histogram.transform(v.images, v.mask) for v in test],
+            "Nyul": [self.nyul.transform(v.images, v.mask) for v in test],
+        }
+        reference = self.train + [v for v in self.val if v not in self.train]  # source intensities, never labels
+        combat_all = combat([v.images for v in reference], [v.mask for v in reference],
+                            [v.images for v in site.volumes], [v.mask for v in site.volumes],
+                            self.profile.evaluation)  # fmt: skip
+        harmonized["ComBat"] = [combat_all[site.volumes.index(v)] for v in test]
+        scores = {
+            name: [_score(segmenter, imgs, v, self.device) for imgs, v in zip(images, test, strict=True)]
+            for name, images in harmonized.items()
+        }
+        adapted_segmenter = tent(segmenter, slices, self.profile.evaluation, device=self.device, seed=self.profile.seed)
+        scores["TENT"] = [_score(adapted_segmenter, v.images, v, self.device) for v in test]
+        del adapted_segmenter
+
+        site_examples = examples.setdefault(site.name, {})
+        results: dict[str, VariantResult] = {}
+        pretrained: dict[int, list[Scores]] = {}  # variants that share a model share its pre-trained harmonizer
+        for variant in variants:
+            model = models[variant]
+            if id(model) not in pretrained:
+                pretrained[id(model)] = [self._harmonized_score(segmenter, model.harmonizer, v) for v in test]
+            results[variant] = self.variant(
+                variant, model, slices, test, segmenter, site_examples, variant == variants[0]
+            )
+            results[variant].scores = {"pre-trained harmonizer": pretrained[id(model)], **results[variant].scores}
+            self.log(
+                f"    {variant}: Dice none {_mean_dice(scores['none']):.1f} -> pre-trained "
+                f"{_mean_dice(pretrained[id(model)]):.1f} -> source-bpd "
+                f"{_mean_dice(results[variant].scores['adapted (source-bpd)']):.1f} "
+                f"(kept step {results[variant].kept['source-bpd'].step})"
+            )
+        for name in ("none", "histogram matching", "Nyul", "ComBat"):
+            site_examples[name] = harmonized[name][0]
+        return TargetResult([_name(v) for v in test], scores, results)
+
+    def _harmonized_score(self, segmenter, harmonizer, volume: SlicedVolume) -> Scores:
+        return _score(segmenter, harmonize_slices(harmonizer, volume, device=self.device), volume, self.device)
+
+    def variant(
+        self,
+        variant: str,
+        model: Model,
+        slices: Slices,
+        test: list[SlicedVolume],
+        segmenter: torch.nn.Module,
+        examples: dict[str, np.ndarray],
+        show: bool,
+    ) -> VariantResult:
+        """One variant adapted to a target, every step taken, each stopping rule's kept step scored."""
+        from harmonizing_flows.method.adaptation import adapt_harmonizer, decide
+
+        # the cheap Dice of the curves: every k-th brain slice of the test volumes
+        curve_slices = Slices.pool(test, labels=True)
+        pick = torch.arange(0, len(curve_slices), self.profile.evaluation.curve_slice_stride)
+        cx, cm = curve_slices.batch(pick, self.device)
+        cl = curve_slices.batch_labels(pick, self.device)
+        snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+        def observer(harmonizer, step: int) -> dict[str, float]:
+            snapshots[step] = {k: v.detach().cpu().clone() for k, v in harmonizer.state_dict().items()}
+            with torch.no_grad():
+                return {"dice": _pooled_dice(segmenter, harmonizer(cx, cm), cm, cl)}
+
+        vprofile = apply_overrides(self.profile, VARIANTS[variant])
+        unguarded = replace(vprofile.adapt, alpha_guard=0.0, intensity_guard=0.0)
+        adapted = adapt_harmonizer(model, slices, replace(unguarded, stop="steps"), device=self.device,
+                                   segmenter=segmenter, seed=self.profile.seed, progress=self.progress,
+                                   observer=observer)  # fmt: skip
+        curve, source_value = adapted.curve, adapted.summary["source_bpd"]
+        kept: dict[str, Kept] = {}
+        for rule, (_, fields) in RULES.items():
+            if rule == "oracle":
+                index = int(np.nanargmax([r["dice"] for r in curve]))
+                reason = "best Dice on the test slices (reads labels: analysis only)"
+            else:
+                decision = decide(curve, replace(unguarded, **fields), source_value, final=True)
+                index, reason = decision.index, decision.reason
+            kept[rule] = Kept(int(curve[index]["step"]), reason)
+        harmonizer = copy.deepcopy(model.harmonizer)
+        images: dict[int, list[np.ndarray]] = {}
+        scores: dict[str, list[Scores]] = {}
+        for rule, k in kept.items():
+            if k.step not in images:
+                harmonizer.load_state_dict(snapshots[k.step])
+                images[k.step] = [harmonize_slices(harmonizer, v, device=self.device) for v in test]
+            if show and rule == EXAMPLE_RULE:
+                examples["Harmonizing Flows"] = images[k.step][0]
+            scores[f"adapted ({rule})"] = [
+                _score(segmenter, imgs, v, self.device) for imgs, v in zip(images[k.step], test, strict=True)
+            ]
+        if show:
+            examples["pre-trained harmonizer"] = harmonize_slices(model.harmonizer, test[0], device=self.device)
+        return VariantResult(scores, curve, kept, source_value)
+
+
+def _name(volume: SlicedVolume) -> str:
+    assert volume.subject is not None
+    return volume.subject.subject
+
+
+# --------------------------------------------------------------------------------------------- the whole run
+
+
+def _check_data(data: Path, subjects: Sequence[Subject], letters: dict[str, str], chosen: Sequence[str]) -> None:
+    """Refuse unusable splits before any network is fitted."""
+    for site in letters.values():
+        splits = [s.split for s in subjects if s.site == site]
+        if "test" not in splits:
+            raise InputError(data, f"target site {site} has no subject in its test split")
+        if len(splits) < 2:
+            raise InputError(data, f"site {site} has {len(splits)} subject; ComBat and the splits need at least 2")
+    for letter in chosen:
+        if not any(s.site == letters[letter] and s.split == "train" for s in subjects):
+            raise InputError(data, f"source site {letters[letter]} has no subject in its train split")
+
+
+@system_errors
+def benchmark(
+    data: str | Path,
+    out: str | Path,
+    profile: Profile,
+    *,
+    settings: Sequence[str] | None = None,
+    variants: Sequence[str] = tuple(VARIANTS),
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    command: str = "",
+) -> dict[str, Path]:
+    """Run settings (each site in turn as the source) and write the tables, JSON and figures into ``out``.
+
+    Args:
+        data: A multi-site labelled dataset (manifest, site folders or BIDS), such as ``hflow simulate`` writes.
+        out: The results folder: ``tables.md``, ``results.json``, ``figures/``, ``models/`` (fitted networks)
+            and ``settings/`` (each finished setting's results). Both are reused when the same code runs again
+            with the same settings on the same data and device, so an interrupted run resumes where it stopped.
+        settings: Letters (A, B, ...) of the settings to run, in the order of the sorted site names; all by default.
+        variants: Keys of :data:`VARIANTS`; the first is the one Table 1 reports.
+
+    Returns:
+        Name -> path of each written result file.
+    """
+    from harmonizing_flows.errors import OutputExistsError
+    from harmonizing_flows.evaluation.report import write_report
+    from harmonizing_flows.method.distributed import resolve_device
+
+    data, out = Path(data), Path(out)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ConfigError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if (out / "results.json").exists() and not overwrite:
+        raise OutputExistsError(out / "results.json")
+    resolved = resolve_device(device)
+    started = time.perf_counter()
+    subjects = split_subjects(load_subjects(data))  # keeps the splits the data gives
+    names = sorted({s.site for s in subjects})
+    if len(names) < 2:
+        raise InputError(data, f"holds {len(names)} site(s); the benchmark needs a source and at least one target")
+    letters = {chr(ord("A") + i): site for i, site in enumerate(names)}
+    chosen = list(settings or letters)
+    if bad := [x for x in chosen if x not in letters]:
+        this = ", ".join(f"{k}={v}" for k, v in letters.items())
+        raise ConfigError(f"unknown setting(s) {bad}; this data has {this}")
+    _check_data(data, subjects, letters, chosen)
+    log(f"reading {len(subjects)} labelled volumes from {len(names)} sites")
+    sites = []
+    for name in names:
+        members = [s for s in subjects if s.site == name]
+        sites.append(Site(name, read_volumes(members, profile.slices, labels=True, progress=progress), data))
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, SettingResult] = {}
+    resumed: list[str] = []
+    for letter in chosen:
+        source = sites[names.index(letters[letter])]
+        log(f"setting {letter}: source {source.name} -> {', '.join(s for s in names if s != source.name)}")
+        key = cache.setting_key(profile, variants, source.name, subjects, resolved)
+        earlier = cache.load_setting(out / "settings", letter, key)
+        if earlier is not None:
+            log(f"  reusing {out / 'settings' / letter}.json: finished earlier with the same code, settings and data")
+            results[letter], _ = earlier, resumed.append(letter)
+            continue
+        begun = time.perf_counter()
+        results[letter] = _Setting(letter, source, profile, resolved, out, progress, log).run(sites, variants)
+        results[letter].seconds = round(time.perf_counter() - begun, 1)
+        cache.save_setting(out / "settings", letter, key, results[letter])
+    meta = {
+        "command": command,
+        "data": str(data.resolve()),
+        "sites": letters,
+        "settings": chosen,
+        "variants": list(variants),
+        "profile": profile_to_dict(profile),
+        "device": str(resolved),
+        "seconds": round(time.perf_counter() - started, 1),
+        "resumed": resumed,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": _machine(),
+    }
+    return write_report(results, meta, out)
+
+
+def _machine() -> dict[str, Any]:
+    """What the run ran on, for the report's provenance."""
+    import os
+    import platform
+
+    from harmonizing_flows import __version__
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        # CPU results depend on it: one thread and two give different float rounding, and training amplifies it
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "harmonizing_flows": __version__,
+    }

@@ -1,0 +1,309 @@
+"""The benchmark's tables (Markdown and JSON) and figures, from its typed results
+(:mod:`~harmonizing_flows.evaluation.results`). Everything is written to a temporary folder first and moved into
+place at the end, so a failure never leaves half a report beside an older, complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonizing_flows.evaluation.baselines import REQUIREMENTS
+from harmonizing_flows.evaluation.results import Scores, SettingResult
+from harmonizing_flows.evaluation.variants import EXAMPLE_RULE, RULES
+
+__all__ = ["TABLE1_METHODS", "render_seeds", "render_tables", "table_rows", "write_report"]
+
+TABLE1_METHODS = (
+    "none",
+    "histogram matching",
+    "Nyul",
+    "ComBat",
+    "TENT",
+    "pre-trained harmonizer",
+    "Harmonizing Flows (source bpd)",
+    "Harmonizing Flows (min entropy)",
+    "Harmonizing Flows (source bpd + guard)",
+    "Harmonizing Flows (min entropy + guard)",
+    "Harmonizing Flows (oracle)",
+)
+_FROM_VARIANT = {
+    "pre-trained harmonizer": "pre-trained harmonizer",
+    "Harmonizing Flows (source bpd)": "adapted (source-bpd)",
+    "Harmonizing Flows (min entropy)": "adapted (entropy)",
+    "Harmonizing Flows (source bpd + guard)": "adapted (source-bpd+guard)",
+    "Harmonizing Flows (min entropy + guard)": "adapted (entropy+guard)",
+    "Harmonizing Flows (oracle)": "adapted (oracle)",
+}
+_UNITS = {"dice": "Dice (%)", "hd95": "HD95 (mm)", "mhd": "modified Hausdorff distance (mm)", "assd": "ASSD (mm)"}
+
+
+def _stats(values: Sequence[Scores], metric: str) -> tuple[float, float]:
+    v = np.array([x[metric] for x in values], float)
+    v = v[np.isfinite(v)]
+    return (float(v.mean()), float(v.std())) if v.size else (float("nan"), float("nan"))
+
+
+def table_rows(
+    results: Mapping[str, SettingResult], methods: Sequence[str], metric: str, variant: str
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Method -> setting letter (and ``"average"``) -> (mean, std) over test subjects."""
+    rows: dict[str, dict[str, tuple[float, float]]] = {}
+    for method in methods:
+        row = {}
+        for letter, setting in results.items():
+            row[letter] = _stats(setting.method_scores(_FROM_VARIANT.get(method, method), variant), metric)
+        means = [m for m, _ in row.values()]
+        stds = [s for _, s in row.values()]
+        row["average"] = (float(np.mean(means)), float(np.mean(stds)))
+        rows[method] = row
+    return rows
+
+
+def _cell(value: tuple[float, float], digits: int) -> str:
+    mean, std = value
+    return "n/a" if not np.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _gap(rows, method: str) -> str:
+    # From the averages over settings: a per-setting share explodes where none is already near the ceiling.
+    none, top, value = rows["none"]["average"][0], rows["ceiling"]["average"][0], rows[method]["average"][0]
+    return f"{100 * (value - none) / (top - none):+.0f} %" if top - none > 1e-9 else "n/a"
+
+
+def _requirements(method: str) -> str:
+    key = "Harmonizing Flows" if method.startswith("Harmonizing Flows") else method
+    if key not in REQUIREMENTS:
+        return "| | | "
+    return "| " + " | ".join("✓" if x else "✗" for x in REQUIREMENTS[key]) + " "
+
+
+def _table1(results, letters, variant: str, sites: Mapping[str, str]) -> list[str]:
+    lines = []
+    for metric, digits in (("dice", 1), ("hd95", 2), ("mhd", 2), ("assd", 2)):
+        rows = table_rows(results, ("ceiling", *TABLE1_METHODS), metric, variant)
+        head = "| method | SF | TA | UD | " + " | ".join(f"{x} ({sites[x]})" for x in letters) + " | average |"
+        if metric == "dice":
+            head += " gap closed |"
+        lines += [f"**{_UNITS[metric]}**", "", head, "|" + "---|" * (head.count("|") - 1)]
+        for method, row in rows.items():
+            name = "ceiling: segmenter on its source test split" if method == "ceiling" else method
+            if method == "Harmonizing Flows (oracle)":
+                name += " *"
+            cells = " | ".join(_cell(row[x], digits) for x in (*letters, "average"))
+            line = f"| {name} {_requirements(method)}| {cells} |"
+            if metric == "dice":
+                line += " — |" if method in ("ceiling", "none") else f" {_gap(rows, method)} |"
+            lines.append(line)
+        lines.append("")
+    return lines
+
+
+def _table2(results, letters, variants: Sequence[str]) -> list[str]:
+    head = "| variant | stage | " + " | ".join(letters) + " | average |"
+    lines = ["**Dice (%)**", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for variant in variants:
+        for stage, method in (
+            ("none", "none"),
+            ("pre-trained harmonizer", "pre-trained harmonizer"),
+            ("adapted (source bpd)", "Harmonizing Flows (source bpd)"),
+            ("adapted (min entropy)", "Harmonizing Flows (min entropy)"),
+            ("adapted (source bpd + guard)", "Harmonizing Flows (source bpd + guard)"),
+            ("adapted (min entropy + guard)", "Harmonizing Flows (min entropy + guard)"),
+        ):
+            row = table_rows(results, (method,), "dice", variant)[method]
+            cells = " | ".join(_cell(row[x], 1) for x in (*letters, "average"))
+            lines.append(f"| {variant} | {stage} | {cells} |")
+    return [*lines, ""]
+
+
+def _table3(results, letters, variants: Sequence[str]) -> list[str]:
+    head = "| variant | stopping rule | " + " | ".join(letters) + " | average | mean kept step |"
+    lines = ["**Dice (%)**", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for variant in variants:
+        for rule, (name, _) in RULES.items():
+            key = f"adapted ({rule})"
+            row = table_rows(results, (key,), "dice", variant)[key]
+            kept = [t.variants[variant].kept[rule].step for s in results.values() for t in s.targets.values()]
+            cells = " | ".join(_cell(row[x], 1) for x in (*letters, "average"))
+            lines.append(f"| {variant} | {name} | {cells} | {np.mean(kept):.0f} |")
+    return [*lines, ""]
+
+
+def render_seeds(runs: Mapping[int, Mapping[str, SettingResult]], variants: Sequence[str]) -> str:
+    """Average Dice over settings of each method, per seed and as mean ± sample std over the seeds, as Markdown.
+
+    ``runs`` maps a seed to the ``results`` of a benchmark run with that seed (all on the same data and
+    settings). Seeds change the networks' initial weights and the augmentations, so the spread over seeds says
+    how much of a difference between methods a single run can show.
+    """
+    seeds = list(runs)
+    head = "| variant | method | " + " | ".join(f"seed {x}" for x in seeds) + " | mean ± std over seeds |"
+    title = "**Dice (%), average over settings** (rows marked * read the test labels)"
+    lines = [title, "", head, "|" + "---|" * (head.count("|") - 1)]
+    for i, variant in enumerate(variants):
+        methods = ("ceiling", *TABLE1_METHODS) if i == 0 else tuple(_FROM_VARIANT)
+        rows = {x: table_rows(runs[x], methods, "dice", variant) for x in seeds}
+        for method in methods:
+            values = [rows[x][method]["average"][0] for x in seeds]
+            name = f"{method} *" if method == "Harmonizing Flows (oracle)" else method
+            cells = " | ".join("n/a" if not np.isfinite(v) else f"{v:.1f}" for v in values)
+            spread = (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"))
+            lines.append(f"| {variant} | {name} | {cells} | {_cell(spread, 1)} |")
+    return "\n".join([*lines, ""])
+
+
+def _figures(results: Mapping[str, SettingResult], folder: Path, variants: Sequence[str]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from harmonizing_flows.figures import _save
+
+    written = []
+    for letter, setting in results.items():
+        examples = setting.examples
+        methods = list(next(iter(examples.values())))
+        order = ["none", "histogram matching", "Nyul", "ComBat", "pre-trained harmonizer", "Harmonizing Flows"]
+        methods = [m for m in order if m in methods]
+        source = setting.source_example
+        k = int(setting.source_mask.reshape(len(source), -1).sum(1).argmax())
+        rows = len(examples) + 1
+        fig, axes = plt.subplots(rows, len(methods), figsize=(2.2 * len(methods), 2.3 * rows), dpi=100, squeeze=False)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, 0].imshow(source[k], cmap="gray", vmin=0, vmax=255)
+        axes[0, 0].set_ylabel(f"source {setting.source}", fontsize=8)
+        for ax in axes[0, 1:]:
+            ax.axis("off")
+        for r, (site, images) in enumerate(examples.items(), start=1):
+            axes[r, 0].set_ylabel(site, fontsize=8)
+            for c, method in enumerate(methods):
+                stack = images[method]
+                j = min(k, len(stack) - 1)
+                axes[r, c].imshow(stack[j], cmap="gray", vmin=0, vmax=255)
+                if r == 1:
+                    axes[r, c].set_title(method, fontsize=8)
+        fig.suptitle(
+            f"setting {letter}: one test slice per target site, before and after each method "
+            f"(Harmonizing Flows: {RULES[EXAMPLE_RULE][0]})",
+            fontsize=10,
+        )
+        written.append(_save(fig, folder / f"slices_{letter}.png"))
+
+        fig, axes = plt.subplots(1, len(methods), figsize=(2.8 * len(methods), 2.6), dpi=100, squeeze=False)
+        bins = np.arange(1, 257)
+        src = source[setting.source_mask]
+        for c, method in enumerate(methods):
+            ax = axes[0, c]
+            ax.hist(src, bins=bins, density=True, histtype="step", color="black", lw=1.4, label=setting.source)
+            for site, images in examples.items():
+                values = images[method][images[method] > 0]
+                ax.hist(values, bins=bins, density=True, histtype="step", lw=1.0, label=site)
+            ax.set_title(method, fontsize=8)
+            ax.set_yticks([])
+            ax.set_xlim(0, 255)
+        axes[0, 0].legend(fontsize=6, frameon=False)
+        fig.suptitle(f"setting {letter}: brain intensity histograms of one test volume per site", fontsize=10)
+        written.append(_save(fig, folder / f"histograms_{letter}.png"))
+
+        targets = setting.targets
+        fig, axes = plt.subplots(2, len(targets), figsize=(3.6 * len(targets), 5.2), dpi=100, squeeze=False)
+        for c, (site, target) in enumerate(targets.items()):
+            for variant in variants:
+                curve = target.variants[variant].curve
+                steps = [r["step"] for r in curve]
+                line = axes[0, c].plot(steps, [r["target_bpd"] for r in curve], lw=1, label=variant)[0]
+                axes[0, c].axhline(target.variants[variant].source_bpd, color=line.get_color(), ls=":", lw=0.8)
+                axes[1, c].plot(steps, [r["dice"] for r in curve], lw=1, color=line.get_color())
+                kept = target.variants[variant].kept[EXAMPLE_RULE].step
+                axes[1, c].axvline(kept, color=line.get_color(), ls="--", lw=0.6)
+            axes[0, c].set_title(f"{setting.source} -> {site}", fontsize=9)
+            axes[1, c].set_xlabel("adaptation step")
+        axes[0, 0].set_ylabel("target bpd\n(dotted: source bpd)", fontsize=8)
+        axes[1, 0].set_ylabel(f"Dice % of test slices\n(dashed: kept, {EXAMPLE_RULE})", fontsize=8)
+        axes[0, 0].legend(fontsize=6, frameon=False)
+        fig.suptitle(f"setting {letter}: adaptation curves", fontsize=10)
+        written.append(_save(fig, folder / f"curves_{letter}.png"))
+    return written
+
+
+def _provenance(meta: Mapping[str, Any]) -> list[str]:
+    machine = meta.get("machine")
+    if not machine:
+        return []
+    gpu = f", {machine['cuda']}" if machine.get("cuda") else ", no GPU"
+    threads = f" ({machine['torch_threads']} torch threads)" if machine.get("torch_threads") else ""
+    return [
+        f"Finished {meta.get('finished', '?')} on {machine['platform']}, {machine['cpus']} CPUs{threads}{gpu}; Python "
+        f"{machine['python']}, torch {machine['torch']}, harmonizing-flows {machine['harmonizing_flows']}."
+    ]
+
+
+def _resumed(meta: Mapping[str, Any]) -> str:
+    resumed = meta.get("resumed") or []
+    return f" (setting {', '.join(resumed)} reused from an earlier run)" if resumed else ""
+
+
+def render_tables(results: Mapping[str, SettingResult], meta: Mapping[str, Any]) -> str:
+    """Tables 1-3 as Markdown, from the results (the numbers of ``results.json`` are enough)."""
+    letters = list(results)
+    variants = list(meta["variants"])
+    sites = meta["sites"]
+    lines = [
+        "# Benchmark: Harmonizing Flows and baselines on held-out test volumes",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Data: `{meta['data']}`; settings {', '.join(f'{x} = source {sites[x]}' for x in letters)}; "
+        f"profile `{meta['profile']['name']}`; device {meta['device']}; "
+        f"wall time {meta['seconds']:.0f} s{_resumed(meta)}.  ",
+        *_provenance(meta),
+        "",
+        "Mean ± standard deviation over the test volumes of every target site of a setting; the average column is "
+        "the mean of the settings' means and of their standard deviations. SF: source-free, TA: task-agnostic, "
+        "UD: handles unseen domains without refitting. Rows marked * read the test labels (analysis only). Gap "
+        "closed: the share of the Dice gap between no harmonization and the ceiling that a method closes, from "
+        "the averages over settings.",
+        "",
+        f"## Table 1: methods (Harmonizing Flows: variant `{variants[0]}`)",
+        "",
+        *_table1(results, letters, variants[0], sites),
+        "## Table 2: none -> pre-trained harmonizer -> adapted, for each variant",
+        "",
+        *_table2(results, letters, variants),
+        "## Table 3: stopping rules",
+        "",
+        *_table3(results, letters, variants),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: Mapping[str, SettingResult], meta: Mapping[str, Any], out: Path) -> dict[str, Path]:
+    """Write ``tables.md``, ``results.json`` and ``figures/`` into ``out`` (replacing an earlier report)."""
+    variants = list(meta["variants"])
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        (tmp / "figures").mkdir()
+        (tmp / "tables.md").write_text(render_tables(results, meta), encoding="utf-8")
+        document = {"meta": dict(meta), "results": {letter: r.to_json() for letter, r in results.items()}}
+        (tmp / "results.json").write_text(json.dumps(document, indent=1, default=float) + "\n", encoding="utf-8")
+        _figures(results, tmp / "figures", variants)
+        written = {}
+        for item in sorted(tmp.iterdir()):
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            item.replace(target)
+            written[item.name] = target
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return written

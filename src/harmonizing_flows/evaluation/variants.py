@@ -1,0 +1,45 @@
+"""What the benchmark compares: the method's variants (Table 2) and the stopping rules replayed on each
+adaptation curve (Table 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harmonizing_flows.config import AdaptConfig
+
+__all__ = ["DEFAULT_VARIANT", "EXAMPLE_RULE", "GUARD", "RULES", "VARIANTS"]
+
+_PAPER = ("harmonizer.positive_alpha=false", "adapt.brain_only=false", "negatives.collapse_modes=false")
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "paper-faithful": _PAPER,
+    "brain-only": (*_PAPER, "adapt.brain_only=true"),
+    "positive-alpha": (*_PAPER, "harmonizer.positive_alpha=true"),
+    "collapse-negatives": (*_PAPER, "negatives.collapse_modes=true"),
+}
+"""The method's variants of Table 2: the paper-faithful one and the paper's with one guard that changes the
+adaptation's path, each spelled out in full so that a profile's defaults cannot change
+what a variant is. The alpha and intensity guards only stop a path early, so they are replayed on each
+variant's curve, at the fixed values of :data:`RULES` (a profile's own ``adapt.alpha_guard`` and
+``adapt.intensity_guard`` are not used here)."""
+
+DEFAULT_VARIANT = "paper-faithful"
+"""The variant that the default profiles fit and adapt (the paper's linear alpha, no guard that changes the
+path; the stop-only intensity guard is on), and the one that ``hflow demo`` runs."""
+
+GUARD = AdaptConfig().intensity_guard
+"""The intensity guard's tolerance in the replayed rules: the default's (see ``AdaptConfig.intensity_guard``)."""
+
+RULES: dict[str, tuple[str, dict[str, Any]]] = {
+    "entropy": ("minimum entropy", {"stop": "entropy"}),
+    "entropy+guard": (f"minimum entropy + intensity guard {GUARD:g}", {"stop": "entropy", "intensity_guard": GUARD}),
+    "source-bpd": ("source bpd", {"stop": "source-bpd"}),
+    "source-bpd+guard": (f"source bpd + intensity guard {GUARD:g}", {"stop": "source-bpd", "intensity_guard": GUARD}),
+    "alpha-guard": ("source bpd + alpha guard 0.5", {"stop": "source-bpd", "alpha_guard": 0.5}),
+    "steps": ("fixed steps (all)", {"stop": "steps"}),
+    "oracle": ("oracle (best Dice) *", {}),
+}
+"""Stopping rules of Table 3: name -> (label, the ``AdaptConfig`` fields it sets; every other guard is off).
+The oracle keeps the best Dice on the test slices, reading labels: analysis only."""
+
+EXAMPLE_RULE = "entropy+guard"
+"""The rule whose kept step the slice figures show: what ``hflow adapt --segmenter`` does by default."""

@@ -1,0 +1,490 @@
+"""Fitting on the source site: pre-train the harmonizer (Eq. 5), train the guided flow (Eq. 4), measure the source
+bpd on the validation split, and save everything as one model folder.
+
+Training slices are decoded once and held in memory as uint8 (a site of 12 subjects at 224x224 is about 100 MB).
+Every step draws its batch and augmentations from a generator seeded by (seed, network, epoch, step): runs are
+reproducible, resuming from a checkpoint continues exactly, and under ``torchrun`` every process draws the same
+global batch and computes its share (see :mod:`harmonizing_flows.method.distributed`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from harmonizing_flows.config import TrainConfig
+from harmonizing_flows.data.datasets import Subject, file_fingerprint
+from harmonizing_flows.data.prepare import read_site
+from harmonizing_flows.data.slices import Slices
+from harmonizing_flows.errors import ConfigError, InputError, TrainingError, system_errors
+from harmonizing_flows.method.augment import FlowNegatives, HarmonizerAugmentation
+from harmonizing_flows.method.distributed import Context, setup, stable_seed
+from harmonizing_flows.method.flow import Flow, guided_loss
+from harmonizing_flows.method.harmonizer import Harmonizer, pretraining_error
+from harmonizing_flows.method.store import Model, save_model
+from harmonizing_flows.method.unet import channels_last
+from harmonizing_flows.profiles import Profile, profile_to_dict
+
+__all__ = [
+    "fit",
+    "fit_flow",
+    "fit_harmonizer",
+    "fit_model",
+    "measure_bpd",
+    "run_training",
+    "source_bpd",
+]
+
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            tensors[f"state.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return tensors, json.dumps(state["param_groups"])
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: str) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(groups)})
+
+
+def _save_checkpoint(
+    path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list
+) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    opt, groups = _optimizer_state(optimizer)
+    tensors.update({f"optim.{k}": v for k, v in opt.items()})
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"epoch": str(epoch), "param_groups": groups, "history": json.dumps(history)})
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(path))
+        module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _restore_optimizer(
+            optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}, meta["param_groups"]
+        )
+    except Exception as exc:  # any damage to the checkpoint is the same problem for the user
+        raise InputError(path, f"cannot resume from this checkpoint ({exc})") from exc
+    return int(meta["epoch"]), json.loads(meta["history"])
+
+
+def prepare_checkpoints(
+    folder: Path,
+    profile: Profile,
+    subjects: Sequence[Subject],
+    *,
+    resume: bool,
+    main: bool,
+    overwrite: bool = False,
+) -> None:
+    """Bind a checkpoints folder to the settings and training files of its fit, so that a resume never continues
+    another fit's weights (after a change of settings, seed, site or data) and a new fit never mixes with old
+    checkpoints. A new fit deletes earlier checkpoints only with ``overwrite``: they may be hours of training.
+
+    Raises:
+        InputError: ``resume`` and the folder holds checkpoints of another fit (or of an older version); or
+            neither ``resume`` nor ``overwrite`` and the folder holds checkpoints.
+    """
+    import hashlib
+
+    files = file_fingerprint(p for s in subjects for p in (s.image, s.mask, s.labels))
+    key = hashlib.sha256(json.dumps([profile_to_dict(profile), files]).encode()).hexdigest()
+    doc = folder / "fit.json"
+    saved = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if resume and saved:
+        stored = json.loads(doc.read_text(encoding="utf-8")).get("key") if doc.is_file() else None
+        if stored != key:
+            raise InputError(
+                folder,
+                "holds checkpoints of a fit with other settings, seed or training data; fit with --overwrite "
+                "instead of --resume (which starts over and deletes them) or remove this folder",
+            )
+    if not resume and saved and not overwrite:
+        raise InputError(
+            folder,
+            f"holds checkpoints of an earlier fit ({', '.join(p.name for p in saved)}); pass --resume to continue "
+            "it, or --overwrite to start over and delete them",
+        )
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for path in saved:
+                path.unlink(missing_ok=True)
+        tmp = doc.with_name(doc.name + ".tmp")
+        tmp.write_text(json.dumps({"key": key}) + "\n", encoding="utf-8")
+        tmp.replace(doc)
+
+
+def _diverged(what: str, name: str, epoch: int, step: int, lr: float) -> TrainingError:
+    return TrainingError(
+        f"{name}: {what} became NaN or infinite at epoch {epoch}, step {step} (learning rate {lr:g}); "
+        f"lower {name}_training.lr or check the input slices"
+    )
+
+
+def run_training(
+    module: nn.Module,
+    step: StepFn,
+    n_items: int,
+    config: TrainConfig,
+    *,
+    name: str,
+    seed: int,
+    ctx: Context,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Adam with the learning rate halved every ``config.halve_every`` epochs; returns per-epoch means of the stats.
+
+    ``step(model, index, generator)`` gets the global batch's row indices and the step's generator, and returns
+    this process's loss and the stats to report.
+    """
+    from harmonizing_flows.progress import progress_bar
+
+    channels_last(module.to(ctx.device))
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
+    start, history = 0, []
+    if resume and checkpoint is not None and checkpoint.is_file():
+        start, history = _load_checkpoint(checkpoint, module, optimizer)
+    model: nn.Module = DistributedDataParallel(module) if ctx.world > 1 else module
+    batch = min(config.batch_size, n_items - n_items % ctx.world) if n_items >= ctx.world else n_items
+    steps = max(n_items // batch, 1)
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+    bar = progress_bar(
+        total=config.epochs * steps, initial=start * steps, desc=name, unit="step", enabled=progress and ctx.main
+    )
+    try:
+        for epoch in range(start, config.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * 0.5 ** (epoch // config.halve_every)
+            order = torch.randperm(n_items, generator=torch.Generator().manual_seed(stable_seed(seed, name, epoch)))
+            sums: dict[str, float] = {}
+            started = time.perf_counter()
+            for k in range(steps):
+                index = order[k * batch : (k + 1) * batch]
+                generator = torch.Generator().manual_seed(stable_seed(seed, name, epoch, k))
+                loss, stats = step(model, index, generator)
+                where = (name, epoch + 1, k + 1, optimizer.param_groups[0]["lr"])
+                # Stop before the optimizer spreads a NaN to every weight. Every process takes the same decision
+                # (the loss's flag is summed over processes, the gradients are already), so none waits alone.
+                if ctx.all_sum((~torch.isfinite(loss.detach())).float()).item():
+                    raise _diverged("the loss", *where)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grads = [p.grad for p in module.parameters() if p.grad is not None]
+                if grads and not torch.stack([g.norm() for g in grads]).isfinite().all():
+                    raise _diverged("the gradients", *where)
+                if config.clip_grad_norm > 0:  # after DDP's all-reduce: every process clips the same gradients
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), config.clip_grad_norm)
+                optimizer.step()
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                bar.set_postfix({key: f"{value:.3g}" for key, value in stats.items()}, refresh=False)
+                bar.update()
+            record = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+            }
+            record.update({key: value / steps for key, value in sums.items()})
+            history.append(record)
+            last = epoch + 1 == config.epochs
+            if (
+                checkpoint is not None
+                and ctx.main
+                and (last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0))
+            ):
+                _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history)
+            ctx.barrier()
+    finally:
+        bar.close()
+    return history
+
+
+# --------------------------------------------------------------------------------------------- the two networks
+
+
+def harmonizer_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
+    augment = HarmonizerAugmentation(profile.augment)
+
+    def step(
+        model: nn.Module, index: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        params = augment.draw(len(index), generator)  # the global batch's draws, the same on every process
+        x, m = data.batch(index, ctx.device)
+        total = m.sum()
+        mine = ctx.share(len(index))
+        share = params.select(mine)
+        xs, ms = x[mine], m[mine]
+        squared = pretraining_error(model, augment.apply(xs, ms, share), xs, ms)
+        loss = squared * ctx.world / total.clamp_min(1.0)
+        return loss, {"mse": float(ctx.all_sum(squared) / total.clamp_min(1.0))}
+
+    return step
+
+
+def flow_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
+    """Eq. 4 (:func:`~harmonizing_flows.method.flow.guided_loss`) on one training batch: this process computes the
+    bpd of its share of the positives and negatives, so that DDP's averaged gradients equal the whole batch's."""
+    negatives = FlowNegatives(profile.negatives)
+    by_samples = profile.flow.weighting == "samples"
+
+    def step(
+        model: nn.Module, index: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        x, m = data.batch(index, ctx.device)
+        neg, origin = negatives(x, m, generator)
+        noise = torch.randn(x.shape[0] + neg.shape[0], *x.shape[1:], generator=generator).to(ctx.device)
+        n_neg = len(origin)
+        positive = torch.ones(len(index), dtype=torch.bool)
+        if by_samples:  # Eq. 4 as written: a negative takes its original's place
+            positive[origin] = False
+        n_pos = int(positive.sum())
+        mine = torch.zeros(len(index), dtype=torch.bool)
+        mine[ctx.share(len(index))] = True
+        rows = torch.nonzero(mine).flatten()
+        mine_neg = (origin >= rows[0]) & (origin <= rows[-1])
+        keep = (mine & positive).to(x.device)
+        xs = torch.cat([x[keep], neg[mine_neg.to(neg.device)]])
+        ms = torch.cat([m[keep], m[origin[mine_neg].to(m.device)]])
+        ns = torch.cat([noise[: len(index)][keep.to(noise.device)], noise[len(index) :][mine_neg.to(noise.device)]])
+        bpd = model(xs, ms, noise=ns)
+        k = int(keep.sum())
+        mean_positive = ctx.all_sum(bpd[:k].sum().detach()) / max(n_pos, 1)
+        loss = guided_loss(bpd[:k], bpd[k:], profile.flow, n_positive=n_pos, n_negative=n_neg,
+                           mean_positive=mean_positive, scale=ctx.world)  # fmt: skip
+        stats = {"bpd": float(mean_positive)}
+        if n_neg:
+            stats["negative_bpd"] = float(ctx.all_sum(bpd[k:].detach().sum()) / n_neg)
+        return loss, stats
+
+    return step
+
+
+class _FlowBpd(nn.Module):
+    """The flow's bpd as the module DDP wraps (its forward is what DDP synchronises)."""
+
+    def __init__(self, flow: Flow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *, noise: torch.Tensor) -> torch.Tensor:
+        return self.flow.bpd(x, mask, noise=noise)
+
+
+def fit_harmonizer(
+    harmonizer: Harmonizer,
+    data: Slices,
+    profile: Profile,
+    ctx: Context,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Pre-train the harmonizer to undo augmentations of the source slices (paper Eq. 5)."""
+    _check_size(data, harmonizer.factor, "harmonizer")
+    return run_training(
+        harmonizer,
+        harmonizer_step(profile, data, ctx),
+        len(data),
+        profile.harmonizer_training,
+        name="harmonizer",
+        seed=profile.seed,
+        ctx=ctx,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def fit_flow(
+    flow: Flow,
+    data: Slices,
+    profile: Profile,
+    ctx: Context,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train the flow on the source slices with guiding negatives (paper Eq. 4)."""
+    _check_size(data, flow.factor, "flow")
+    wrapper = _FlowBpd(flow)
+    return run_training(
+        wrapper,
+        flow_step(profile, data, ctx),
+        len(data),
+        profile.flow_training,
+        name="flow",
+        seed=profile.seed,
+        ctx=ctx,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def _check_size(data: Slices, factor: int, what: str) -> None:
+    h, w = data.images.shape[-2:]
+    if h % factor or w % factor:
+        raise ConfigError(f"slices of {h}x{w}: the {what} needs multiples of {factor}; change slices.image_size")
+
+
+@torch.no_grad()
+def measure_bpd(
+    flow: Flow, data: Slices, device: torch.device, *, brain_only: bool = False, seed: int = 0, batch_size: int = 32
+) -> float:
+    """Mean bpd of ``data`` under ``flow`` with fixed dequantization noise (all pixels, or the brain's)."""
+    flow.eval()
+    generator = torch.Generator().manual_seed(stable_seed(seed, "measure"))
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(data)))
+        x, m = data.batch(index, device)
+        noise = torch.randn(x.shape, generator=generator).to(device)
+        total += float(flow.bpd(x, m, noise=noise, brain_only=brain_only).sum())
+    return total / len(data)
+
+
+def fit_model(
+    train: Slices,
+    val: Slices,
+    profile: Profile,
+    ctx: Context,
+    *,
+    checkpoints: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Model | None:
+    """Pre-train a harmonizer and train a flow on ``train``; measure the source bpd on ``val``.
+
+    Returns the model on the CPU with its metadata (image size, scaling, source bpd, training history), or None on
+    processes other than the first under torchrun. Checkpoints go to the folder ``checkpoints`` when given.
+    """
+    # The initial weights come from the seed alone, not from whatever drew from the global generator before
+    # (a simulation run in the same process, an earlier setting of a benchmark).
+    torch.manual_seed(profile.seed)
+    model = Model.create(profile)
+    if checkpoints is not None and ctx.main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
+    started = time.perf_counter()
+
+    def checkpoint(name: str) -> Path | None:
+        return checkpoints / f"{name}.safetensors" if checkpoints is not None else None
+
+    harmonizer_history = fit_harmonizer(
+        model.harmonizer, train, profile, ctx, checkpoint=checkpoint("harmonizer"), resume=resume, progress=progress
+    )
+    flow_history = fit_flow(
+        model.flow, train, profile, ctx, checkpoint=checkpoint("flow"), resume=resume, progress=progress
+    )
+    if not ctx.main:
+        return None
+    model.flow.eval()
+    model.harmonizer.eval()
+    model.metadata = {
+        "image_size": list(profile.slices.image_size),
+        "intensity_scaling": {
+            "percentile": profile.slices.percentile,
+            "levels": profile.slices.levels,
+            "axis": profile.slices.axis,
+        },
+        "source_bpd": source_bpd(model.flow, val, ctx.device, seed=profile.seed),
+        "training": {
+            "harmonizer": harmonizer_history,
+            "flow": flow_history,
+            "processes": ctx.world,
+            "device": str(ctx.device),
+            "seconds": round(time.perf_counter() - started, 1),
+            "slices": {"train": len(train), "val": len(val)},
+        },
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "adaptation": None,
+    }
+    return model.to("cpu")
+
+
+def source_bpd(flow: Flow, val: Slices, device: torch.device, *, seed: int = 0) -> dict[str, float]:
+    """The source validation bpd that the ``source-bpd`` stopping rule aims for, over all pixels and the brain's."""
+    return {
+        "all_pixels": measure_bpd(flow, val, device, seed=seed),
+        "brain_only": measure_bpd(flow, val, device, brain_only=True, seed=seed),
+    }
+
+
+@system_errors
+def fit(
+    source: str | Path,
+    out: str | Path,
+    profile: Profile,
+    *,
+    site: str | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path | None:
+    """Fit a model on one source site: harmonizer, flow, source bpd; write the model folder ``out``.
+
+    Checkpoints go to ``OUT.checkpoints/`` (beside the model folder); with ``resume`` training continues from them.
+    Returns the model folder (None on processes other than the first under torchrun).
+
+    Raises:
+        InputError: Unreadable data, an ambiguous or unknown site, too few subjects to split.
+        OutputExistsError: ``out`` exists and ``overwrite`` is not set.
+    """
+    from harmonizing_flows.method.store import FORMAT, check_output_folder
+
+    source, out = Path(source), Path(out)
+    check_output_folder(out, overwrite, FORMAT)  # an interrupted fit never wrote OUT: resuming needs no overwrite
+    ctx = setup(device)
+    started = time.perf_counter()
+    data = read_site(source, profile.slices, site=site, progress=progress and ctx.main, desc="reading source volumes")
+    train, val = data.fitting_splits()
+    train_slices, val_slices = Slices.pool(train), Slices.pool(val)
+    train_subjects = [v.subject for v in train if v.subject is not None]
+    val_subjects = [v.subject for v in val if v.subject is not None]
+
+    checkpoints = out.with_name(out.name + ".checkpoints")
+    prepare_checkpoints(checkpoints, profile, train_subjects, resume=resume, main=ctx.main, overwrite=overwrite)
+    model = fit_model(train_slices, val_slices, profile, ctx, checkpoints=checkpoints, resume=resume, progress=progress)
+    if model is None:
+        return None
+    model.metadata = {
+        "source_site": data.name,
+        "source_subjects": {"train": [s.subject for s in train_subjects], "val": [s.subject for s in val_subjects]},
+        "source_data": str(source.resolve()),
+        **model.metadata,
+    }
+    model.metadata["training"]["seconds"] = round(time.perf_counter() - started, 1)
+    folder = save_model(model.to("cpu"), out, overwrite=overwrite)
+    return folder
