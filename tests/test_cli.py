@@ -354,6 +354,7 @@ def test_a_bug_shows_its_traceback_and_debug_shows_it_for_user_errors_too(monkey
     monkeypatch.setattr(training, "fit", broken)
     result = runner.invoke(app, ["fit", str(tmp_path), "--out", str(tmp_path / "m")])
     assert result.exit_code == 1 and isinstance(result.exception, ValueError)  # not a tidy "error:" line
+    monkeypatch.undo()
     missing = str(tmp_path / "nowhere")
     tidy = runner.invoke(app, ["fit", missing, "--out", str(tmp_path / "m2")])
     assert tidy.exit_code == 2 and "does not exist" in tidy.output and tidy.exception is not None

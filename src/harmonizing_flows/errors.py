@@ -54,10 +54,12 @@ class ConfigError(HflowError, ValueError):
 class MissingExtraError(HflowError, ImportError):
     """A command needs packages of an optional extra that are not installed; the message says how to install them."""
 
-    def __init__(self, what: str, extra: str, missing: str) -> None:
+    def __init__(self, what: str, extra: str, missing: list[str]) -> None:
         self.extra = extra
+        verb = "is" if len(missing) == 1 else "are"
         super().__init__(
-            f"{what} needs the {extra!r} extra ({missing} is not installed): pip install 'harmonizing-flows[{extra}]'"
+            f"{what} needs the {extra!r} extra ({', '.join(missing)} {verb} not installed): "
+            f"pip install 'harmonizing-flows[{extra}]'"
         )
 
 

@@ -99,6 +99,7 @@ def read_site(
     *,
     site: str | None = None,
     splits: Sequence[str] | None = None,
+    split: bool = True,
     labels: bool = False,
     progress: bool = False,
     desc: str = "reading volumes",
@@ -108,6 +109,8 @@ def read_site(
     Args:
         site: Which site, when the data holds several.
         splits: Read only the subjects of these splits (after splitting); all by default.
+        split: Split the site's subjects (keeping the splits the data gives). Adaptation, which takes every scan
+            of a site, does not need to, and so takes a site too small to split.
         labels: Read the label maps too (every subject must have one).
 
     Raises:
@@ -115,7 +118,9 @@ def read_site(
             ``splits``.
     """
     data = Path(data)
-    subjects = split_subjects(select_site(load_subjects(data), site, data))  # keeps the splits the data gives
+    subjects = select_site(load_subjects(data), site, data)
+    if split or splits:
+        subjects = split_subjects(subjects)  # keeps the splits the data gives
     if splits:
         subjects = [s for s in subjects if s.split in splits]
         if not subjects:

@@ -21,4 +21,4 @@ def require_eval_extra(what: str) -> None:
     """Raise :class:`MissingExtraError` naming ``what`` when a package of the ``eval`` extra is missing."""
     missing = [dist for module, dist in EVAL_PACKAGES.items() if importlib.util.find_spec(module) is None]
     if missing:
-        raise MissingExtraError(what, "eval", ", ".join(missing))
+        raise MissingExtraError(what, "eval", missing)

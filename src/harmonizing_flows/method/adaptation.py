@@ -339,7 +339,7 @@ def adapt(
     resolved = resolve_device(device)
     model = load_model(model_dir)
     config = config or model.profile.adapt
-    data = read_site(target, model.profile.slices, site=site, splits=splits, progress=progress,
+    data = read_site(target, model.profile.slices, site=site, splits=splits, split=bool(splits), progress=progress,
                      desc="reading target volumes")  # fmt: skip
     if len(data.volumes) == 1:
         warnings.warn(

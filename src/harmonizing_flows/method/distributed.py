@@ -54,7 +54,7 @@ class Context:
     def share(self, n: int) -> slice:
         """This process's rows of a global batch of ``n`` (``n`` must be divisible by the world size)."""
         if n % self.world:
-            raise ValueError(f"a batch of {n} cannot be shared by {self.world} processes; use a multiple")
+            raise ConfigError(f"a batch of {n} cannot be shared by {self.world} processes; use a multiple")
         k = n // self.world
         return slice(self.rank * k, (self.rank + 1) * k)
 
