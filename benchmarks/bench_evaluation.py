@@ -1,28 +1,26 @@
-"""The fast-profile evaluation benchmark (issue 4): simulate the sites, run ``hflow benchmark``, keep the report.
+"""The evaluation benchmark over seeds (issues 4 and 19): each seed simulates its own subjects and fits its own
+networks; one verdict, ``summary.json``, compares the tool's default method with every other method on paired test
+volumes.
 
-What it runs, each in a fresh process under ``/usr/bin/time -v`` (wall time and peak memory), as a user would:
+For each seed N, each in a fresh process under ``/usr/bin/time -v`` (wall time and peak memory), as a user would:
 
-    hflow simulate --out WORK/sim --voxel-size 2 --subjects-per-site 10 --quiet
-    hflow benchmark WORK/sim/manifest.csv --out WORK/report --variants V --settings S --profile P --seed N --quiet
+    hflow simulate --out WORK/seed-N/sim --voxel-size V --subjects-per-site S --split T --seed N --quiet
+    hflow benchmark WORK/seed-N/sim/manifest.csv --out WORK/seed-N/report --variants V --settings X --profile P
+        --seed N --overwrite --quiet
 
-and then copies the report's ``tables.md``, ``results.json`` and ``figures/`` (never the fitted networks) to
-``benchmarks/results/benchmark-<profile>/`` with ``run.json``: both commands, their wall times and peak memory, the
-git commit, the machine and the dates. ``WORK`` is kept: run again with the same ``--work`` and the benchmark
-reuses what it computed with the same code: the networks it fitted (same profile, same training files), and every
-setting that finished with the same settings and data, so an interrupted run resumes at the setting it was in
-(each setting's own time is in ``results.json``). Changing the variants re-evaluates every setting but refits only
-the new variants' networks. On two CPU cores the fast profile over settings A-D took 69 minutes for the default
-variant alone (``--variants paper-faithful``) and, with all four variants and 200 adaptation steps (now 100),
-about five hours on a slow day.
+then ``summary.json``, ``summary.md`` and ``figures/summary.png`` over the seeds (:mod:`harmonizing_flows.evaluation.
+summary`), each seed's ``tables.md``, ``results.json`` and figures under ``seed-N/``, the simulator's montage of
+seed 0, and ``run.json`` (every command with its time and peak memory, the time per part of every setting, the
+commit, the machine, the dates) into the output folder. The fitted networks stay in ``WORK``.
 
-    python benchmarks/bench_evaluation.py --work /data/hflow-eval                     # A-D, all variants
-    python benchmarks/bench_evaluation.py --work /data/hflow-eval --seeds 0,1,2       # three times as long
-    python benchmarks/bench_evaluation.py --work /tmp/e --profile smoke --settings A  # a quick check
+Resuming: run the same command again. A seed's simulation is reused once written; ``hflow benchmark`` reuses every
+setting that finished with the same code, settings and data, so a run killed anywhere loses at most the setting
+it was in. ``WORK/study.json`` records the first run's settings; a later run with other settings is refused,
+naming the difference (use another ``--work``).
 
-With several seeds, each seed's report goes to ``seed-N/`` (its work folder is ``WORK/report-seedN``; seed 0
-keeps ``WORK/report``) and ``seeds.md`` gives each method's average Dice per seed and its spread over seeds:
-a seed changes the networks' initial weights and every random draw, and one run cannot say which differences
-between methods outlast that.
+    python benchmarks/bench_evaluation.py --work /data/hflow-eval            # seeds 0,1,2, settings A-D
+    python benchmarks/bench_evaluation.py --work /data/hflow-quick --quick   # seed 0, settings A and C
+    python benchmarks/bench_evaluation.py --work /tmp/e --profile smoke --quick --subjects-per-site 8
 """
 
 from __future__ import annotations
@@ -36,19 +34,74 @@ from typing import Any
 
 from _common import RESULTS, describe_machine, git_state, hflow_command, machine_info, run_timed, utc_now, write_json
 
-ALL_VARIANTS = "paper-faithful,positive-alpha,brain-only,collapse-negatives"  # Table 1 shows the first: the default
+DEFAULT_VARIANTS = "paper-faithful"  # the default method's variant: summary.json's default row and its rules
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, required=True, help="Folder for the data, the networks and the report.")
+    parser.add_argument("--work", type=Path, required=True, help="Folder for the data, the networks and the reports.")
     parser.add_argument("--profile", default="fast", help="Settings preset (default: fast).")
     parser.add_argument("--settings", default="A,B,C,D", help="Settings to run (default: A,B,C,D).")
-    parser.add_argument("--variants", default=ALL_VARIANTS, help="Method variants (default: all four).")
-    parser.add_argument("--seeds", default="0", help="Seeds to run, e.g. 0,1,2 (default: 0).")
-    parser.add_argument("--subjects-per-site", type=int, default=10, help="Simulated subjects per site (10).")
-    parser.add_argument("--output", type=Path, help="Where the report goes (default: benchmarks/results/benchmark-P).")
-    return parser.parse_args(argv)
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="Method variants; the first is the default's.")
+    parser.add_argument("--seeds", default="0,1,2", help="Seeds, each with its own subjects (default: 0,1,2).")
+    parser.add_argument("--quick", action="store_true", help="Seed 0, settings A and C: a first look.")
+    parser.add_argument("--subjects-per-site", type=int, default=16, help="Simulated subjects per site (16).")
+    parser.add_argument("--split", default="0.5,0.125,0.375", help="Train,val,test shares (default: 8/2/6 of 16).")
+    parser.add_argument("--min-test-volumes", type=int, default=6, help="Test volumes each target needs (6).")
+    parser.add_argument("--output", type=Path, help="Report folder (default: benchmarks/results/benchmark-P[-quick]).")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.settings = "0", "A,C"
+    return args
+
+
+def _plan(args: argparse.Namespace) -> dict[str, Any]:
+    """What the run computes: a resumed run must ask for the same."""
+    from harmonizing_flows.profiles import load_profile
+
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds {args.seeds!r}: give one or more different seeds, e.g. 0,1,2")
+    return {
+        "profile": args.profile,
+        "voxel_size": load_profile(args.profile).slices.voxel_size,  # the simulation's: what the profile expects
+        "settings": [x.strip() for x in args.settings.split(",") if x.strip()],
+        "variants": [x.strip() for x in args.variants.split(",") if x.strip()],
+        "seeds": seeds,
+        "subjects_per_site": args.subjects_per_site,
+        "split": [float(x) for x in args.split.split(",")],
+    }
+
+
+def check_plan(work: Path, plan: dict[str, Any]) -> None:
+    """Refuse to resume ``work`` with other settings than its first run's; record them on a first run."""
+    recorded = work / "study.json"
+    if recorded.is_file():
+        first = json.loads(recorded.read_text())
+        changed = [f"{key}: {first.get(key)!r} then, {plan[key]!r} now" for key in plan if first.get(key) != plan[key]]
+        if changed:
+            raise SystemExit(
+                f"{work} holds a run with other settings ({'; '.join(changed)}); rerun with the first run's "
+                "settings to resume it, or give another --work"
+            )
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(recorded, plan)
+
+
+def check_split(plan: dict[str, Any], min_test: int) -> None:
+    """Refuse, before anything runs, a split that leaves a target fewer test volumes than asked for (or a site
+    without training or validation subjects)."""
+    from harmonizing_flows.data.datasets import split_counts
+
+    train, val, test = split_counts(plan["subjects_per_site"], plan["split"])
+    if test < min_test or train < 1 or val < 1:
+        raise SystemExit(
+            f"--subjects-per-site {plan['subjects_per_site']} with --split {plan['split']} gives {train} training, "
+            f"{val} validation and {test} test subjects per site; the benchmark needs one training and one validation "
+            f"subject at least and {min_test} test volumes per target (--min-test-volumes): give more subjects or "
+            "another split"
+        )
 
 
 def _run(command: list[str]) -> dict[str, Any]:
@@ -61,53 +114,62 @@ def _run(command: list[str]) -> dict[str, Any]:
     return run.summary()
 
 
+def _load(report: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from harmonizing_flows.evaluation.results import SettingResult
+
+    document = json.loads((report / "results.json").read_text())
+    return {x: SettingResult.from_json(r) for x, r in document["results"].items()}, document["meta"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    output = args.output or RESULTS / f"benchmark-{args.profile}"
+    plan = _plan(args)
+    check_split(plan, args.min_test_volumes)
+    check_plan(args.work, plan)
+    output = args.output or RESULTS / f"benchmark-{args.profile}{'-quick' if args.quick else ''}"
     hflow = hflow_command()
     state, machine, started = git_state(), machine_info(), utc_now()
     print(f"commit {state['commit']}{' (with uncommitted changes)' if state['src_modified'] else ''}; "
           f"{describe_machine(machine)}")  # fmt: skip
-    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise SystemExit(f"--seeds {args.seeds!r}: give one or more different seeds, e.g. 0,1,2")
-    sim = args.work / "sim"
-    runs = []
-    if not (sim / "manifest.csv").is_file():
-        runs.append(_run([*hflow, "simulate", "--out", str(sim), "--voxel-size", "2",
-                          "--subjects-per-site", str(args.subjects_per_site), "--quiet"]))  # fmt: skip
-    reports = {}
-    for seed in seeds:
-        reports[seed] = args.work / ("report" if seed == 0 else f"report-seed{seed}")
-        runs.append(_run([*hflow, "benchmark", str(sim / "manifest.csv"), "--out", str(reports[seed]),
-                          "--overwrite", "--variants", args.variants, "--settings", args.settings, "--profile",
-                          args.profile, "--seed", str(seed), "--quiet"]))  # fmt: skip
+    runs, reports = [], {}
+    for seed in plan["seeds"]:
+        sim, reports[seed] = args.work / f"seed-{seed}" / "sim", args.work / f"seed-{seed}" / "report"
+        if not (sim / "manifest.csv").is_file():
+            runs.append(_run([*hflow, "simulate", "--out", str(sim), "--voxel-size", f"{plan['voxel_size']:g}",
+                              "--subjects-per-site",
+                              str(plan["subjects_per_site"]), "--split", args.split, "--seed", str(seed),
+                              "--overwrite", "--quiet"]))  # fmt: skip
+        runs.append(_run([*hflow, "benchmark", str(sim / "manifest.csv"), "--out", str(reports[seed]), "--overwrite",
+                          "--variants", args.variants, "--settings", args.settings, "--profile", args.profile,
+                          "--seed", str(seed), "--quiet"]))  # fmt: skip
+    from harmonizing_flows.evaluation.report import write_summary
+    from harmonizing_flows.evaluation.summary import summarize
+
+    loaded = {seed: _load(report) for seed, report in reports.items()}
+    results = {seed: r for seed, (r, _) in loaded.items()}
+    sites = loaded[plan["seeds"][0]][1]["sites"]
+    summary = summarize(results, sites, plan["variants"])
     tmp = output.with_name(output.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    write_summary(results, summary, tmp)
+    shutil.copy2(args.work / f"seed-{plan['seeds'][0]}" / "sim" / "montage.png", tmp / "figures" / "montage.png")
     for seed, report in reports.items():
-        into = tmp if len(seeds) == 1 else tmp / f"seed-{seed}"
-        into.mkdir(exist_ok=True)
+        into = tmp / f"seed-{seed}"
+        into.mkdir()
         for name in ("tables.md", "results.json"):
             shutil.copy2(report / name, into / name)
         shutil.copytree(report / "figures", into / "figures")
-    if len(seeds) > 1:
-        from harmonizing_flows.evaluation.report import render_seeds
-        from harmonizing_flows.evaluation.results import SettingResult
-
-        results = {
-            seed: {
-                letter: SettingResult.from_json(setting)
-                for letter, setting in json.loads((r / "results.json").read_text())["results"].items()
-            }
-            for seed, r in reports.items()
-        }
-        variants = [x.strip() for x in args.variants.split(",") if x.strip()]
-        (tmp / "seeds.md").write_text(f"# The benchmark over seeds {args.seeds}\n\n" + render_seeds(results, variants))
-    write_json(tmp / "run.json", {"runs": runs, "git": state, "machine": machine, "started": started,
-                                  "finished": utc_now()})  # fmt: skip
+    timings = {f"seed {s}, setting {x}": {"seconds": r.seconds, **r.timings} for s, rs in results.items()
+               for x, r in rs.items()}  # fmt: skip
+    write_json(tmp / "run.json", {"plan": plan, "runs": runs, "timings": timings, "git": state, "machine": machine,
+                                  "started": started, "finished": utc_now()})  # fmt: skip
     shutil.rmtree(output, ignore_errors=True)
     tmp.replace(output)
+    if args.output is None and not args.quick and args.profile == "fast":  # the project's verdict (issue 19)
+        for name in ("summary.json", "summary.md"):
+            shutil.copy2(output / name, RESULTS / name)
+    print((output / "summary.md").read_text())
     print(f"report: {output}")
     return 0
 

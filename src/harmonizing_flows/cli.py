@@ -137,6 +137,9 @@ def simulate(
         Path | None,
         typer.Option(help="An aseg-style label map (e.g. a FreeSurfer aseg.mgz) to deform instead of fsaverage."),
     ] = None,
+    split: Annotated[
+        str, typer.Option(help="Train,validation,test shares of each site's subjects, written to the manifest.")
+    ] = ",".join(f"{x:g}" for x in _SIM.split_fractions),
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier simulation in --out.")] = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -147,7 +150,8 @@ def simulate(
 
     start = time.perf_counter()
     with _user_errors():
-        config = SimulationConfig(subjects_per_site=subjects_per_site, voxel_size=voxel_size, seed=seed)
+        config = SimulationConfig(subjects_per_site=subjects_per_site, voxel_size=voxel_size, seed=seed,
+                                  split_fractions=_fractions(split))  # fmt: skip
         names = [s.strip() for s in sites.split(",") if s.strip()] if sites else None
         result = run(out, sites=names, sites_file=sites_file, config=config, anatomy=anatomy,
                      overwrite=overwrite, progress=not quiet)  # fmt: skip
@@ -156,6 +160,18 @@ def simulate(
         f"simulated {len(result.subjects)} subjects at {n_sites} sites in {time.perf_counter() - start:.0f} s\n"
         f"  manifest:   {result.manifest}\n  parameters: {result.parameters}\n  montage:    {result.montage}"
     )
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    from harmonizing_flows.errors import ConfigError
+
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise ConfigError(f"--split {text!r}: give three shares, train,validation,test, e.g. 0.5,0.125,0.375")
+    return values  # type: ignore[return-value]
 
 
 def _profile(profile: str, config: Path | None, overrides: list[str] | None, seed: int | None):

@@ -113,6 +113,7 @@ class SimulationConfig:
         partial_volume_voxels: Gaussian sigma (in output voxels) that turns hard labels into partial volumes.
         percentile: Intensity percentile inside the brain that maps to the site's top of scale.
         mask_dilation_mm: How far the brain mask reaches past the labelled brain (sulcal and outer CSF).
+        split_fractions: Train / validation / test shares of each site's subjects, written to the manifest.
     """
 
     subjects_per_site: int = 20
@@ -130,8 +131,10 @@ class SimulationConfig:
     partial_volume_voxels: float = 0.5
     percentile: float = 99.5
     mask_dilation_mm: float = 2.0
+    split_fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)
 
     def __post_init__(self) -> None:
+        SplitConfig(fractions=self.split_fractions)  # validates them
         if self.subjects_per_site < 1:
             raise ConfigError(f"subjects_per_site must be at least 1, not {self.subjects_per_site}")
         if not 0.25 <= self.voxel_size <= 8:

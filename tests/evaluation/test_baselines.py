@@ -12,6 +12,7 @@ from harmonizing_flows.evaluation.baselines import (
     REQUIREMENTS,
     HistogramMatching,
     NyulStandardization,
+    WhiteStripe,
     _norm_layers,
     combat,
     tent,
@@ -50,6 +51,17 @@ def test_histogram_methods_bring_a_remapped_target_back_to_the_source(method):
     after = np.array(_tissue_means(fitted.transform(target[0], target_masks[0]), target_masks[0]))
     assert np.abs(after - want).max() < 0.25 * np.abs(before - want).max()
     out = fitted.transform(target[0], target_masks[0])
+    assert out.min() >= 0 and out.max() <= 255 and not out[~target_masks[0]].any()
+
+
+def test_whitestripe_brings_a_rescaled_targets_white_matter_back_to_the_sources():
+    source, source_masks = _brains(4, seed=0)
+    target, target_masks = _brains(2, seed=1, gain=0.6)
+    fitted = WhiteStripe().fit(source, source_masks)
+    want = np.mean([_tissue_means(i, m)[0] for i, m in zip(source, source_masks, strict=True)])
+    out = fitted.transform(target[0], target_masks[0])
+    before, after = _tissue_means(target[0], target_masks[0])[0], _tissue_means(out, target_masks[0])[0]
+    assert abs(after - want) < 0.1 * abs(before - want)  # the white matter (160) is where it was
     assert out.min() >= 0 and out.max() <= 255 and not out[~target_masks[0]].any()
 
 

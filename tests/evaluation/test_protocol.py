@@ -73,7 +73,7 @@ def test_every_method_is_scored_on_every_test_volume_of_every_target(report, sim
     assert set(setting["targets"]) == set(sites) - {sites[1]}
     for target in setting["targets"].values():
         n = len(target["test_subjects"])
-        for method in ("none", "histogram matching", "Nyul", "ComBat", "TENT"):
+        for method in ("none", "histogram matching", "Nyul", "WhiteStripe", "ComBat", "TENT", "BigAug"):
             assert len(target["scores"][method]) == n
             assert all(0 <= s["dice"] <= 100 and s["hd95"] >= 0 for s in target["scores"][method])
         for variant in target["variants"].values():

@@ -9,8 +9,13 @@ time is what the paper's SF / TA / UD columns record (:data:`REQUIREMENTS`):
 * **Nyul**: piecewise-linear standardisation of percentile landmarks (intensity-normalization's
   ``NyulNormalizer``, the field's reference implementation), fitted on the source training brains; the standard
   scale is mapped back onto the source's own intensities, since the segmenter was trained on those;
+* **WhiteStripe**: each brain scaled linearly so that its normal-appearing white matter matches the source's
+  (intensity-normalization's ``WhiteStripeNormalizer``, mapped back onto the source's white-matter mean and
+  spread);
 * **ComBat**: neuroCombat voxel-wise, with the source site as reference batch: it needs source and target images
   together, and all of a target site's images at once;
+* **BigAug** (:mod:`~harmonizing_flows.evaluation.bigaug`): no image change; the segmenter itself is trained
+  under heavy stacked augmentation, so it is its own harmonization (and so not task-agnostic);
 * **TENT**: no image change; the segmenter's batch-norm scales and shifts are adapted to the target by minimising
   the entropy of its predictions (so it is tied to that segmenter: not task-agnostic).
 
@@ -40,15 +45,17 @@ from harmonizing_flows.config import EvaluationConfig
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.method.distributed import stable_seed
 
-__all__ = ["REQUIREMENTS", "HistogramMatching", "NyulStandardization", "combat", "tent"]
+__all__ = ["REQUIREMENTS", "HistogramMatching", "NyulStandardization", "WhiteStripe", "combat", "tent"]
 
 REQUIREMENTS: dict[str, tuple[bool, bool, bool]] = {
     # name: (source-free, task-agnostic, handles unseen domains without refitting)
     "none": (True, True, True),
     "histogram matching": (True, True, True),
     "Nyul": (True, True, True),
+    "WhiteStripe": (True, True, True),
     "ComBat": (False, True, False),
     "TENT": (True, False, True),
+    "BigAug": (True, False, True),
     "pre-trained harmonizer": (True, True, True),
     "Harmonizing Flows": (True, True, True),
 }
@@ -128,6 +135,42 @@ class NyulStandardization:
         back[lo] = source[0] + (standard[lo] - scale[0]) * (source[1] - source[0]) / (scale[1] - scale[0])
         back[hi] = source[-1] + (standard[hi] - scale[-1]) * (source[-1] - source[-2]) / (scale[-1] - scale[-2])
         return _finish(back, mask)
+
+
+class WhiteStripe:
+    """WhiteStripe: each brain scaled so that its normal-appearing white matter (a stripe of intensities around
+    the highest tissue mode, intensity-normalization's ``WhiteStripeNormalizer``) has the mean and spread of the
+    source training brains' white matter. Linear per volume: it moves the white matter, not the contrast.
+
+    References:
+        | Shinohara et al. Statistical normalization techniques for magnetic resonance imaging. NeuroImage:
+        | Clinical 6, 2014.
+    """
+
+    def __init__(self, width: float = 0.05) -> None:
+        self.width = width
+        self.source: tuple[float, float] | None = None
+
+    def _stripe(self, image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+        from intensity_normalization import create_image
+        from intensity_normalization.normalizers.individual.whitestripe import WhiteStripeNormalizer
+
+        fitted = WhiteStripeNormalizer(width=self.width).fit(
+            create_image(image.astype(np.float32)), create_image(mask.astype(np.float32))
+        )
+        assert fitted.mean is not None and fitted.std is not None
+        return fitted.mean, fitted.std
+
+    def fit(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> WhiteStripe:
+        stripes = np.array([self._stripe(i, m) for i, m in zip(images, masks, strict=True)])
+        self.source = (float(stripes[:, 0].mean()), float(stripes[:, 1].mean()))
+        return self
+
+    def transform(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.source is None:
+            raise RuntimeError("fit before transform")
+        mean, std = self._stripe(image, mask)
+        return _finish((image.astype(np.float64) - mean) / std * self.source[1] + self.source[0], mask)
 
 
 def _align(stacks: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import copy
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,12 +84,22 @@ class _Setting:
     log: Callable[[str], None]
 
     def __post_init__(self) -> None:
+        self.timings: dict[str, float] = {}
         self.train, self.val = self.source.fitting_splits()
         self.test = self.source.split("test")
         if not self.test:
             raise InputError(self.source.source, f"site {self.source.name} has no subject in its test split")
         self.train_slices = Slices.pool(self.train, labels=True)
         self.val_slices = Slices.pool(self.val)
+
+    @contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        """Add the seconds spent in the block to ``part``'s total (the report's time per part)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[part] = round(self.timings.get(part, 0.0) + time.perf_counter() - started, 2)
 
     # ----------------------------------------------------------------------------------------- fitting
 
@@ -100,14 +111,18 @@ class _Setting:
         folder = self.out / "models" / self.source.name / name
         return cache.fit_or_load(folder, fit_key, build, save, load, self.log)
 
-    def segmenter(self) -> torch.nn.Module:
+    def segmenter(self, *, bigaug: bool = False) -> torch.nn.Module:
+        """The frozen source segmenter, or BigAug's: the same network trained under stacked augmentation."""
+        from harmonizing_flows.evaluation.bigaug import stacked_augmentation
         from harmonizing_flows.evaluation.segmenter import fit_segmenter, load_segmenter, save_segmenter
+
+        metadata = {"source_site": self.source.name, "augmentation": "bigaug" if bigaug else None}
 
         def fit() -> Any:
             return fit_segmenter(self.train_slices, self.profile, device=str(self.device), progress=self.progress,
-                                 metadata={"source_site": self.source.name})  # fmt: skip
+                                 metadata=metadata, augment=stacked_augmentation if bigaug else None)  # fmt: skip
 
-        made = self._fit_or_load("segmenter", self.profile, fit,
+        made = self._fit_or_load("segmenter-bigaug" if bigaug else "segmenter", self.profile, fit,
                                  lambda s, f: save_segmenter(s, f, overwrite=True), load_segmenter)  # fmt: skip
         return made.to(self.device).eval()
 
@@ -175,15 +190,24 @@ class _Setting:
     # ----------------------------------------------------------------------------------------- scoring
 
     def run(self, sites: Sequence[Site], variants: Sequence[str]) -> SettingResult:
-        from harmonizing_flows.evaluation.baselines import HistogramMatching, NyulStandardization
+        from harmonizing_flows.evaluation.baselines import HistogramMatching, NyulStandardization, WhiteStripe
 
-        segmenter = self.segmenter()
-        models = self.models(variants)
+        with self.timed("fit segmenter"):
+            segmenter = self.segmenter()
+        with self.timed("fit BigAug segmenter"):
+            self.bigaug = self.segmenter(bigaug=True)
+        with self.timed("fit models"):
+            models = self.models(variants)
         self.log("  ceiling: the segmenter on its own test volumes")
-        ceiling = [_score(segmenter, v.images, v, self.device) for v in self.test]
+        with self.timed("score"):
+            ceiling = [_score(segmenter, v.images, v, self.device) for v in self.test]
         stored = [v.images for v in self.train], [v.mask for v in self.train]
-        self.histogram = HistogramMatching().fit(*stored)
-        self.nyul = NyulStandardization().fit(*stored)
+        with self.timed("histogram matching"):
+            self.histogram = HistogramMatching().fit(*stored)
+        with self.timed("Nyul"):
+            self.nyul = NyulStandardization().fit(*stored)
+        with self.timed("WhiteStripe"):
+            self.whitestripe = WhiteStripe().fit(*stored)
         result = SettingResult(
             self.source.name, ceiling, [_name(v) for v in self.test], {},
             source_example=self.test[0].images, source_mask=self.test[0].mask,
@@ -191,6 +215,7 @@ class _Setting:
         for site in sites:
             if site.name != self.source.name:
                 result.targets[site.name] = self.target(site, segmenter, models, variants, result.examples)
+        result.timings = dict(self.timings)
         return result
 
     def target(
@@ -202,41 +227,24 @@ class _Setting:
         examples: dict[str, dict[str, np.ndarray]],
     ) -> TargetResult:
         """Every method on one target site's test volumes."""
-        from harmonizing_flows.evaluation.baselines import combat, tent
-
         test = site.split("test")
         if not test:
             raise InputError(site.source, f"target site {site.name} has no subject in its test split")
         slices = Slices.pool(site.volumes)
         self.log(f"  target {site.name}: {len(site.volumes)} volumes ({len(slices)} slices), {len(test)} to score")
-        harmonized: dict[str, list[np.ndarray]] = {
-            "none": [v.images.astype(np.float32) for v in test],
-            "histogram matching": [self.histogram.transform(v.images, v.mask) for v in test],
-            "Nyul": [self.nyul.transform(v.images, v.mask) for v in test],
-        }
-        reference = self.train + [v for v in self.val if v not in self.train]  # source intensities, never labels
-        combat_all = combat([v.images for v in reference], [v.mask for v in reference],
-                            [v.images for v in site.volumes], [v.mask for v in site.volumes],
-                            self.profile.evaluation)  # fmt: skip
-        harmonized["ComBat"] = [combat_all[site.volumes.index(v)] for v in test]
-        scores = {
-            name: [_score(segmenter, imgs, v, self.device) for imgs, v in zip(images, test, strict=True)]
-            for name, images in harmonized.items()
-        }
-        adapted_segmenter = tent(segmenter, slices, self.profile.evaluation, device=self.device, seed=self.profile.seed)
-        scores["TENT"] = [_score(adapted_segmenter, v.images, v, self.device) for v in test]
-        del adapted_segmenter
-
+        harmonized, scores = self.baselines(site, test, slices, segmenter)
         site_examples = examples.setdefault(site.name, {})
         results: dict[str, VariantResult] = {}
         pretrained: dict[int, list[Scores]] = {}  # variants that share a model share its pre-trained harmonizer
         for variant in variants:
             model = models[variant]
             if id(model) not in pretrained:
-                pretrained[id(model)] = [self._harmonized_score(segmenter, model.harmonizer, v) for v in test]
-            results[variant] = self.variant(
-                variant, model, slices, test, segmenter, site_examples, variant == variants[0]
-            )
+                with self.timed("pre-trained harmonizer"):
+                    pretrained[id(model)] = [self._harmonized_score(segmenter, model.harmonizer, v) for v in test]
+            with self.timed(f"adapt and score {variant}"):
+                results[variant] = self.variant(
+                    variant, model, slices, test, segmenter, site_examples, variant == variants[0]
+                )
             results[variant].scores = {"pre-trained harmonizer": pretrained[id(model)], **results[variant].scores}
             self.log(
                 f"    {variant}: Dice none {_mean_dice(scores['none']):.1f} -> pre-trained "
@@ -244,9 +252,39 @@ class _Setting:
                 f"{_mean_dice(results[variant].scores['adapted (source-bpd)']):.1f} "
                 f"(kept step {results[variant].kept['source-bpd'].step})"
             )
-        for name in ("none", "histogram matching", "Nyul", "ComBat"):
+        for name in ("none", "histogram matching", "Nyul", "WhiteStripe", "ComBat"):
             site_examples[name] = harmonized[name][0]
         return TargetResult([_name(v) for v in test], scores, results)
+
+    def baselines(
+        self, site: Site, test: list[SlicedVolume], slices: Slices, segmenter: torch.nn.Module
+    ) -> tuple[dict[str, list[np.ndarray]], dict[str, list[Scores]]]:
+        """Every baseline on a target's test volumes: the harmonized slices of the intensity methods (for the
+        figures) and every baseline's scores."""
+        from harmonizing_flows.evaluation.baselines import combat, tent
+
+        harmonized: dict[str, list[np.ndarray]] = {"none": [v.images.astype(np.float32) for v in test]}
+        for name, method in (("histogram matching", self.histogram), ("Nyul", self.nyul),
+                             ("WhiteStripe", self.whitestripe)):  # fmt: skip
+            with self.timed(name):
+                harmonized[name] = [method.transform(v.images, v.mask) for v in test]
+        reference = self.train + [v for v in self.val if v not in self.train]  # source intensities, never labels
+        with self.timed("ComBat"):
+            combat_all = combat([v.images for v in reference], [v.mask for v in reference],
+                                [v.images for v in site.volumes], [v.mask for v in site.volumes],
+                                self.profile.evaluation)  # fmt: skip
+        harmonized["ComBat"] = [combat_all[site.volumes.index(v)] for v in test]
+        with self.timed("score"):
+            scores = {
+                name: [_score(segmenter, imgs, v, self.device) for imgs, v in zip(images, test, strict=True)]
+                for name, images in harmonized.items()
+            }
+        with self.timed("TENT"):
+            adapted = tent(segmenter, slices, self.profile.evaluation, device=self.device, seed=self.profile.seed)
+            scores["TENT"] = [_score(adapted, v.images, v, self.device) for v in test]
+        with self.timed("score"):
+            scores["BigAug"] = [_score(self.bigaug, v.images, v, self.device) for v in test]
+        return harmonized, scores
 
     def _harmonized_score(self, segmenter, harmonizer, volume: SlicedVolume) -> Scores:
         return _score(segmenter, harmonize_slices(harmonizer, volume, device=self.device), volume, self.device)

@@ -24,8 +24,10 @@ TABLE1_METHODS = (
     "none",
     "histogram matching",
     "Nyul",
+    "WhiteStripe",
     "ComBat",
     "TENT",
+    "BigAug",
     "pre-trained harmonizer",
     "Harmonizing Flows (source bpd)",
     "Harmonizing Flows (min entropy)",
@@ -171,7 +173,15 @@ def _figures(results: Mapping[str, SettingResult], folder: Path, variants: Seque
     for letter, setting in results.items():
         examples = setting.examples
         methods = list(next(iter(examples.values())))
-        order = ["none", "histogram matching", "Nyul", "ComBat", "pre-trained harmonizer", "Harmonizing Flows"]
+        order = [
+            "none",
+            "histogram matching",
+            "Nyul",
+            "WhiteStripe",
+            "ComBat",
+            "pre-trained harmonizer",
+            "Harmonizing Flows",
+        ]
         methods = [m for m in order if m in methods]
         source = setting.source_example
         k = int(setting.source_mask.reshape(len(source), -1).sum(1).argmax())
@@ -306,4 +316,127 @@ def write_report(results: Mapping[str, SettingResult], meta: Mapping[str, Any], 
             written[item.name] = target
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return written
+
+
+# --------------------------------------------------------------------------------------------- over seeds
+
+SUMMARY_ROWS = (
+    "none",
+    "histogram matching",
+    "Nyul",
+    "WhiteStripe",
+    "ComBat",
+    "TENT",
+    "BigAug",
+    "pre-trained harmonizer",
+)
+"""The rows of the headline table and figure before the method's own."""
+
+
+def render_summary(summary: Mapping[str, Any]) -> str:
+    """The headline table of ``summary.json`` as Markdown: Dice per setting and over seeds, and the default method
+    against each other row on paired volumes."""
+    letters = list(summary["settings"])
+    default = summary["default_method"]
+    paired = {p["b"]: p for p in summary["paired"]}
+    head = "| method | " + " | ".join(f"{x} ({summary['settings'][x]})" for x in letters)
+    head += " | mean over seeds | spread | default minus it (95 % CI) | Wilcoxon p |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def row(name: str, values: Mapping[str, Any], label: str) -> str:
+        dice = values["dice"]
+        spread = "n/a" if dice["spread"] is None else f"{dice['spread']:.1f}"
+        cells = " | ".join(f"{dice['per_setting'][x]:.1f}" for x in letters)
+        versus = ""
+        if name in paired:
+            p = paired[name]
+            versus = f"{p['mean']:+.2f} ({p['ci95'][0]:+.2f} to {p['ci95'][1]:+.2f}) | {p['p']:.2g}"
+        else:
+            versus = "— | —"
+        return f"| {label} | {cells} | {dice['mean']:.1f} | {spread} | {versus} |"
+
+    lines.append(row("ceiling", summary["ceiling"], "ceiling: segmenter on its source test volumes"))
+    for name, values in summary["methods"].items():
+        label = f"**{name}** (default)" if name == default else name
+        lines.append(row(name, values, label + (" *" if "oracle" in name else "")))
+    seeds = ", ".join(str(s) for s in summary["seeds"])
+    notes = (
+        f"Dice (%). Seeds {seeds}; at least {summary['test_volumes_per_target']} test volumes per target site. "
+        "Per setting: mean over seeds of the mean over target test volumes. Spread: sample standard deviation "
+        "of the seeds' means over settings. The last columns pair every test volume: the default method's Dice "
+        "minus the row's, its mean with a bootstrap 95 % interval (volumes resampled within each setting and "
+        "seed) and the Wilcoxon signed-rank p. Rows marked * read the test labels."
+    )
+    return "\n".join([notes, "", *lines, ""])
+
+
+def summary_figure(runs: Mapping[int, Mapping[str, SettingResult]], summary: Mapping[str, Any], path: Path) -> Path:
+    """Per setting, each headline method's Dice on every test volume (small points, one colour per seed), the
+    seeds' means (large points) and the ceiling (a line)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from harmonizing_flows.evaluation.summary import methods
+    from harmonizing_flows.figures import _save
+
+    default = summary["default_method"]
+    variant = summary["methods"][default]["variant"]
+    rows = methods([variant])
+    oracle = default.rsplit(",", 1)[0] + ", oracle)"
+    shown = [*SUMMARY_ROWS, default, *([oracle] if oracle in rows else [])]
+    letters = list(summary["settings"])
+    fig, axes = plt.subplots(1, len(letters), figsize=(4.2 * len(letters), 4.6), dpi=100, squeeze=False, sharey=True)
+    colours = plt.get_cmap("tab10")
+    rng = np.random.default_rng(0)  # jitter only
+    for c, letter in enumerate(letters):
+        ax = axes[0, c]
+        for k, seed in enumerate(runs):
+            setting = runs[seed][letter]
+            for i, name in enumerate(shown):
+                _, key, source = rows[name]
+                dice = [v["dice"] for v in setting.method_scores(key, source)]
+                ax.scatter(i + rng.uniform(-0.25, 0.25, len(dice)), dice, s=6, alpha=0.35, color=colours(k % 10),
+                           linewidths=0)  # fmt: skip
+                ax.scatter(i, np.nanmean(dice), s=40, color=colours(k % 10), edgecolors="black", linewidths=0.5,
+                           label=f"seed {seed}" if i == 0 else None)  # fmt: skip
+        ax.axhline(summary["ceiling"]["dice"]["per_setting"][letter], color="black", ls="--", lw=1, label="ceiling")
+        ax.set_xticks(range(len(shown)))
+        ax.set_xticklabels([_short(n, default) for n in shown], rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"setting {letter}: source {summary['settings'][letter]}", fontsize=9)
+        ax.grid(axis="y", lw=0.3)
+    axes[0, 0].set_ylabel("Dice (%) per target test volume")
+    axes[0, 0].set_ylim(top=max(summary["ceiling"]["dice"]["per_setting"].values()) + 3)  # the ceiling in view
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle("Dice of every test volume (small points) and each seed's mean (large points)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return _save(fig, path)
+
+
+def _short(name: str, default: str) -> str:
+    if name == default:
+        return "HF default"
+    if name.startswith("Harmonizing Flows") and name.endswith("oracle)"):
+        return "HF oracle *"
+    return name
+
+
+def write_summary(
+    runs: Mapping[int, Mapping[str, SettingResult]], summary: Mapping[str, Any], out: Path
+) -> dict[str, Path]:
+    """Write ``summary.json``, ``summary.md`` and ``figures/summary.png`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    written = {"summary.json": out / "summary.json", "summary.md": out / "summary.md"}
+    for name, text in (
+        ("summary.json", json.dumps(summary, indent=1) + "\n"),
+        ("summary.md", "# The benchmark over seeds\n\n" + render_summary(summary)),
+    ):
+        tmp = out / f".{name}.partial"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / name)
+    written["summary.png"] = summary_figure(runs, summary, out / "figures" / "summary.png")
     return written

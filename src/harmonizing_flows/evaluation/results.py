@@ -99,6 +99,8 @@ class SettingResult:
         examples: Target site -> method -> one harmonized test volume's slices (for the figures).
         source_example, source_mask: One source test volume's slices and mask (for the figures).
         seconds: Wall time of the setting, when it was computed in this run.
+        timings: Seconds spent in each part of the setting (fitting each network, each baseline, adapting each
+            variant, scoring), summed over targets.
     """
 
     source: str
@@ -109,6 +111,7 @@ class SettingResult:
     source_example: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))
     source_mask: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), bool))
     seconds: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     def method_scores(self, method: str, variant: str) -> list[Scores]:
         """Every test volume's scores under ``method`` over all targets (``"ceiling"``: the source's own)."""
@@ -126,6 +129,8 @@ class SettingResult:
         }
         if self.seconds is not None:
             data["seconds"] = self.seconds
+        if self.timings:
+            data["timings"] = self.timings
         return data
 
     @classmethod
@@ -133,4 +138,4 @@ class SettingResult:
         """A setting from its ``results.json`` numbers (without the example images)."""
         targets = {site: TargetResult.from_json(t) for site, t in data["targets"].items()}
         return cls(data["source"], list(data["ceiling"]), list(data["test_subjects"]), targets,
-                   seconds=data.get("seconds"))  # fmt: skip
+                   seconds=data.get("seconds"), timings=dict(data.get("timings", {})))  # fmt: skip

@@ -17,6 +17,7 @@ References:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,16 @@ class Segmenter(nn.Module):
         return self.net(x * (1.0 / 255.0))
 
 
-def segmenter_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
-    """One step of cross-entropy plus (weighted) soft Dice on a batch of labelled source slices."""
+Augmentation = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+]
+"""Images ``(B, 1, H, W)``, labels ``(B, H, W)``, masks and the step's generator -> the three augmented (as
+:func:`harmonizing_flows.evaluation.bigaug.stacked_augmentation`)."""
+
+
+def segmenter_step(profile: Profile, data: Slices, ctx: Context, augment: Augmentation | None = None) -> StepFn:
+    """One step of cross-entropy plus (weighted) soft Dice on a batch of labelled source slices, augmented by
+    ``augment`` when given (its draws from the step's generator, the same on every process)."""
     from monai.losses import DiceCELoss
 
     if data.labels is None:
@@ -91,9 +100,11 @@ def segmenter_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
 
     def step(model: nn.Module, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         mine = index[ctx.share(len(index))]
-        x, _ = data.batch(mine, ctx.device)
-        y = data.batch_labels(mine, ctx.device)[:, None]
-        loss = loss_fn(model(x), y)
+        x, m = data.batch(mine, ctx.device)
+        y = data.batch_labels(mine, ctx.device)
+        if augment is not None:
+            x, y, m = augment(x, y, m, generator)
+        loss = loss_fn(model(x), y[:, None])
         return loss, {"loss": float(ctx.all_sum(loss.detach())) / ctx.world}
 
     return step
@@ -108,8 +119,10 @@ def fit_segmenter(
     resume: bool = False,
     progress: bool = True,
     metadata: dict[str, Any] | None = None,
+    augment: Augmentation | None = None,
 ) -> Segmenter:
-    """Train a segmenter on labelled source slices (``profile.segmenter`` and ``profile.segmenter_training``)."""
+    """Train a segmenter on labelled source slices (``profile.segmenter`` and ``profile.segmenter_training``),
+    augmented by ``augment`` when given (BigAug's segmenter)."""
     ctx = setup(device)
     h, w = data.images.shape[-2:]
     if h % profile.segmenter.factor or w % profile.segmenter.factor:
@@ -122,7 +135,7 @@ def fit_segmenter(
     started = time.perf_counter()
     history = run_training(
         segmenter,
-        segmenter_step(profile, data, ctx),
+        segmenter_step(profile, data, ctx, augment),
         len(data),
         profile.segmenter_training,
         name="segmenter",

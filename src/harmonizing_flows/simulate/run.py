@@ -133,7 +133,7 @@ def simulate(
     inputs = [Path(p) for p in (sites_file, anatomy) if p is not None]
     _prepare_output(out, overwrite, inputs)
     chosen = resolve_sites(sites, sites_file)
-    split_config = SplitConfig(seed=config.seed)
+    split_config = SplitConfig(fractions=config.split_fractions, seed=config.seed)
     if split_counts(config.subjects_per_site, split_config.fractions)[0] < 1:
         raise InputError(
             None,
