@@ -98,10 +98,11 @@ def progress_bar(
     unit: str = "it",
     leave: bool = True,
 ) -> Any:
-    """A tqdm bar in a terminal; :class:`LineProgress` when standard error is not one; silent when not ``enabled``."""
+    """A tqdm bar in a terminal or a notebook; :class:`LineProgress` when standard error is neither (a log file);
+    silent when not ``enabled``."""
     from tqdm.auto import tqdm
 
-    if enabled and not _is_terminal(sys.stderr):
+    if enabled and not _is_terminal(sys.stderr) and "ipykernel" not in sys.modules:
         return LineProgress(iterable, total=total, initial=initial, desc=desc, unit=unit)
     return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, leave=leave)
 

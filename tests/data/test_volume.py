@@ -211,6 +211,11 @@ def test_an_implausible_voxel_size_is_refused_before_any_grid_is_built(tmp_path)
 
     with pytest.raises(InputError, match="pixdim"):
         check_volume(path)  # the header alone: a batch refuses it before writing anything
+    # a normal matrix with a mistyped 10 mm: each voxel plausible, the grid 2.5 m wide (1280^2 x 880 at 2 mm)
+    wide = nib.Nifti1Image(np.zeros((256, 256, 176), np.uint8), np.diag([10.0, 10.0, 10.0, 1.0]))
+    nib.save(wide, tmp_path / "wide.nii.gz")
+    with pytest.raises(InputError, match=r"wide\.nii\.gz: the header gives a field of view of 2560x2560x1760 mm"):
+        check_volume(tmp_path / "wide.nii.gz")
 
 
 @pytest.mark.parametrize(
@@ -218,6 +223,11 @@ def test_an_implausible_voxel_size_is_refused_before_any_grid_is_built(tmp_path)
     [
         (lambda m, labels: m.astype(np.float32), "a binary mask"),
         (lambda m, labels: labels.astype(np.float32), r"a label map \(\d+ whole-number values\)"),
+        # aparc+aseg: about a hundred codes up to 2035, more than a tissue map, far fewer than a scan's values
+        (
+            lambda m, labels: np.where(m > 0, 1000 + np.arange(m.size).reshape(m.shape) % 109, 0).astype(np.int16),
+            r"a label map \(110 whole-number values\)",
+        ),
     ],
 )
 def test_a_mask_or_label_map_given_as_the_image_is_refused(tmp_path, make, what):

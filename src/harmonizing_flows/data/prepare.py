@@ -69,7 +69,7 @@ def read_volumes(
     from harmonizing_flows.progress import progress_bar
 
     volumes = []
-    for s in progress_bar(subjects, desc=desc, unit="vol", enabled=progress):
+    for s in progress_bar(subjects, desc=desc, unit="vol", enabled=progress, leave=False):
         if labels and s.labels is None:
             raise InputError(s.image, f"subject {s.subject} has no label map, and labels are needed here")
         sliced = slice_volume(load_volume(s.image, s.mask, s.labels if labels else None), config)
@@ -108,9 +108,10 @@ def read_site(
 
     Args:
         site: Which site, when the data holds several.
-        splits: Read only the subjects of these splits (after splitting); all by default.
-        split: Split the site's subjects (keeping the splits the data gives). Adaptation, which takes every scan
-            of a site, does not need to, and so takes a site too small to split.
+        splits: Read only the subjects of these splits; all by default.
+        split: Split the site's subjects first (keeping the splits the data gives). Without it, ``splits``
+            selects among the splits the data gives: adaptation, which takes a site's scans as they are, so takes
+            a site too small to split.
         labels: Read the label maps too (every subject must have one).
 
     Raises:
@@ -119,7 +120,7 @@ def read_site(
     """
     data = Path(data)
     subjects = select_site(load_subjects(data), site, data)
-    if split or splits:
+    if split:
         subjects = split_subjects(subjects)  # keeps the splits the data gives
     if splits:
         subjects = [s for s in subjects if s.split in splits]
@@ -129,10 +130,21 @@ def read_site(
     return Site(subjects[0].site, volumes, data)
 
 
-def read_sites(data: str | Path, config: SliceConfig, *, labels: bool = False, progress: bool = False) -> list[Site]:
-    """Every site of a multi-site dataset, in name order, split and sliced (each volume decoded once)."""
+def read_sites(
+    data: str | Path,
+    config: SliceConfig,
+    *,
+    subjects: Sequence[Subject] | None = None,
+    labels: bool = False,
+    progress: bool = False,
+) -> list[Site]:
+    """Every site of a multi-site dataset, in name order, split and sliced (each volume decoded once).
+
+    Args:
+        subjects: The dataset's subjects, split, when the caller has read them already (to check them first).
+    """
     data = Path(data)
-    subjects = split_subjects(load_subjects(data))
+    subjects = split_subjects(load_subjects(data)) if subjects is None else subjects
     names = sorted({s.site for s in subjects})
     return [
         Site(

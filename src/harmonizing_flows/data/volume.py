@@ -62,6 +62,10 @@ _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 # Voxel sizes outside this range (mm) are a broken header, not a brain scan: a 160 mm "voxel" resampled to the
 # model's 2 mm would build a grid of billions of voxels.
 PLAUSIBLE_VOXEL_MM = (0.05, 20.0)
+# No head needs a field of view wider than this (mm) along any axis; a wider one is a broken header, whose grid
+# resampled to the model's voxels would fill the memory (a 256-voxel matrix with 10 mm in pixdim: 2.5 m, 1280^2 x
+# 880 voxels at 2 mm).
+MOST_FIELD_OF_VIEW_MM = 500.0
 # A scan has hundreds of intensity values at least; a mask has 2, FreeSurfer's aseg about 45, a tissue map 4.
 MOST_LABEL_VALUES = 64
 # An affine may differ by this much (mm, or unitless for the rotation part) between image, mask and labels.
@@ -207,26 +211,30 @@ def _volume_shape(img: nib.spatialimages.SpatialImage, path: Path, role: str) ->
 
 
 def check_voxel_size(img: nib.spatialimages.SpatialImage, path: Path) -> None:
-    """Refuse a header whose voxel sizes no brain MRI has (see :data:`PLAUSIBLE_VOXEL_MM`).
+    """Refuse a header whose voxel sizes or field of view no brain MRI has (:data:`PLAUSIBLE_VOXEL_MM`,
+    :data:`MOST_FIELD_OF_VIEW_MM`): resampling it would build a grid that fills the memory.
 
     Raises:
-        InputError: Naming the file and its voxel size.
+        InputError: Naming the file, its voxel size and its field of view.
     """
     zooms = nib.affines.voxel_sizes(img.affine)
+    fov = zooms * np.asarray(img.shape[:3], dtype=float)
     low, high = PLAUSIBLE_VOXEL_MM
+    size, extent = "x".join(f"{z:.4g}" for z in zooms), "x".join(f"{f:.0f}" for f in fov)
+    fix = "the header's affine (pixdim) is wrong: fix it (e.g. with nibabel or fslorient) before harmonizing"
     if not np.all((zooms >= low) & (zooms <= high)):
-        size = "x".join(f"{z:.4g}" for z in zooms)
-        raise InputError(
-            path,
-            f"the header gives voxels of {size} mm, outside the {low:g}-{high:g} mm of any brain MRI; "
-            "the header's affine (pixdim) is wrong: fix it (e.g. with nibabel or fslorient) before harmonizing",
-        )
+        raise InputError(path, f"the header gives voxels of {size} mm, outside the {low:g}-{high:g} mm of any brain "
+                               f"MRI; {fix}")  # fmt: skip
+    if fov.max() > MOST_FIELD_OF_VIEW_MM:
+        raise InputError(path, f"the header gives a field of view of {extent} mm ({size} mm voxels), wider than "
+                               f"{MOST_FIELD_OF_VIEW_MM:g} mm, more than any head; {fix}")  # fmt: skip
 
 
 def check_not_labels(data: np.ndarray, path: Path) -> None:
-    """Refuse an "image" whose content is a mask's (only 0 and 1, or 0 and 255) or a label map's (3 to
-    :data:`MOST_LABEL_VALUES` distinct whole numbers). Read on every second voxel along each axis: cheap, and a
-    scan's noise shows there as well.
+    """Refuse an "image" whose content is a mask's (only 0 and 1, or 0 and 255) or a label map's: 3 to
+    :data:`MOST_LABEL_VALUES` distinct whole numbers, or up to 300 spread beyond 255 (FreeSurfer's aparc+aseg and
+    wmparc codes reach 2035 and 5002; a scan stored as whole numbers has thousands of values). Read on every
+    second voxel along each axis: cheap, and a scan's noise shows there as well.
 
     Raises:
         InputError: Naming the file and what it holds.
@@ -235,7 +243,7 @@ def check_not_labels(data: np.ndarray, path: Path) -> None:
     whole = np.array_equal(values, np.round(values))
     if set(values.tolist()) in ({0, 1}, {0, 255}):
         what = "a binary mask"
-    elif whole and 3 <= len(values) <= MOST_LABEL_VALUES:
+    elif whole and (3 <= len(values) <= MOST_LABEL_VALUES or (len(values) <= 300 and values.max() > 255)):
         what = f"a label map ({len(values)} whole-number values)"
     else:
         return

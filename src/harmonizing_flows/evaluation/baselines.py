@@ -43,6 +43,7 @@ from torch import nn
 
 from harmonizing_flows.config import EvaluationConfig
 from harmonizing_flows.data.slices import Slices
+from harmonizing_flows.errors import InputError
 from harmonizing_flows.method.distributed import stable_seed
 
 __all__ = ["REQUIREMENTS", "HistogramMatching", "NyulStandardization", "WhiteStripe", "combat", "tent"]
@@ -228,13 +229,13 @@ def combat(
 
     config = config or EvaluationConfig()
     if len(source) < 2 or len(target) < 2:
-        raise ValueError(f"ComBat needs at least two volumes per site, not {len(source)} and {len(target)}")
+        raise InputError(None, f"ComBat needs at least two volumes per site, not {len(source)} and {len(target)}")
     run = _neurocombat()
     stacks = [*source, *target]
     images, brains, places = _align(stacks, [*source_masks, *target_masks])
     voxels = brains.mean(0) >= config.combat_min_share - 1e-9
     if voxels.sum() < 10:
-        raise ValueError("ComBat: the volumes share almost no brain voxels; they are not on comparable grids")
+        raise InputError(None, "ComBat: the volumes share almost no brain voxels; they are not on comparable grids")
     data = images[:, voxels].T  # features x samples
     batch = pd.DataFrame({"site": [0] * len(source) + [1] * len(target)})
     with contextlib.redirect_stdout(io.StringIO()), np.errstate(divide="ignore", invalid="ignore"):

@@ -111,7 +111,11 @@ def fit_or_load(
     """Fit once and keep the result in ``folder``, so that a benchmark run can be resumed: a stored network is
     reused only when its ``benchmark_key`` in ``model.json`` is ``fit_key``."""
     doc = folder / "model.json"
-    if doc.is_file() and json.loads(doc.read_text(encoding="utf-8")).get("benchmark_key") == fit_key:
+    try:
+        stored = json.loads(doc.read_text(encoding="utf-8")).get("benchmark_key") if doc.is_file() else None
+    except (OSError, ValueError, AttributeError):  # damaged: fitted again, and replaced
+        stored = None
+    if stored == fit_key:
         log(f"  {folder.name}: reusing {folder}")
         return load(folder)
     started = time.perf_counter()

@@ -31,7 +31,7 @@ import torch
 
 from harmonizing_flows.data.datasets import Subject, file_fingerprint, load_subjects, split_subjects
 from harmonizing_flows.data.labels import NUM_CLASSES
-from harmonizing_flows.data.prepare import Site, read_volumes
+from harmonizing_flows.data.prepare import Site, read_sites
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.data.volume import SlicedVolume
 from harmonizing_flows.errors import ConfigError, InputError, system_errors
@@ -363,8 +363,15 @@ def _check_data(data: Path, subjects: Sequence[Subject], letters: dict[str, str]
         if len(splits) < 2:
             raise InputError(data, f"site {site} has {len(splits)} subject; ComBat and the splits need at least 2")
     for letter in chosen:
-        if not any(s.site == letters[letter] and s.split == "train" for s in subjects):
+        source = [s.split for s in subjects if s.site == letters[letter]]
+        if "train" not in source:
             raise InputError(data, f"source site {letters[letter]} has no subject in its train split")
+        if source.count("train") + source.count("val") < 2:  # ComBat's reference site
+            raise InputError(
+                data,
+                f"source site {letters[letter]} has {source.count('train') + source.count('val')} subject in its "
+                "train and validation splits; ComBat needs at least 2 as its reference",
+            )
 
 
 @system_errors
@@ -417,10 +424,7 @@ def benchmark(
         raise ConfigError(f"unknown setting(s) {bad}; this data has {this}")
     _check_data(data, subjects, letters, chosen)
     log(f"reading {len(subjects)} labelled volumes from {len(names)} sites")
-    sites = []
-    for name in names:
-        members = [s for s in subjects if s.site == name]
-        sites.append(Site(name, read_volumes(members, profile.slices, labels=True, progress=progress), data))
+    sites = read_sites(data, profile.slices, subjects=subjects, labels=True, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, SettingResult] = {}
     resumed: list[str] = []
@@ -431,7 +435,8 @@ def benchmark(
         earlier = cache.load_setting(out / "settings", letter, key)
         if earlier is not None:
             log(f"  reusing {out / 'settings' / letter}.json: finished earlier with the same code, settings and data")
-            results[letter], _ = earlier, resumed.append(letter)
+            results[letter] = earlier
+            resumed.append(letter)
             continue
         begun = time.perf_counter()
         results[letter] = _Setting(letter, source, profile, resolved, out, progress, log).run(sites, variants)

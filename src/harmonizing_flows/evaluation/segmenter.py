@@ -247,6 +247,8 @@ def fit_segmenter_on(
                           desc="reading labelled volumes")  # fmt: skip
     data = Slices.pool(site_data.volumes, labels=True)
     train = [v.subject for v in site_data.volumes if v.subject is not None]
+    site_name = site_data.name
+    del site_data  # the pooled brain slices are all that training needs
     checkpoints = out.with_name(out.name + ".checkpoints")
     ctx = setup(device)
     prepare_checkpoints(checkpoints, profile, train, resume=resume, main=ctx.main, overwrite=overwrite)
@@ -258,7 +260,7 @@ def fit_segmenter_on(
         checkpoint=checkpoints / "segmenter.safetensors",
         resume=resume,
         progress=progress,
-        metadata={"source_site": site_data.name, "source_subjects": [s.subject for s in train]},
+        metadata={"source_site": site_name, "source_subjects": [s.subject for s in train]},
     )
     if ctx.main:  # under torchrun, one process writes
         save_segmenter(segmenter, out, overwrite=overwrite)

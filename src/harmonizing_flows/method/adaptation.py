@@ -339,7 +339,7 @@ def adapt(
     resolved = resolve_device(device)
     model = load_model(model_dir)
     config = config or model.profile.adapt
-    data = read_site(target, model.profile.slices, site=site, splits=splits, split=bool(splits), progress=progress,
+    data = read_site(target, model.profile.slices, site=site, splits=splits, split=False, progress=progress,
                      desc="reading target volumes")  # fmt: skip
     if len(data.volumes) == 1:
         warnings.warn(
@@ -350,6 +350,7 @@ def adapt(
     subjects = [v.subject for v in data.volumes if v.subject is not None]
     target_site = data.name
     slices = Slices.pool(data.volumes)
+    del data  # the pooled brain slices are all that adaptation needs
     seed = model.profile.seed if seed is None else seed
     result = adapt_harmonizer(model, slices, config, device=resolved, segmenter=segmenter, seed=seed, progress=progress)
     model.harmonizer = result.harmonizer

@@ -468,11 +468,14 @@ def fit(
     check_output_folder(out, overwrite, FORMAT)  # an interrupted fit never wrote OUT: resuming needs no overwrite
     ctx = setup(device)
     started = time.perf_counter()
-    data = read_site(source, profile.slices, site=site, progress=progress and ctx.main, desc="reading source volumes")
+    data = read_site(source, profile.slices, site=site, splits=("train", "val"), progress=progress and ctx.main,
+                     desc="reading source volumes")  # fmt: skip
     train, val = data.fitting_splits()
     train_slices, val_slices = Slices.pool(train), Slices.pool(val)
     train_subjects = [v.subject for v in train if v.subject is not None]
     val_subjects = [v.subject for v in val if v.subject is not None]
+    site_name = data.name
+    del data, train, val  # the pooled brain slices are all that training needs
 
     checkpoints = out.with_name(out.name + ".checkpoints")
     prepare_checkpoints(checkpoints, profile, train_subjects, resume=resume, main=ctx.main, overwrite=overwrite)
@@ -480,7 +483,7 @@ def fit(
     if model is None:
         return None
     model.metadata = {
-        "source_site": data.name,
+        "source_site": site_name,
         "source_subjects": {"train": [s.subject for s in train_subjects], "val": [s.subject for s in val_subjects]},
         "source_data": str(source.resolve()),
         **model.metadata,
