@@ -2,8 +2,9 @@
 
 * :mod:`.volume`: NIfTI/MGZ in and out, and the one round trip volume -> slices -> volume
   (:class:`~.volume.SlicedVolume` with its :class:`~.volume.SliceGrid`);
-* :mod:`.slices`: the one slice container (:class:`~.slices.Slices`) and the one way to prepare a site's data;
-* :mod:`.datasets`: subjects from a manifest, site folders, BIDS or FreeSurfer, and their splits;
+* :mod:`.slices`: the one slice container (:class:`~.slices.Slices`);
+* :mod:`.prepare`: the one way every command reads its data (load -> select site -> split -> slice);
+* :mod:`.datasets` and :mod:`.subject`: subjects from a manifest, site folders, BIDS or FreeSurfer, and splits;
 * :mod:`.resample`, :mod:`.labels`, :mod:`.outputs`: resampling, the 15 label classes, atomic writes.
 """
 
