@@ -138,8 +138,18 @@ def simulate(
         typer.Option(help="An aseg-style label map (e.g. a FreeSurfer aseg.mgz) to deform instead of fsaverage."),
     ] = None,
     split: Annotated[
-        str, typer.Option(help="Train,validation,test shares of each site's subjects, written to the manifest.")
+        str,
+        typer.Option(
+            help="Train,validation,test shares of each site's subjects, written to the manifest (or participants.tsv)."
+        ),
     ] = ",".join(f"{x:g}" for x in _SIM.split_fractions),
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="sites: a folder per site and manifest.csv; bids: a BIDS dataset (participants.tsv with site and "
+            "split columns, scanner sidecars; masks and label maps under derivatives/simulation/)."
+        ),
+    ] = "sites",
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier simulation in --out.")] = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -154,11 +164,12 @@ def simulate(
                                   split_fractions=_fractions(split))  # fmt: skip
         names = [s.strip() for s in sites.split(",") if s.strip()] if sites else None
         result = run(out, sites=names, sites_file=sites_file, config=config, anatomy=anatomy,
-                     overwrite=overwrite, progress=not quiet)  # fmt: skip
+                     overwrite=overwrite, progress=not quiet, layout=layout)  # fmt: skip
     n_sites = len({s.site for s in result.subjects})
+    data = "BIDS root: " if result.layout == "bids" else "manifest:   "
     typer.echo(
         f"simulated {len(result.subjects)} subjects at {n_sites} sites in {time.perf_counter() - start:.0f} s\n"
-        f"  manifest:   {result.manifest}\n  parameters: {result.parameters}\n  montage:    {result.montage}"
+        f"  {data}{result.manifest}\n  parameters: {result.parameters}\n  montage:    {result.montage}"
     )
 
 

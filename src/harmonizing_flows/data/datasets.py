@@ -13,7 +13,8 @@ Three layouts are read into one list of :class:`Subject` records:
   FreeSurfer's template subjects (:data:`FREESURFER_TEMPLATES`: ``fsaverage``, which recon-all links into
   ``SUBJECTS_DIR``, and the others it ships) are left out.
 * **BIDS** (:func:`read_bids`): ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``, the site from a ``participants.tsv``
-  column; masks and labels from ``*_desc-brain_mask`` and ``*_dseg`` files beside the image or under
+  column, a participant's split from its ``split`` column where it has one (``hflow simulate --layout bids`` writes
+  it); masks and labels from ``*_desc-brain_mask`` and ``*_dseg`` files beside the image or under
   ``derivatives/*/``.
 
 A folder of images alone is one site, named after the folder (as ``hflow harmonize`` takes a site's scans).
@@ -336,6 +337,7 @@ def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]
     if "participant_id" not in rows[0]:
         raise InputError(table, "participants.tsv has no participant_id column")
     sites = {(r.get("participant_id") or "").strip(): (r.get(site_column) or "").strip() for r in rows}
+    splits = _bids_splits(table, rows)
 
     derivatives = sorted((root / "derivatives").glob("*/")) if (root / "derivatives").is_dir() else []
     subjects = []
@@ -355,10 +357,25 @@ def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]
             labels = _find_bids(search, prefix, ("_dseg", "_desc-aseg_dseg"))
             entities = _bids_entities(prefix)
             ident = sub + "".join(f"_{k}-{v}" for k, v in entities.items() if k not in ("sub",))
-            subjects.append(Subject(ident, sites[sub], image, mask, labels, participant=sub))
+            subjects.append(Subject(ident, sites[sub], image, mask, labels, splits.get(sub), participant=sub))
     if not subjects:
         raise InputError(root, "BIDS dataset has no sub-*/anat/*_T1w.nii[.gz] images")
     return subjects
+
+
+def _bids_splits(table: Path, rows: Sequence[dict[str, str]]) -> dict[str, str]:
+    """Participant -> split from a ``split`` column of participants.tsv (empty or ``n/a``: none given)."""
+    if "split" not in rows[0]:
+        return {}
+    names = SplitConfig().names
+    splits = {}
+    for r in rows:
+        participant, value = (r.get("participant_id") or "").strip(), (r.get("split") or "").strip()
+        if value and value.lower() != "n/a":
+            if value not in names:
+                raise InputError(table, f"{participant}: split {value!r} is not one of {', '.join(names)}")
+            splits[participant] = value
+    return splits
 
 
 def _find_bids(folders: Sequence[Path], prefix: str, suffixes: Sequence[str]) -> Path | None:

@@ -162,86 +162,65 @@ def render_seeds(runs: Mapping[int, Mapping[str, SettingResult]], variants: Sequ
 
 
 def _figures(results: Mapping[str, SettingResult], folder: Path, variants: Sequence[str]) -> list[Path]:
-    import matplotlib
+    """Per setting: ``slices_X.png`` (one test slice per target site, before and after each method),
+    ``histograms_X.png`` (brain intensity densities of one test volume per site, per method, on shared axes) and
+    ``curves_X.png`` (each variant's adaptation curves). Conventions: :mod:`harmonizing_flows.figures`."""
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    from harmonizing_flows.figures import _pyplot, _save, _title, histogram_panels, level_counts, slice_table
 
-    from harmonizing_flows.figures import _save
-
+    order = ("none", "histogram matching", "Nyul", "WhiteStripe", "ComBat", "pre-trained harmonizer",
+             "Harmonizing Flows")  # fmt: skip
+    rule = RULES[EXAMPLE_RULE][0]
     written = []
     for letter, setting in results.items():
-        examples = setting.examples
-        methods = list(next(iter(examples.values())))
-        order = [
-            "none",
-            "histogram matching",
-            "Nyul",
-            "WhiteStripe",
-            "ComBat",
-            "pre-trained harmonizer",
-            "Harmonizing Flows",
-        ]
-        methods = [m for m in order if m in methods]
-        source = setting.source_example
-        k = int(setting.source_mask.reshape(len(source), -1).sum(1).argmax())
-        rows = len(examples) + 1
-        fig, axes = plt.subplots(rows, len(methods), figsize=(2.2 * len(methods), 2.3 * rows), dpi=100, squeeze=False)
-        for ax in axes.flat:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[0, 0].imshow(source[k], cmap="gray", vmin=0, vmax=255)
-        axes[0, 0].set_ylabel(f"source {setting.source}", fontsize=8)
-        for ax in axes[0, 1:]:
-            ax.axis("off")
-        for r, (site, images) in enumerate(examples.items(), start=1):
-            axes[r, 0].set_ylabel(site, fontsize=8)
-            for c, method in enumerate(methods):
-                stack = images[method]
-                j = min(k, len(stack) - 1)
-                axes[r, c].imshow(stack[j], cmap="gray", vmin=0, vmax=255)
-                if r == 1:
-                    axes[r, c].set_title(method, fontsize=8)
-        fig.suptitle(
-            f"setting {letter}: one test slice per target site, before and after each method "
-            f"(Harmonizing Flows: {RULES[EXAMPLE_RULE][0]})",
-            fontsize=10,
-        )
-        written.append(_save(fig, folder / f"slices_{letter}.png"))
+        examples, source = setting.examples, setting.source_example
+        methods = [m for m in order if m in next(iter(examples.values()))]
+        k = int(setting.source_mask.reshape(len(source), -1).sum(1).argmax())  # the source slice with most brain
+        rows = {site: {m: images[m][min(k, len(images[m]) - 1)] for m in methods} for site, images in examples.items()}
+        written.append(slice_table(
+            rows, folder / f"slices_{letter}.png", first=(f"source {setting.source}", source[k]),
+            title=f"Setting {letter}: one test slice per target site (rows), before and after each method (columns; "
+            f"Harmonizing Flows: {rule})",
+        ))  # fmt: skip
 
-        fig, axes = plt.subplots(1, len(methods), figsize=(2.8 * len(methods), 2.6), dpi=100, squeeze=False)
-        bins = np.arange(1, 257)
-        src = source[setting.source_mask]
-        for c, method in enumerate(methods):
-            ax = axes[0, c]
-            ax.hist(src, bins=bins, density=True, histtype="step", color="black", lw=1.4, label=setting.source)
-            for site, images in examples.items():
-                values = images[method][images[method] > 0]
-                ax.hist(values, bins=bins, density=True, histtype="step", lw=1.0, label=site)
-            ax.set_title(method, fontsize=8)
-            ax.set_yticks([])
-            ax.set_xlim(0, 255)
-        axes[0, 0].legend(fontsize=6, frameon=False)
-        fig.suptitle(f"setting {letter}: brain intensity histograms of one test volume per site", fontsize=10)
-        written.append(_save(fig, folder / f"histograms_{letter}.png"))
+        src = level_counts(source[setting.source_mask])
+        panels = {
+            m: {setting.source: src, **{site: level_counts(im[m][im[m] > 0]) for site, im in examples.items()}}
+            for m in methods
+        }
+        written.append(histogram_panels(
+            panels, folder / f"histograms_{letter}.png", reference=setting.source,
+            title=f"Setting {letter}: brain intensities of one test volume per site, before and after each method",
+            caption=f"Black: the source site {setting.source}.",
+        ))  # fmt: skip
 
+        plt = _pyplot()
         targets = setting.targets
-        fig, axes = plt.subplots(2, len(targets), figsize=(3.6 * len(targets), 5.2), dpi=100, squeeze=False)
+        fig, axes = plt.subplots(2, len(targets), figsize=(3.5 * len(targets) + 0.8, 6.2), dpi=100, squeeze=False,
+                                 sharex=True, layout="constrained")  # fmt: skip
         for c, (site, target) in enumerate(targets.items()):
-            for variant in variants:
-                curve = target.variants[variant].curve
-                steps = [r["step"] for r in curve]
-                line = axes[0, c].plot(steps, [r["target_bpd"] for r in curve], lw=1, label=variant)[0]
-                axes[0, c].axhline(target.variants[variant].source_bpd, color=line.get_color(), ls=":", lw=0.8)
-                axes[1, c].plot(steps, [r["dice"] for r in curve], lw=1, color=line.get_color())
-                kept = target.variants[variant].kept[EXAMPLE_RULE].step
-                axes[1, c].axvline(kept, color=line.get_color(), ls="--", lw=0.6)
+            for i, variant in enumerate(variants):
+                result = target.variants[variant]
+                steps = [r["step"] for r in result.curve]
+                colour = f"C{i % 10}"
+                axes[0, c].plot(steps, [r["target_bpd"] for r in result.curve], lw=1.2, color=colour, label=variant)
+                axes[0, c].axhline(result.source_bpd, color=colour, ls=":", lw=1)
+                axes[1, c].plot(steps, [r["dice"] for r in result.curve], lw=1.2, color=colour)
+                axes[1, c].axvline(result.kept[EXAMPLE_RULE].step, color=colour, ls="--", lw=0.8)
             axes[0, c].set_title(f"{setting.source} -> {site}", fontsize=9)
-            axes[1, c].set_xlabel("adaptation step")
-        axes[0, 0].set_ylabel("target bpd\n(dotted: source bpd)", fontsize=8)
-        axes[1, 0].set_ylabel(f"Dice % of test slices\n(dashed: kept, {EXAMPLE_RULE})", fontsize=8)
-        axes[0, 0].legend(fontsize=6, frameon=False)
-        fig.suptitle(f"setting {letter}: adaptation curves", fontsize=10)
+            axes[1, c].set_xlabel("adaptation step", fontsize=8)
+            for ax in axes[:, c]:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.grid(lw=0.3, alpha=0.5)
+                ax.tick_params(labelsize=7)
+        axes[0, 0].set_ylabel("target bpd (bits per dimension)", fontsize=8)
+        axes[1, 0].set_ylabel("Dice (%), every k-th test slice", fontsize=8)
+        handles = [plt.Line2D([], [], color=f"C{i % 10}", lw=1.2) for i in range(len(variants))]
+        handles += [plt.Line2D([], [], color="grey", ls=":"), plt.Line2D([], [], color="grey", ls="--")]
+        names = [*variants, "source validation bpd (what source-bpd aims for)", f"kept step ({rule})"]
+        fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
+        _title(fig, f"Setting {letter}: adaptation curves, source {setting.source}", 10)
         written.append(_save(fig, folder / f"curves_{letter}.png"))
     return written
 

@@ -5,7 +5,8 @@ ratio, strength of the receive bias field (the coil's fixed profile and what var
 export puts the brain on the 0..255 scale, and the orientation its files are stored in. The built-in sites span
 the T1-weighted protocols common in multi-site studies (3 T and 1.5 T MPRAGE, IR-prepared SPGR with a short
 inversion time, and a plain spoiled gradient echo); their parameters are typical vendor protocol values, not
-copies of any particular study's.
+copies of any particular study's. Their ``manufacturer`` and ``model`` (written only into the BIDS sidecars of
+``hflow simulate --layout bids``) are illustrative: a vendor that typically runs the protocol, not a measured scanner.
 
 Bias fields: the per-scan field spans 15-20 % peak to peak at every site, BrainWeb's lower level (fields estimated
 from real scans, Kwan et al. 1999). The coil profiles differ by site: 10-20 % where the vendor's intensity
@@ -18,6 +19,8 @@ A site file holds one table per site; every key but ``sequence``-specific timing
 
     [sites.my-scanner]
     description = "Prisma, 3D MPRAGE"
+    manufacturer = "Siemens"        # optional (default ""): BIDS sidecars' Manufacturer
+    model = "Prisma"                # optional (default ""): BIDS sidecars' ManufacturersModelName
     field_strength = 3.0            # tesla: 1.5 or 3.0 (tissue tables exist for these)
     sequence = "mprage"             # "mprage", "spgr" or "spin_echo"
     tr_ms = 2300.0                  # MPRAGE: inversion to inversion
@@ -73,6 +76,8 @@ class Site:
 
     name: str
     description: str = ""
+    manufacturer: str = ""
+    model: str = ""
     field_strength: float = 3.0
     sequence: Sequence_ = "mprage"
     tr_ms: float = 2300.0
@@ -94,6 +99,9 @@ class Site:
         problems = []
         if not self.name or any(c in self.name for c in "/\\ ,\t\n") or self.name.startswith("."):
             problems.append(f"name {self.name!r} must be non-empty, without spaces, commas or slashes")
+        for name in ("manufacturer", "model"):
+            if not isinstance(getattr(self, name), str):
+                problems.append(f"{name} must be a string")
         if self.sequence not in ("mprage", "spgr", "spin_echo"):
             problems.append(f"sequence must be mprage, spgr or spin_echo, not {self.sequence!r}")
         for name in ("tr_ms", "te_ms", "flip_deg", "snr"):
@@ -152,12 +160,13 @@ def _pairs(codes: str) -> list[str]:
     return [c + opposite.get(c, "?") for c in codes.upper()]
 
 
-BUILTIN_SITES: dict[str, Site] = {
+BUILTIN_SITES: dict[str, Site] = {  # manufacturer and model: illustrative (see the module docstring)
     s.name: s
     for s in (
         Site(
             name="mprage-3t",
             description="3 T MPRAGE (TI 900 ms, 9 deg), sagittal 1.2 mm slices, 32-channel coil",
+            manufacturer="Siemens", model="Prisma",
             field_strength=3.0, sequence="mprage", tr_ms=2300.0, ti_ms=900.0, te_ms=2.98, flip_deg=9.0,
             echo_spacing_ms=7.1, readouts=176, voxel_size_mm=(1.2, 1.0, 1.0), snr=30.0, bias_range=0.15,
             coil_bias=0.2, intensity_scale=1.0, orientation="LAS",
@@ -165,6 +174,7 @@ BUILTIN_SITES: dict[str, Site] = {
         Site(
             name="mprage-15t",
             description="1.5 T MPRAGE (TI 1000 ms, 8 deg), 1.25 x 1.25 x 1.2 mm, lower SNR",
+            manufacturer="Siemens", model="Avanto",
             field_strength=1.5, sequence="mprage", tr_ms=2400.0, ti_ms=1000.0, te_ms=3.5, flip_deg=8.0,
             echo_spacing_ms=8.6, readouts=160, voxel_size_mm=(1.25, 1.25, 1.2), snr=18.0, bias_range=0.15,
             coil_bias=0.1, intensity_scale=0.9, orientation="RAS",
@@ -172,6 +182,7 @@ BUILTIN_SITES: dict[str, Site] = {
         Site(
             name="irspgr-3t",
             description="3 T IR-prepared SPGR, short TI 450 ms, 12 deg; 32-channel array without intensity correction",
+            manufacturer="GE", model="DISCOVERY MR750",
             field_strength=3.0, sequence="mprage", tr_ms=1500.0, ti_ms=450.0, te_ms=3.2, flip_deg=12.0,
             echo_spacing_ms=6.0, readouts=120, voxel_size_mm=(1.0, 1.0, 1.2), snr=35.0, bias_range=0.2,
             coil_bias=0.57, intensity_scale=0.8, orientation="LPS",
@@ -179,6 +190,7 @@ BUILTIN_SITES: dict[str, Site] = {
         Site(
             name="spgr-15t",
             description="1.5 T 3D spoiled gradient echo (TR 24 ms, 30 deg), no inversion; 1.5 mm coronal slices",
+            manufacturer="GE", model="Signa HDxt",
             field_strength=1.5, sequence="spgr", tr_ms=24.0, te_ms=5.0, flip_deg=30.0,
             voxel_size_mm=(0.94, 1.5, 0.94), snr=20.0, bias_range=0.15, coil_bias=0.15, intensity_scale=0.95,
             orientation="PIR",
