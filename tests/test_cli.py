@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -310,9 +311,12 @@ def test_adapt_takes_its_settings_and_seed_from_a_file(simulated, fitted, tmp_pa
 
 def test_demo_runs_end_to_end_and_prints_the_tables(tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--profile", "smoke", "--subjects-per-site", "4", "--quiet"]
-    result = runner.invoke(app, args)
+    args = ["demo", "--out", str(out), "--profile", "smoke", "--subjects-per-site", "4"]
+    result = runner.invoke(app, args)  # with its progress, which goes to a log here (CliRunner's is not a terminal)
     assert result.exit_code == 0, result.output
+    assert "\r" not in result.output
+    flow = [line for line in result.output.splitlines() if line.startswith("flow: ")]  # a line per tenth
+    assert 5 <= len(flow) <= 11 and re.match(r"flow: (\d+)/\1 step \(100 %\)", flow[-1]), flow
     assert "simulating 4 sites x 4 subjects at 4 mm" in result.output  # the smoke profile's voxel size
     tables = (out / "results" / "tables.md").read_text()
     assert "## Table 1" in result.output and tables.strip() in result.output
@@ -371,6 +375,10 @@ def test_ctrl_c_during_fit_says_how_to_resume(monkeypatch, tmp_path):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(training, "fit", interrupted)
+    result = runner.invoke(app, ["fit", str(tmp_path), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 130 and "nothing to resume" in result.output
+    (tmp_path / "m.checkpoints").mkdir()
+    (tmp_path / "m.checkpoints" / "flow.safetensors").write_bytes(b"an epoch")
     result = runner.invoke(app, ["fit", str(tmp_path), "--out", str(tmp_path / "m")])
     assert result.exit_code == 130
     assert f"{tmp_path / 'm.checkpoints'}" in result.output and "--resume" in result.output
@@ -432,3 +440,32 @@ def test_progress_piped_to_a_log_is_lines_not_redraws(tmp_path):
     assert "\r" not in result.output
     lines = [line for line in result.output.splitlines() if line.startswith("simulating: ")]
     assert 1 <= len(lines) <= 11 and lines[-1].startswith("simulating: 4/4 scan (100 %)")
+
+
+def test_fit_adapt_and_harmonize_need_no_evaluation_package(simulated, tmp_path):
+    # `pip install harmonizing-flows` without the eval extra: monai, intensity-normalization, neuroCombat and pandas
+    # are absent; the core commands must not import them
+    script = f"""
+import sys
+
+for name in ("monai", "intensity_normalization", "neuroCombat", "pandas"):
+    sys.modules[name] = None  # import raises ImportError, find_spec answers None: as if not installed
+from typer.testing import CliRunner
+from harmonizing_flows.cli import app
+
+runner = CliRunner()
+out = {str(tmp_path)!r}
+for args in (
+    ["fit", {str(simulated.manifest)!r}, "--site", "mprage-3t", "--out", out + "/m", "--profile", "smoke",
+     "--set", "flow_training.epochs=1", "--set", "harmonizer_training.epochs=1"],
+    ["adapt", out + "/m", {str(simulated.manifest)!r}, "--site", "spgr-15t", "--out", out + "/a", "--steps", "2"],
+    ["harmonize", out + "/a", {str(simulated.folder / "spgr-15t")!r}, "--out", out + "/h"],
+    ["benchmark", {str(simulated.manifest)!r}, "--out", out + "/b"],
+):
+    result = runner.invoke(app, [*args, "--quiet"])
+    print(args[0], result.exit_code, result.output.strip().splitlines()[-1:], repr(result.exception))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert [lines[c].split()[0] for c in ("fit", "adapt", "harmonize")] == ["0", "0", "0"], done.stdout
+    assert lines["benchmark"].startswith("2") and "needs the 'eval' extra" in lines["benchmark"]

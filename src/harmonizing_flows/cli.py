@@ -53,16 +53,20 @@ def _user_errors() -> Iterator[None]:
 @contextmanager
 def _resumable(out: Path) -> Iterator[None]:
     """On Ctrl-C, say where the checkpoints are and how to continue from them, and exit with code 130."""
+    import os
+
     try:
         yield
     except KeyboardInterrupt:
         checkpoints = out.with_name(out.name + ".checkpoints")
-        typer.secho(
-            f"interrupted; the last finished epochs are in {checkpoints}: run the same command with --resume to "
-            "continue from them",
-            fg=typer.colors.YELLOW,
-            err=True,
-        )
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one process says it
+            saved = sorted(checkpoints.glob("*.safetensors")) if checkpoints.is_dir() else []
+            hint = (
+                f"the last finished epochs are in {checkpoints}: run the same command with --resume to continue"
+                if saved
+                else "no epoch had finished, so there is nothing to resume: run the command again"
+            )
+            typer.secho(f"interrupted; {hint}", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(code=130) from None
 
 

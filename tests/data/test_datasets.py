@@ -340,6 +340,15 @@ def test_masks_and_label_maps_are_never_read_as_scans(tmp_path, names):
     with pytest.warns(UserWarning, match=r"left out .*named like a mask or label map"):
         subjects = load_subjects(site)
     assert [s.image.name for s in subjects] == [names[0]]
+    if "mask.nii.gz" in names:  # beside a folder's only image, a bare mask is that image's
+        assert subjects[0].mask.name == "mask.nii.gz"
+
+
+def test_a_folder_of_masks_only_says_so(tmp_path):
+    for name in ("a_mask.nii.gz", "b_dseg.nii.gz"):
+        touch(tmp_path / "site" / name)
+    with pytest.warns(UserWarning), pytest.raises(InputError, match=r"holds only masks or label maps \(a_mask"):
+        load_subjects(tmp_path / "site")
 
 
 def test_a_folder_of_freesurfer_subjects_is_one_site_but_one_subject_is_refused(tmp_path):

@@ -71,6 +71,9 @@ def test_every_method_is_scored_on_every_test_volume_of_every_target(report, sim
     sites = sorted({s.site for s in load_subjects(simulated.manifest)})
     assert setting["source"] == sites[1]
     assert set(setting["targets"]) == set(sites) - {sites[1]}
+    parts = {"fit segmenter", "fit BigAug segmenter", "fit models", "TENT", "ComBat", "score", "WhiteStripe"}
+    assert parts <= set(setting["timings"]) and all(t >= 0 for t in setting["timings"].values())
+    assert any(part.startswith("adapt and score ") for part in setting["timings"])
     for target in setting["targets"].values():
         n = len(target["test_subjects"])
         for method in ("none", "histogram matching", "Nyul", "WhiteStripe", "ComBat", "TENT", "BigAug"):
@@ -111,9 +114,9 @@ def test_a_run_from_scratch_reproduces_the_numbers(report, simulated, smoke_prof
 
 
 def _without_timings(value):
-    """The numbers of a report, without its wall-clock times (the setting's and each curve point's)."""
+    """The numbers of a report, without its wall-clock times (the setting's, its parts' and each curve point's)."""
     if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items() if k != "seconds"}
+        return {k: _without_timings(v) for k, v in value.items() if k not in ("seconds", "timings")}
     if isinstance(value, list):
         return [_without_timings(v) for v in value]
     return value

@@ -235,8 +235,13 @@ def folder_images(folder: Path, *, only: str | None = None) -> list[tuple[str, P
                 clashes.setdefault(stem, (stems[stem], f))
             stems.setdefault(stem, f)
 
+    images = [s for s in stems if not NOT_AN_IMAGE.fullmatch(s)]
+
     def companion(names: tuple[str, ...], suffixes: tuple[str, ...]) -> Path | None:
-        return next((stems[n + sfx] for n in names for sfx in suffixes if n + sfx in stems), None)
+        found = next((stems[n + sfx] for n in names for sfx in suffixes if n + sfx in stems), None)
+        if found is None and len(images) == 1:  # one image: a bare "mask" or "labels" beside it is its own
+            found = next((stems[sfx[1:]] for sfx in suffixes if sfx[1:] in stems), None)
+        return found
 
     found = []
     skipped: list[Path] = []
@@ -289,6 +294,9 @@ def read_site_folders(root: str | Path) -> list[Subject]:
         if len(subjects) == found:
             empty.append(site_dir)
     if not subjects:
+        volumes = [f.name for f in root.iterdir() if f.is_file() and strip_volume_suffix(f.name)]
+        if volumes and all(NOT_AN_IMAGE.fullmatch(strip_volume_suffix(n) or "") for n in volumes):  # all left out
+            raise InputError(root, f"holds only masks or label maps ({', '.join(sorted(volumes)[:3])}), no image")
         raise InputError(root, "holds no site folder with NIfTI or MGZ images (expected ROOT/<site>/<subject>.nii.gz)")
     if empty:  # beside sites that were read, a site that silently vanished would shrink the study unnoticed
         raise InputError(

@@ -161,7 +161,9 @@ def render_seeds(runs: Mapping[int, Mapping[str, SettingResult]], variants: Sequ
     return "\n".join([*lines, ""])
 
 
-def _figures(results: Mapping[str, SettingResult], folder: Path, variants: Sequence[str]) -> list[Path]:
+def _figures(
+    results: Mapping[str, SettingResult], folder: Path, variants: Sequence[str], plane: str = "coronal"
+) -> list[Path]:
     """Per setting: ``slices_X.png`` (one test slice per target site, before and after each method),
     ``histograms_X.png`` (brain intensity densities of one test volume per site, per method, on shared axes) and
     ``curves_X.png`` (each variant's adaptation curves). Conventions: :mod:`harmonizing_flows.figures`."""
@@ -181,7 +183,7 @@ def _figures(results: Mapping[str, SettingResult], folder: Path, variants: Seque
         written.append(slice_table(
             rows, folder / f"slices_{letter}.png", first=(f"source {setting.source}", source[k]),
             title=f"Setting {letter}: one test slice per target site (rows), before and after each method (columns; "
-            f"Harmonizing Flows: {rule})",
+            f"Harmonizing Flows: {rule})", plane=plane,
         ))  # fmt: skip
 
         src = level_counts(source[setting.source_mask])
@@ -285,7 +287,7 @@ def write_report(results: Mapping[str, SettingResult], meta: Mapping[str, Any], 
         (tmp / "tables.md").write_text(render_tables(results, meta), encoding="utf-8")
         document = {"meta": dict(meta), "results": {letter: r.to_json() for letter, r in results.items()}}
         (tmp / "results.json").write_text(json.dumps(document, indent=1, default=float) + "\n", encoding="utf-8")
-        _figures(results, tmp / "figures", variants)
+        _figures(results, tmp / "figures", variants, meta["profile"]["slices"]["axis"])
         written = {}
         for item in sorted(tmp.iterdir()):
             target = out / item.name

@@ -369,9 +369,10 @@ def adapt(
     from harmonizing_flows.figures import adaptation_figure
 
     def figure(path: Path) -> None:
-        title = f"{model.source_site} -> {target_site}: {result.reason}"[:110]
+        title = f"{model.source_site} -> {target_site}: {result.reason}"  # the figure wraps it
         adaptation_figure(result.curve, result.preview, path, kept_step=result.chosen_step,
-                          source_bpd=result.summary["source_bpd"], title=title)  # fmt: skip
+                          source_bpd=result.summary["source_bpd"], title=title,
+                          plane=model.profile.slices.axis)  # fmt: skip
 
     extra = {"adaptation.json": {"curve": result.curve, "reason": result.reason}, "adaptation.png": figure}
     folder = save_model(model, out, overwrite=overwrite, extra=extra)
