@@ -41,7 +41,7 @@ bench: $(BIN)/hflow
 	$(BIN)/python benchmarks/bench_simulate.py
 	$(BIN)/python benchmarks/bench_volume.py
 
-# Settings A-D, every variant: hours on two CPU cores (the default variant alone took 69 min; benchmarks/RESULTS.md).
+# The benchmark over seeds 0,1,2 and settings A-D (summary.json): hours on two CPU cores; --quick for a first look.
 bench-evaluation: $(BIN)/hflow
 	$(BIN)/python benchmarks/bench_evaluation.py --work bench-evaluation
 

@@ -302,16 +302,7 @@ def write_report(results: Mapping[str, SettingResult], meta: Mapping[str, Any], 
 
 # --------------------------------------------------------------------------------------------- over seeds
 
-SUMMARY_ROWS = (
-    "none",
-    "histogram matching",
-    "Nyul",
-    "WhiteStripe",
-    "ComBat",
-    "TENT",
-    "BigAug",
-    "pre-trained harmonizer",
-)
+SUMMARY_ROWS = tuple(m for m in TABLE1_METHODS if not m.startswith("Harmonizing Flows"))
 """The rows of the headline table and figure before the method's own."""
 
 
