@@ -9,7 +9,7 @@ recover, which is all they can recover on sites that differ by one increasing gr
 
 Costs one segmenter fit per source site (about 4.5 min with the fast profile on two CPU cores at 2 mm).
 
-    python benchmarks/domain_gap.py DATA/manifest.csv [--sources mprage-3t,irspgr-3t] [--profile fast]
+    python benchmarks/domain_gap.py DATA/manifest.csv [--sources mprage-3t,irspgr-3t] [--profile fast] [--set ...]
 """
 
 from __future__ import annotations
@@ -34,9 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data", type=Path, help="Labelled multi-site data (manifest, site folders or BIDS).")
     parser.add_argument("--sources", default="", help="Comma-separated source sites (default: every site).")
     parser.add_argument("--profile", default="fast", help="Settings preset of the segmenter (default: fast).")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="Override a setting, e.g. --set 'segmenter.channels=[32, 64, 128, 256]' (repeatable).",
+    )
     args = parser.parse_args(argv)
 
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, overrides=args.overrides)
     by_name = {site.name: site for site in read_sites(args.data, profile.slices, labels=True)}
     sites = list(by_name)
     sources = [s for s in args.sources.split(",") if s] or sites
