@@ -15,8 +15,9 @@ commit, the machine, the dates) into the output folder. The fitted networks stay
 
 Resuming: run the same command again. A seed's simulation is reused once written; ``hflow benchmark`` reuses every
 setting that finished with the same code, settings and data, so a run killed anywhere loses at most the setting
-it was in. ``WORK/study.json`` records the first run's settings; a later run with other settings is refused,
-naming the difference (use another ``--work``).
+it was in, and its segmenters survive changes of the method's code. ``WORK/study.json`` records the first run's
+settings; a later run with settings that change results is refused, naming the difference (use another
+``--work``). Seeds and settings may differ: a full run in the folder of a ``--quick`` run reuses its cells.
 
     python benchmarks/bench_evaluation.py --work /data/hflow-eval            # seeds 0,1,2, settings A-D
     python benchmarks/bench_evaluation.py --work /data/hflow-quick --quick   # seed 0, settings A and C
@@ -85,9 +86,16 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# What the results depend on. Seeds and settings only choose which cells of the study to compute: a --quick run
+# and a full run can share a --work folder, the full run reusing the quick run's cells.
+STUDY_KEYS = ("profile", "voxel_size", "variants", "subjects_per_site", "split", "overrides")
+
+
 def check_plan(work: Path, plan: dict[str, Any]) -> None:
-    """Refuse to resume ``work`` with other settings than its first run's; record them on a first run."""
+    """Refuse to resume ``work`` with settings that change results (:data:`STUDY_KEYS`) other than its first
+    run's; record them on a first run."""
     recorded = work / "study.json"
+    plan = {key: plan[key] for key in STUDY_KEYS}
     if recorded.is_file():
         first = json.loads(recorded.read_text())
         changed = [f"{key}: {first.get(key)!r} then, {plan[key]!r} now" for key in plan if first.get(key) != plan[key]]

@@ -56,10 +56,9 @@ from harmonizing_flows.data.volume import (
     to_plane,
 )
 from harmonizing_flows.errors import ConfigError, InputError, OutputExistsError, system_errors
-from harmonizing_flows.method.distributed import resolve_device
+from harmonizing_flows.method.distributed import channels_last, resolve_device
 from harmonizing_flows.method.harmonizer import Harmonizer
 from harmonizing_flows.method.store import load_harmonizer
-from harmonizing_flows.method.unet import channels_last
 
 __all__ = ["apply_fields", "harmonize", "harmonize_slices", "harmonize_volume", "harmonizer_fields"]
 

@@ -47,7 +47,7 @@ def test_existing_folder_is_refused_unless_overwrite(saved):
     assert (other / "x.txt").read_text() == "mine"
     assert sorted(p.name for p in folder.parent.iterdir()) == ["model", "notes"]
     from harmonizing_flows.evaluation.segmenter import SEGMENTER_FORMAT
-    from harmonizing_flows.method.store import check_output_folder
+    from harmonizing_flows.method.folders import check_output_folder
 
     with pytest.raises(OutputExistsError, match="is a harmonizing-flows model, not a harmonizing-flows segmenter"):
         check_output_folder(folder, True, SEGMENTER_FORMAT)  # a model is not replaced by a segmenter

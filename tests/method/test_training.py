@@ -16,6 +16,7 @@ from harmonizing_flows.method.augment import FlowNegatives
 from harmonizing_flows.method.distributed import Context
 from harmonizing_flows.method.flow import Flow
 from harmonizing_flows.method.harmonizer import Harmonizer
+from harmonizing_flows.method.loop import prepare_checkpoints, run_training
 from harmonizing_flows.method.store import load_model
 from harmonizing_flows.method.training import (
     _FlowBpd,
@@ -25,8 +26,6 @@ from harmonizing_flows.method.training import (
     fit_model,
     flow_step,
     measure_bpd,
-    prepare_checkpoints,
-    run_training,
 )
 from harmonizing_flows.profiles import apply_overrides
 

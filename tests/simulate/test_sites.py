@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harmonizing_flows.errors import InputError
+from harmonizing_flows.errors import ConfigError, InputError
 from harmonizing_flows.simulate.sites import BUILTIN_SITES, Site, load_sites, resolve_sites
-from harmonizing_flows.simulate.tissues import STRUCTURES, base_tissues, tissue_table
+from harmonizing_flows.simulate.tissues import (
+    MEASURED_STRUCTURES,
+    STRUCTURES,
+    base_tissues,
+    structure_values,
+    tissue_table,
+)
 
 GOOD = """
 [sites.prisma]
@@ -144,3 +150,33 @@ def test_signal_broadcasts_over_arrays():
     t1 = np.linspace(500, 4000, 7)
     s = site.signal(t1, np.full(7, 80.0), np.full(7, 60.0), np.ones(7))
     assert s.shape == (7,) and np.all(np.diff(s) < 0)  # longer T1, darker
+
+
+def test_measured_structures_keep_their_atlas_brightness_at_the_reference_mprage_and_move_elsewhere():
+    # The effective proton density is fitted so that ADNI's 3 T MPRAGE shows the putamen and caudate where the
+    # white/grey mixture (FreeSurfer's atlas intensities) puts them, despite their measured, longer T1 ...
+    reference = BUILTIN_SITES["mprage-3t"]
+    mixed = reference.table_signal(tissue_table(base_tissues(3.0), 60))
+    own = reference.table_signal(tissue_table(base_tissues(3.0), 60, structure_values(3.0)))
+    for name in MEASURED_STRUCTURES[3.0]:
+        code = STRUCTURES[name][0]
+        assert own[code] == pytest.approx(mixed[code], rel=0.01), name
+    # ... so elsewhere they move on their own: the putamen falls below the thalamus in the short-TI IR-SPGR and
+    # rises above it in the spoiled gradient echo, an order no monotone grey-level map can carry across.
+    putamen, thalamus = STRUCTURES["putamen"][0], STRUCTURES["thalamus"][0]
+    order = {}
+    for name in ("irspgr-3t", "spgr-15t"):
+        site = BUILTIN_SITES[name]
+        values = structure_values(site.field_strength)
+        signal = site.table_signal(tissue_table(base_tissues(site.field_strength), 60, values))
+        order[name] = signal[putamen] > signal[thalamus]
+    assert order == {"irspgr-3t": False, "spgr-15t": True}
+
+
+def test_a_site_overrides_the_measured_structures_parameter_by_parameter():
+    values = structure_values(1.5, {"putamen": {"t2s": 30.0}, "thalamus": {"t1": 1000.0}})
+    assert values["putamen"] == {"t1": 1084.0, "pd": 1.02, "t2s": 30.0}
+    assert values["thalamus"] == {"t1": 1000.0}
+    assert values["caudate"] == MEASURED_STRUCTURES[1.5]["caudate"]
+    with pytest.raises(ConfigError, match="unknown structure"):
+        structure_values(3.0, {"nucleus": {"t1": 1.0}})

@@ -1,12 +1,14 @@
 """What lets a benchmark run resume: fitted networks and finished settings, stored with the key of what made them.
 
-A stored result is reused only when its key matches: the package's source code, torch's version, every setting,
-the data files (path, size and modification time) and the device. New code or new data is never judged by a stale
-network or table.
+A stored result is reused only when its key matches: the source code that made it, torch's version, the settings
+it depends on, the data files (path, size and modification time) and the device. New code or new data is never
+judged by a stale network or table. A setting's results depend on all of the package; the benchmark's segmenters
+only on their own modules and what those import, so changing the method keeps them.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -23,25 +25,69 @@ from harmonizing_flows.evaluation.results import SettingResult
 from harmonizing_flows.evaluation.variants import RULES
 from harmonizing_flows.profiles import Profile, profile_to_dict
 
-__all__ = ["fit_or_load", "key", "load_setting", "save_setting", "setting_key"]
+__all__ = ["fit_or_load", "key", "load_setting", "module_closure", "save_setting", "setting_key"]
 
 T = TypeVar("T")
 
 
+_PACKAGE = Path(__file__).parents[1]
+
+
+def _module_files() -> dict[str, Path]:
+    """The package's modules by dotted name (a package by its ``__init__.py``)."""
+    found = {}
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        parts = path.relative_to(_PACKAGE.parent).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+SETTINGS_MODULES = ("harmonizing_flows.config", "harmonizing_flows.profiles")
+"""Modules that only define settings. A key over some modules leaves them out: it holds the settings' values,
+so a new field or another profile's change does not invalidate what did not use them."""
+
+
+def module_closure(roots: Sequence[str]) -> list[str]:
+    """``roots`` and every module of the package they import, directly or through others, at the top of a module
+    or inside a function (read from the source, so an import that only some calls run counts too), less
+    :data:`SETTINGS_MODULES`."""
+    files = _module_files()
+    unknown = [r for r in roots if r not in files]
+    if unknown:
+        raise ValueError(f"not modules of the package: {unknown}")
+    seen: set[str] = set()
+    pending = list(roots)
+    while pending:
+        name = pending.pop()
+        if name in seen or name in SETTINGS_MODULES:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(files[name].read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(_PACKAGE.name):
+                for alias in node.names:  # ``from package import module`` names a module
+                    full = f"{node.module}.{alias.name}"
+                    pending.append(full if full in files else node.module)
+            elif isinstance(node, ast.Import):
+                pending.extend(a.name for a in node.names if a.name in files)
+    return sorted(m for m in seen if m in files)
+
+
 @functools.cache
-def _code_digest() -> str:
-    """A hash of this package's source: results computed by other code are never reused."""
-    package = Path(__file__).parents[1]
+def _code_digest(roots: tuple[str, ...] = ()) -> str:
+    """A hash of the package's source (of ``roots`` and what they import, when given): results computed by other
+    code are never reused."""
+    files = _module_files()
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode())
-        digest.update(path.read_bytes())
+    for name in module_closure(roots) if roots else sorted(files):
+        digest.update(name.encode())
+        digest.update(files[name].read_bytes())
     return digest.hexdigest()
 
 
-def key(*parts: Any) -> str:
-    """What a stored result was computed from, as one hash: the code, torch's version and ``parts``."""
-    parts = (_code_digest(), torch.__version__, *parts)
+def key(*parts: Any, code: Sequence[str] = ()) -> str:
+    """What a stored result was computed from, as one hash: the code (all of the package's, or only the modules
+    ``code`` and what they import), torch's version and ``parts``."""
+    parts = (_code_digest(tuple(code)), torch.__version__, *parts)
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
 

@@ -43,7 +43,12 @@ from harmonizing_flows.harmonize import harmonize_slices
 from harmonizing_flows.method.store import Model
 from harmonizing_flows.profiles import Profile, apply_overrides, profile_to_dict
 
-__all__ = ["DEFAULT_VARIANT", "RULES", "VARIANTS", "benchmark"]
+__all__ = ["DEFAULT_VARIANT", "RULES", "SEGMENTER_CODE", "SEGMENTER_SETTINGS", "VARIANTS", "benchmark"]
+
+SEGMENTER_SETTINGS = ("seed", "slices", "segmenter", "segmenter_training")
+"""The profile's sections that a segmenter's training reads (with its training files and device)."""
+SEGMENTER_CODE = ("harmonizing_flows.evaluation.segmenter",)
+"""The modules that train a segmenter (BigAug's adds :mod:`.bigaug`), keying a stored one with what they import."""
 
 
 def _score(segmenter: torch.nn.Module, images: np.ndarray, volume: SlicedVolume, device: torch.device) -> Scores:
@@ -103,11 +108,14 @@ class _Setting:
 
     # ----------------------------------------------------------------------------------------- fitting
 
-    def _fit_or_load(self, name: str, profile: Profile, build: Callable[[], Any], save, load) -> Any:
-        """Fit once and keep the result under OUT/models/SOURCE/NAME, reused when fitted with the same settings on
-        the same training files."""
+    def _fit_or_load(
+        self, name: str, settings: dict, build: Callable[[], Any], save, load, code: Sequence[str] = ()
+    ) -> Any:
+        """Fit once and keep the result under OUT/models/SOURCE/NAME, reused when fitted with the same settings
+        and code (all of the package's, or the modules ``code`` and what they import) on the same training
+        files."""
         files = file_fingerprint([v.path for v in self.train])
-        fit_key = cache.key(profile_to_dict(profile), files, str(self.device))
+        fit_key = cache.key(settings, files, str(self.device), code=code)
         folder = self.out / "models" / self.source.name / name
         return cache.fit_or_load(folder, fit_key, build, save, load, self.log)
 
@@ -122,8 +130,11 @@ class _Setting:
             return fit_segmenter(self.train_slices, self.profile, device=str(self.device), progress=self.progress,
                                  metadata=metadata, augment=stacked_augmentation if bigaug else None)  # fmt: skip
 
-        made = self._fit_or_load("segmenter-bigaug" if bigaug else "segmenter", self.profile, fit,
-                                 lambda s, f: save_segmenter(s, f, overwrite=True), load_segmenter)  # fmt: skip
+        # Keyed on what trains it alone, so that a change of the method's code or settings keeps it.
+        settings = {k: v for k, v in profile_to_dict(self.profile).items() if k in SEGMENTER_SETTINGS}
+        code = SEGMENTER_CODE + (("harmonizing_flows.evaluation.bigaug",) if bigaug else ())
+        made = self._fit_or_load("segmenter-bigaug" if bigaug else "segmenter", settings, fit,
+                                 lambda s, f: save_segmenter(s, f, overwrite=True), load_segmenter, code)  # fmt: skip
         return made.to(self.device).eval()
 
     def models(self, variants: Sequence[str]) -> dict[str, Model]:
@@ -156,7 +167,7 @@ class _Setting:
 
         @functools.cache
         def paper_model() -> Model:
-            return self._fit_or_load("model", paper, lambda: fit_whole(paper), save, load_model)
+            return self._fit_or_load("model", profile_to_dict(paper), lambda: fit_whole(paper), save, load_model)
 
         def refit(vprofile: Profile, part: str) -> Model:
             model = copy.deepcopy(paper_model())
@@ -184,7 +195,7 @@ class _Setting:
                 build = functools.partial(fit_whole, vprofile)
             else:
                 build = functools.partial(refit, vprofile, part)
-            models[variant] = self._fit_or_load(variant, vprofile, build, save, load_model)
+            models[variant] = self._fit_or_load(variant, profile_to_dict(vprofile), build, save, load_model)
         return models
 
     # ----------------------------------------------------------------------------------------- scoring

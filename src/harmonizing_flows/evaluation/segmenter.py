@@ -32,7 +32,7 @@ from harmonizing_flows.data.labels import NUM_CLASSES
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.errors import ConfigError, InputError, system_errors
 from harmonizing_flows.method.distributed import Context, setup
-from harmonizing_flows.method.training import StepFn, run_training
+from harmonizing_flows.method.loop import StepFn, run_training
 from harmonizing_flows.profiles import Profile
 
 __all__ = [
@@ -157,7 +157,7 @@ def fit_segmenter(
 
 def save_segmenter(segmenter: Segmenter, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``model.json`` (format, profile, metadata) and ``segmenter.safetensors`` atomically into ``out``."""
-    from harmonizing_flows.method.store import save_weights, write_document, write_folder
+    from harmonizing_flows.method.folders import save_weights, write_document, write_folder
 
     def write(folder: Path) -> None:
         save_weights(segmenter, folder / "segmenter.safetensors", {"version": __version__})
@@ -168,7 +168,7 @@ def save_segmenter(segmenter: Segmenter, out: str | Path, *, overwrite: bool = F
 
 def load_segmenter(folder: str | Path) -> Segmenter:
     """Read a segmenter folder; a missing, damaged or mismatched file is an InputError naming it."""
-    from harmonizing_flows.method.store import load_weights, read_document
+    from harmonizing_flows.method.folders import load_weights, read_document
 
     folder = Path(folder)
     profile, metadata = read_document(
@@ -238,8 +238,8 @@ def fit_segmenter_on(
     training continues from them.
     """
     from harmonizing_flows.data.prepare import read_site
-    from harmonizing_flows.method.store import check_output_folder
-    from harmonizing_flows.method.training import prepare_checkpoints
+    from harmonizing_flows.method.folders import check_output_folder
+    from harmonizing_flows.method.loop import prepare_checkpoints
 
     source, out = Path(source), Path(out)
     check_output_folder(out, overwrite, SEGMENTER_FORMAT)

@@ -32,10 +32,10 @@ import torch
 from harmonizing_flows.config import AdaptConfig
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.errors import ConfigError, system_errors
-from harmonizing_flows.method.distributed import resolve_device, stable_seed
+from harmonizing_flows.method.distributed import channels_last, resolve_device, stable_seed
+from harmonizing_flows.method.folders import check_output_folder
 from harmonizing_flows.method.harmonizer import Harmonizer
-from harmonizing_flows.method.store import FORMAT, Model, check_output_folder, load_model, save_model
-from harmonizing_flows.method.unet import channels_last
+from harmonizing_flows.method.store import FORMAT, Model, load_model, save_model
 
 __all__ = [
     "AdaptationResult",

@@ -20,17 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ChannelNorm", "ConcatELUBlock", "UNet", "channels_last", "concat_elu"]
-
-
-def channels_last(module: nn.Module) -> nn.Module:
-    """Store ``module``'s convolution weights channels-last (NHWC), in place, and return it.
-
-    Why: oneDNN's convolutions and the channel layer norm run about a quarter faster in NHWC on CPU (see
-    ``benchmarks/RESULTS.md``), and GPUs prefer it too. Results are the same up to float rounding; saved weights
-    are made contiguous, so model files do not depend on it.
-    """
-    return module.to(memory_format=torch.channels_last)
+__all__ = ["ChannelNorm", "ConcatELUBlock", "UNet", "concat_elu"]
 
 
 def concat_elu(x: torch.Tensor) -> torch.Tensor:

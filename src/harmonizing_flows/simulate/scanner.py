@@ -43,7 +43,7 @@ from harmonizing_flows.config import SimulationConfig
 from harmonizing_flows.data.volume import quantize
 from harmonizing_flows.simulate.fields import gaussian_blur, smooth_field
 from harmonizing_flows.simulate.sites import Site, site_key
-from harmonizing_flows.simulate.tissues import Relaxation, base_tissues, tissue_table
+from harmonizing_flows.simulate.tissues import Relaxation, base_tissues, structure_values, tissue_table
 
 __all__ = ["acquire", "coil_profile"]
 
@@ -119,7 +119,8 @@ def acquire(
     t1_factor, pd_factor = jitter["grey_matter"]
     factor = {"t1": t1_factor, "pd": pd_factor}
     structures = {
-        name: {k: float(v) * factor.get(k, 1.0) for k, v in values.items()} for name, values in site.structures.items()
+        name: {k: v * factor.get(k, 1.0) for k, v in values.items()}
+        for name, values in structure_values(site.field_strength, site.structures).items()
     }
     max_code = int(labels.max())
     table = tissue_table(subject_tissues, max(max_code, 2), structures)

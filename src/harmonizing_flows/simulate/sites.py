@@ -4,9 +4,23 @@ A site is a scanner and protocol: field strength, sequence and its timing, acqui
 ratio, strength of the receive bias field (the coil's fixed profile and what varies per scan), where the site's
 export puts the brain on the 0..255 scale, and the orientation its files are stored in. The built-in sites span
 the T1-weighted protocols common in multi-site studies (3 T and 1.5 T MPRAGE, IR-prepared SPGR with a short
-inversion time, and a plain spoiled gradient echo); their parameters are typical vendor protocol values, not
-copies of any particular study's. Their ``manufacturer`` and ``model`` (written only into the BIDS sidecars of
-``hflow simulate --layout bids``) are illustrative: a vendor that typically runs the protocol, not a measured scanner.
+inversion time, and a plain spoiled gradient echo). Sources of the values:
+
+* ``mprage-3t`` and ``mprage-15t``: timing and acquired resolution of ADNI-1's MPRAGE protocols at 3 T (TR 2300 ms,
+  TI 900 ms, 9 deg, 1.2 mm sagittal slices) and 1.5 T (TR 2400 ms, TI 1000 ms, 8 deg, 1.25 x 1.25 x 1.2 mm), Jack et
+  al., J Magn Reson Imaging 27:685-691, 2008.
+* ``irspgr-3t`` and ``spgr-15t``: typical vendor protocols of those sequence families (a judgment; no one study's
+  protocol is copied). The short inversion time makes the IR-SPGR's grey/white contrast the strongest of the four;
+  the spoiled gradient echo without inversion has the weakest and weighs proton density most.
+* Tissue relaxation times and the structures' own values: :mod:`~harmonizing_flows.simulate.tissues` (Wright et
+  al. 2008, Stanisz et al. 2005, Peters et al. 2007, FreeSurfer's atlas), so the structures do not all move by one
+  monotone grey-level map between sequences.
+* SNR (white-matter signal over noise, 18-35) and export scaling (the brain's robust maximum at 80-100 % of 255, no
+  site clipped): judgments within the range of T1-weighted research scans, lower at 1.5 T and for the lower-SNR
+  protocol; a user's site file can set clipping (``intensity_scale`` above 1).
+
+Their ``manufacturer`` and ``model`` (written only into the BIDS sidecars of ``hflow simulate --layout bids``) are
+illustrative: a vendor that typically runs the protocol, not a measured scanner.
 
 Bias fields: the per-scan field spans 15-20 % peak to peak at every site, BrainWeb's lower level (fields estimated
 from real scans, Kwan et al. 1999). The coil profiles differ by site: 10-20 % where the vendor's intensity
@@ -39,8 +53,9 @@ A site file holds one table per site; every key but ``sequence``-specific timing
     [sites.my-scanner.tissues.white_matter]   # optional: override literature values (ms, relative PD)
     t1 = 900.0
 
-    [sites.my-scanner.structures.putamen]     # optional: a structure's own values instead of the white/grey
-    t1 = 1332.0                                # mixture (see tissues.STRUCTURES); the rest keep the mixture's
+    [sites.my-scanner.structures.thalamus]    # optional: a structure's own values instead of the white/grey
+    t1 = 1100.0                                # mixture (see tissues.STRUCTURES); the rest keep the mixture's
+                                               # (or tissues.MEASURED_STRUCTURES' for the putamen and caudate)
 """
 
 from __future__ import annotations

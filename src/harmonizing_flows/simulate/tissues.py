@@ -5,9 +5,18 @@ or a fast-exchange mixture of white and grey matter with a white-matter weight `
 density mix linearly, ``1/T1 = w/T1_WM + (1-w)/T1_GM``. The weights of the deep nuclei are set from where
 FreeSurfer's probabilistic atlas puts each structure's mean T1-weighted intensity between cortex and white matter
 (``w = (I - I_GM) / (I_WM - I_GM)``, clipped to 0..1); structures without an atlas figure carry an estimate, marked
-as such below. (Measured T1 of the putamen and caudate, e.g. by Wright et al., lie much closer to cortex than their
-T1-weighted intensities do, because their proton density and magnetization transfer differ too; the weights follow
-the intensities, which are what the images show.)
+as such below.
+
+The mixture puts every structure on one curve, so every sequence orders the structures alike and one monotone
+grey-level map carries any site onto any other, which real protocols do not allow. The putamen and the caudate
+therefore carry their own values (:data:`MEASURED_STRUCTURES`): the T1 that Wright et al. measured with the same
+MPRAGE method as the white and grey matter values (putamen 1084 ms at 1.5 T and 1332 ms at 3 T, caudate head 1109
+and 1395 ms), much closer to cortex than their T1-weighted brightness, and an *effective* proton density chosen so
+that the reference protocol (ADNI's 3 T MPRAGE, ``mprage-3t``) still shows them where FreeSurfer's atlas does. That
+density (1.02 and 0.96, above the tissues' water content) absorbs what the signal model leaves out, chiefly
+magnetization transfer; it is a fit to two measured facts, not a measurement itself. With it the nuclei sit at
+different places between cortex and white matter in each sequence: darker in the short-TI IR-SPGR, brighter in
+the spoiled gradient echo, whose contrast weighs proton density more.
 
 Values (ms; proton density relative to CSF):
 
@@ -45,11 +54,13 @@ from harmonizing_flows.errors import ConfigError
 
 __all__ = [
     "BASE_TISSUES",
+    "MEASURED_STRUCTURES",
     "STRUCTURES",
     "STRUCTURE_WM_WEIGHT",
     "TissueTable",
     "base_tissues",
     "check_structures",
+    "structure_values",
     "tissue_table",
 ]
 
@@ -159,6 +170,14 @@ between structures; measured deep-grey values differ from it (the putamen's T1 l
 intensity near white matter, as proton density, magnetization transfer and iron differ), and real protocols do
 reorder structures."""
 
+MEASURED_STRUCTURES: dict[float, dict[str, dict[str, float]]] = {
+    1.5: {"putamen": {"t1": 1084.0, "pd": 1.02}, "caudate": {"t1": 1109.0, "pd": 0.96}},
+    3.0: {"putamen": {"t1": 1332.0, "pd": 1.02}, "caudate": {"t1": 1395.0, "pd": 0.96}},
+}
+"""Structures imaged with their own values by default, per field strength: T1 measured by Wright et al. (2008),
+effective proton density fitted to FreeSurfer's atlas intensity at the reference MPRAGE (see the module
+docstring). Their T2 and T2* stay the mixture's. A site's ``structures`` replace these parameter by parameter."""
+
 _PARAMETERS = ("t1", "t2", "t2s", "pd")
 
 
@@ -183,6 +202,20 @@ def _check_overrides(overrides: object, known: Mapping[str, object], kind: str) 
 def check_structures(structures: Mapping[str, Mapping[str, float]]) -> None:
     """Raise ValueError for an unknown structure or parameter, or a value that is not a positive number."""
     _check_overrides(structures, STRUCTURES, "structure")
+
+
+def structure_values(
+    field_strength: float, overrides: Mapping[str, Mapping[str, float]] | None = None
+) -> dict[str, dict[str, float]]:
+    """The structures a site images with their own values: :data:`MEASURED_STRUCTURES` at its field strength, with
+    the site's ``overrides`` replacing them parameter by parameter (a field strength without a table gets only the
+    overrides)."""
+    overrides = {} if overrides is None else overrides
+    check_structures(overrides)
+    merged = {name: dict(values) for name, values in MEASURED_STRUCTURES.get(field_strength, {}).items()}
+    for name, values in overrides.items():
+        merged[name] = {**merged.get(name, {}), **{k: float(v) for k, v in values.items()}}
+    return merged
 
 
 def base_tissues(
