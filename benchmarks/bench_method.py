@@ -51,9 +51,9 @@ def _child(case: str, steps: int) -> dict[str, Any]:
     import torch
 
     sys.path.insert(0, str(HERE))
+    from harmonizing_flows.method.distributed import channels_last
     from harmonizing_flows.method.flow import Flow
     from harmonizing_flows.method.harmonizer import Harmonizer
-    from harmonizing_flows.method.unet import channels_last
     from harmonizing_flows.profiles import PROFILES
     from reference_flow import ReferenceFlow
 
