@@ -333,6 +333,65 @@ def harmonize(
     typer.echo(f"harmonized {len(written)} volume(s) into {out}")
 
 
+@app.command()
+def bids(
+    bids_dir: Annotated[Path, typer.Argument(help="The BIDS dataset (read only; never written).")],
+    out_dir: Annotated[Path, typer.Argument(help="The derivatives folder to write (outside BIDS_DIR).")],
+    analysis_level: Annotated[
+        str, typer.Argument(help="group: fit on the source site. participant: adapt and harmonize participants.")
+    ],
+    source_site: Annotated[
+        str | None, typer.Option(help="group: the site to fit on (the one every other is made to look like).")
+    ] = None,
+    participant_label: Annotated[
+        list[str] | None,
+        typer.Option(help="participant: these participants only, with or without sub- (repeatable, or 01,02)."),
+    ] = None,
+    site_column: Annotated[
+        str | None,
+        typer.Option(
+            help="The participants.tsv / sessions.tsv column naming the site (default: site, site_id, "
+            "scanner, centre or center; else the scanner in the scans' sidecars)."
+        ),
+    ] = None,
+    profile: ProfileOption = "fast",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    seed: SeedOption = None,
+    device: DeviceOption = "auto",
+    overwrite: Annotated[bool, typer.Option(help="group: refit an existing source model.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """A BIDS app: `hflow bids BIDS_DIR OUT_DIR group --source-site SITE`, then `hflow bids BIDS_DIR OUT_DIR
+    participant`: harmonized T1w derivatives with JSON sidecars, a QC table and HTML reports (docs/bids.md)."""
+    from harmonizing_flows.errors import ConfigError
+
+    with _user_errors():
+        if analysis_level == "group":
+            if source_site is None:
+                raise ConfigError("the group level fits the model on one site: name it with --source-site")
+            if participant_label:
+                raise ConfigError("--participant-label selects participants at the participant level, not group")
+            from harmonizing_flows.bids.app import group
+
+            folder = group(bids_dir, out_dir, _profile(profile, config, set_, seed), source_site=source_site,
+                           site_column=site_column, device=device, overwrite=overwrite, progress=not quiet,
+                           command=_command(), log=typer.echo)  # fmt: skip
+            typer.echo(f"source model: {folder}\nnext: hflow bids {bids_dir} {out_dir} participant")
+        elif analysis_level == "participant":
+            if source_site is not None or set_ or config is not None or overwrite:
+                raise ConfigError("--source-site, --set, --config and --overwrite belong to the group level; the "
+                                  "participant level uses the model the group level fitted")  # fmt: skip
+            from harmonizing_flows.bids.app import participant
+
+            labels = [x for item in participant_label or [] for x in item.replace(",", " ").split()]
+            participant(bids_dir, out_dir, labels=labels or None, site_column=site_column, device=device,
+                        progress=not quiet, command=_command(), log=typer.echo)  # fmt: skip
+            typer.echo(f"report: {out_dir / 'report.html'}")
+        else:
+            raise ConfigError(f"analysis level must be group or participant, not {analysis_level!r}")
+
+
 @app.command("fit-segmenter")
 def fit_segmenter(
     source: Annotated[Path, typer.Argument(help="Labelled source data: a manifest CSV, site folders or BIDS.")],

@@ -44,6 +44,7 @@ from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.data.volume import (
     VOLUME_SUFFIXES,
     SlicedVolume,
+    Volume,
     check_volume,
     conform,
     load_volume,
@@ -102,7 +103,7 @@ def harmonize_slices(
 @torch.no_grad()
 def harmonize_volume(
     harmonizer: Harmonizer,
-    image: str | Path,
+    image: str | Path | Volume,
     mask: str | Path | None = None,
     *,
     slices: SliceConfig | None = None,
@@ -110,9 +111,11 @@ def harmonize_volume(
     batch_size: int = 32,
     dtype: str = "uint8",
 ) -> nib.Nifti1Image:
-    """The harmonized image of one volume (0..255, ``uint8`` or ``float32``), on the input's grid and header."""
+    """The harmonized image of one volume (0..255, ``uint8`` or ``float32``), on the input's grid and header.
+
+    ``image`` is a file (read with ``mask``) or a volume read already (its own mask serves)."""
     config = slices or SliceConfig()
-    volume = load_volume(image, mask)
+    volume = image if isinstance(image, Volume) else load_volume(image, mask)
     model_grid = conform(volume, config.voxel_size) if config.resample else volume
     config = replace(config, resample=False)  # model_grid is on the model's grid already
     extent = to_plane(np.empty(model_grid.image.shape, dtype=bool), config.axis).shape[1:]

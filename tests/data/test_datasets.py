@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
 import shutil
 from dataclasses import replace
@@ -13,6 +14,7 @@ from conftest import brain_phantom, write_volume
 from harmonizing_flows.config import SliceConfig, SplitConfig
 from harmonizing_flows.data.datasets import (
     Subject,
+    bids_sidecar,
     load_subjects,
     read_bids,
     read_manifest,
@@ -473,6 +475,54 @@ def test_bids_explicit_site_column(tmp_path):
     with pytest.raises(InputError, match="has no column 'model'") as exc:
         read_bids(root, site_column="model")
     assert exc.value.path == root / "participants.tsv"
+
+
+def test_bids_sessions_tsv_gives_a_sessions_site(tmp_path):
+    # one person scanned at two sites: the sessions table says which session was where
+    root = bids_root(
+        tmp_path,
+        "participant_id\tsite\nsub-01\tmunich\nsub-02\tparis\n",
+        ["sub-01/ses-a/anat/sub-01_ses-a_T1w.nii.gz", "sub-01/ses-b/anat/sub-01_ses-b_T1w.nii.gz",
+         "sub-02/ses-a/anat/sub-02_ses-a_T1w.nii.gz"],
+    )  # fmt: skip
+    (root / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tsite\nses-a\tn/a\nses-b\tberlin\n")
+    assert [(s.subject, s.site) for s in read_bids(root)] == [
+        ("sub-01_ses-a", "munich"),  # n/a: the participant's
+        ("sub-01_ses-b", "berlin"),
+        ("sub-02_ses-a", "paris"),
+    ]
+
+
+def test_bids_sites_from_the_scanner_the_sidecars_name_with_inheritance(tmp_path):
+    root = tmp_path / "bids"
+    for image in ("sub-01/anat/sub-01_T1w.nii.gz", "sub-02/anat/sub-02_T1w.nii.gz", "sub-03/anat/sub-03_T1w.nii.gz"):
+        tiny_volume(root / image)
+    (root / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
+    # a dataset-wide sidecar, overridden for sub-02 by its own; sub-03 inherits the model but changes the field
+    siemens = {"Manufacturer": "Siemens", "ManufacturersModelName": "Prisma fit", "MagneticFieldStrength": 3}
+    ge = {"Manufacturer": "GE", "ManufacturersModelName": "DISCOVERY MR750", "MagneticFieldStrength": 3.0}
+    (root / "T1w.json").write_text(json.dumps(siemens))
+    (root / "sub-02/anat/sub-02_T1w.json").write_text(json.dumps(ge))
+    (root / "sub-03/sub-03_T1w.json").write_text(json.dumps({"MagneticFieldStrength": 1.5}))
+    sites = ["Siemens-Prismafit-3T", "GE-DISCOVERYMR750-3T", "Siemens-Prismafit-1.5T"]
+    assert [s.site for s in read_bids(root)] == sites
+    assert bids_sidecar(root / "sub-03/anat/sub-03_T1w.nii.gz", root)["MagneticFieldStrength"] == 1.5
+    # a participants.tsv without a site column leaves the sidecars in charge; one with a site column wins
+    (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t1\nsub-02\t2\nsub-03\t3\n")
+    assert read_bids(root)[1].site == "GE-DISCOVERYMR750-3T"
+    (root / "participants.tsv").write_text("participant_id\tsite\nsub-01\ta\nsub-02\tb\nsub-03\tc\n")
+    assert [s.site for s in read_bids(root)] == ["a", "b", "c"]
+
+
+def test_bids_with_neither_a_site_column_nor_scanner_fields_names_the_scan(tmp_path):
+    root = bids_root(tmp_path, "participant_id\tage\nsub-01\t30\n", ["sub-01/anat/sub-01_T1w.nii.gz"])
+    (root / "sub-01/anat/sub-01_T1w.json").write_text('{"RepetitionTime": 2.3}')
+    with pytest.raises(InputError, match=r"no site for sub-01/anat/sub-01_T1w.nii.gz.*--site-column.*Manufacturer"):
+        read_bids(root)
+    (root / "sub-01/anat/sub-01_T1w.json").write_text("{not json")
+    with pytest.raises(InputError, match="not a readable JSON sidecar") as exc:
+        read_bids(root)
+    assert exc.value.path == root / "sub-01/anat/sub-01_T1w.json"
 
 
 def test_bids_without_a_site_column_is_an_input_error_naming_participants_tsv(tmp_path):

@@ -12,10 +12,10 @@ Three layouts are read into one list of :class:`Subject` records:
   ``ROOT/<site>/<subject>/mri/`` (``brain.mgz`` or ``T1.mgz``, ``brainmask.mgz``, ``aseg.mgz``) works too;
   FreeSurfer's template subjects (:data:`FREESURFER_TEMPLATES`: ``fsaverage``, which recon-all links into
   ``SUBJECTS_DIR``, and the others it ships) are left out.
-* **BIDS** (:func:`read_bids`): ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``, the site from a ``participants.tsv``
-  column, a participant's split from its ``split`` column where it has one (``hflow simulate --layout bids`` writes
-  it); masks and labels from ``*_desc-brain_mask`` and ``*_dseg`` files beside the image or under
-  ``derivatives/*/``.
+* **BIDS** (:func:`read_bids`): ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``, the site from a ``sessions.tsv`` or
+  ``participants.tsv`` column or else the scanner that the scan's sidecar names, a participant's split from its
+  ``split`` column where it has one (``hflow simulate --layout bids`` writes it); masks and labels from
+  ``*_desc-brain_mask`` and ``*_dseg`` files beside the image or under ``derivatives/*/``.
 
 A folder of images alone is one site, named after the folder (as ``hflow harmonize`` takes a site's scans).
 :func:`load_subjects` picks the layout from what it finds. :func:`split_subjects` splits each site by subject
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 import re
 import warnings
@@ -44,7 +45,9 @@ from harmonizing_flows.errors import InputError
 __all__ = [
     "FREESURFER_TEMPLATES",
     "NOT_AN_IMAGE",
+    "SCANNER_FIELDS",
     "Subject",
+    "bids_sidecar",
     "file_fingerprint",
     "folder_images",
     "freesurfer_subject",
@@ -318,57 +321,150 @@ def _bids_entities(name: str) -> dict[str, str]:
 
 
 def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]:
-    """Read a BIDS dataset; each subject's site comes from ``participants.tsv``.
+    """Read a BIDS dataset's T1-weighted scans with the site of each.
+
+    A scan's site comes from, in this order: the site column of its subject's ``sub-X_sessions.tsv`` (for that
+    session), the site column of ``participants.tsv``, or, when neither file has a site column, the scanner its
+    JSON sidecar names (``Manufacturer``, ``ManufacturersModelName``, ``MagneticFieldStrength``, with BIDS'
+    inheritance from sidecars higher in the tree), e.g. ``Siemens-Prisma-3T``.
 
     Args:
-        root: The BIDS root (holding ``participants.tsv``).
-        site_column: The participants.tsv column naming the site; by default the first of ``site``, ``site_id``,
-            ``scanner``, ``centre``, ``center`` that exists (case-insensitive).
+        root: The BIDS root.
+        site_column: The column naming the site; by default the first of ``site``, ``site_id``, ``scanner``,
+            ``centre``, ``center`` that exists (case-insensitive). A column named here must exist.
+
+    Raises:
+        InputError: Naming the file: no T1w scan, a participants.tsv without participant_id or participants, a
+            subject folder it does not list, a participant without a site, a named column that does not exist,
+            or a scan whose site nothing gives.
     """
     root = Path(root)
     table = root / "participants.tsv"
-    if not table.is_file():
-        raise InputError(root, "BIDS dataset has no participants.tsv, which must name each subject's site")
-    with table.open(newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    if not rows:
-        raise InputError(table, "participants.tsv lists no participants")
-    columns = {c.lower(): c for c in rows[0]}
-    if site_column is None:
-        site_column = next((columns[c] for c in _SITE_COLUMNS if c in columns), None)
-        if site_column is None:
-            raise InputError(
-                table, f"no site column (looked for {', '.join(_SITE_COLUMNS)}); name one with site_column"
-            )
-    elif site_column not in rows[0]:
-        raise InputError(table, f"has no column {site_column!r} (has: {', '.join(rows[0])})")
-    if "participant_id" not in rows[0]:
-        raise InputError(table, "participants.tsv has no participant_id column")
-    sites = {(r.get("participant_id") or "").strip(): (r.get(site_column) or "").strip() for r in rows}
-    splits = _bids_splits(table, rows)
+    rows = _read_tsv(table) if table.is_file() else []
+    if table.is_file():
+        if not rows:
+            raise InputError(table, "participants.tsv lists no participants")
+        if "participant_id" not in rows[0]:
+            raise InputError(table, "participants.tsv has no participant_id column")
+    column = _site_column(rows[0] if rows else {}, site_column)
+    if site_column is not None and column is None and not _any_sessions_column(root, site_column):
+        where = table if table.is_file() else root
+        raise InputError(where, f"has no column {site_column!r} (has: {', '.join(rows[0]) if rows else 'none'})")
+    sites = {(r.get("participant_id") or "").strip(): _value(r.get(column)) for r in rows} if column else {}
+    splits = _bids_splits(table, rows) if rows else {}
+    listed = {(r.get("participant_id") or "").strip() for r in rows}
 
     derivatives = sorted((root / "derivatives").glob("*/")) if (root / "derivatives").is_dir() else []
     subjects = []
     for sub_dir in sorted(root.glob("sub-*/")):
         sub = sub_dir.name
-        if sub not in sites:
+        if rows and sub not in listed:
             raise InputError(table, f"does not list {sub}, which has a folder in {root}")
-        if not sites[sub] or sites[sub].lower() == "n/a":
-            raise InputError(table, f"{sub} has no site in column {site_column!r}")
+        sessions = _session_sites(sub_dir, site_column)
         for image in sorted(sub_dir.glob("**/anat/*_T1w.nii*")):
             stem = strip_volume_suffix(image.name)
             assert stem is not None
             prefix = stem[: -len("_T1w")]
+            entities = _bids_entities(prefix)
+            site = sessions.get(entities.get("ses", "")) or sites.get(sub)
+            if column and not site:
+                raise InputError(table, f"{sub} has no site in column {column!r}")
+            site = site or _scanner_site(image, root, table)
             rel_dir = image.parent.relative_to(root)
             search = [image.parent] + [d / rel_dir for d in derivatives]
             mask = _find_bids(search, prefix, ("_desc-brain_mask", "_mask"))
             labels = _find_bids(search, prefix, ("_dseg", "_desc-aseg_dseg"))
-            entities = _bids_entities(prefix)
             ident = sub + "".join(f"_{k}-{v}" for k, v in entities.items() if k not in ("sub",))
-            subjects.append(Subject(ident, sites[sub], image, mask, labels, splits.get(sub), participant=sub))
+            subjects.append(Subject(ident, site, image, mask, labels, splits.get(sub), participant=sub))
     if not subjects:
         raise InputError(root, "BIDS dataset has no sub-*/anat/*_T1w.nii[.gz] images")
     return subjects
+
+
+def _value(cell: str | None) -> str:
+    """A table cell's value, empty for a blank or ``n/a`` cell."""
+    value = (cell or "").strip()
+    return "" if value.lower() == "n/a" else value
+
+
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f, delimiter="\t"))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"cannot be read as a tab-separated table ({exc})") from exc
+
+
+def _site_column(header: Iterable[str], site_column: str | None) -> str | None:
+    """The site column of a table's header: ``site_column`` if it has it, else the first usual name it has."""
+    columns = {c.lower(): c for c in header}
+    if site_column is not None:
+        return site_column if site_column in columns.values() else None
+    return next((columns[c] for c in _SITE_COLUMNS if c in columns), None)
+
+
+def _any_sessions_column(root: Path, site_column: str) -> bool:
+    return any(site_column in (_read_tsv(t)[:1] or [{}])[0] for t in root.glob("sub-*/sub-*_sessions.tsv"))
+
+
+def _session_sites(sub_dir: Path, site_column: str | None) -> dict[str, str]:
+    """Session label -> site from ``sub-X/sub-X_sessions.tsv``'s site column (empty without one)."""
+    table = sub_dir / f"{sub_dir.name}_sessions.tsv"
+    rows = _read_tsv(table) if table.is_file() else []
+    column = _site_column(rows[0], site_column) if rows else None
+    if column is None or "session_id" not in rows[0]:
+        return {}
+    sites = {}
+    for r in rows:
+        session, site = (r.get("session_id") or "").strip(), _value(r.get(column))
+        if site:
+            sites[session.removeprefix("ses-")] = site
+    return sites
+
+
+SCANNER_FIELDS = ("Manufacturer", "ManufacturersModelName", "MagneticFieldStrength")
+"""The sidecar fields that name a scanner, and so a site, when no table gives one."""
+
+
+def bids_sidecar(image: Path, root: Path) -> dict[str, object]:
+    """The JSON sidecar fields of a BIDS image, inherited as BIDS says: every ``*_<suffix>.json`` from the root down
+    to the image's folder whose entities are a subset of the image's, the deeper ones overriding."""
+    stem = strip_volume_suffix(image.name)
+    assert stem is not None
+    suffix = stem.rsplit("_", 1)[-1]
+    entities = _bids_entities(stem)
+    folders = [root, *[root / Path(*image.parent.relative_to(root).parts[:n]) for n in range(1, 4)]]
+    fields: dict[str, object] = {}
+    for folder in dict.fromkeys(f for f in folders if f.is_dir() and image.parent.is_relative_to(f)):
+        for sidecar in sorted(folder.glob(f"*{suffix}.json"), key=lambda p: len(p.name)):
+            if sidecar.name.rsplit("_", 1)[-1] != f"{suffix}.json" and sidecar.name != f"{suffix}.json":
+                continue
+            if _bids_entities(sidecar.name[: -len(".json")]).items() <= entities.items():
+                try:
+                    loaded = json.loads(sidecar.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as exc:
+                    raise InputError(sidecar, f"is not a readable JSON sidecar ({exc})") from exc
+                if isinstance(loaded, dict):
+                    fields.update(loaded)
+    return fields
+
+
+def _scanner_site(image: Path, root: Path, table: Path) -> str:
+    """A site named after the scanner that the image's sidecar names (``Siemens-Prisma-3T``)."""
+    fields = bids_sidecar(image, root)
+    parts = [str(fields[k]).strip() for k in SCANNER_FIELDS[:2] if str(fields.get(k, "")).strip()]
+    if not parts:
+        looked = ", ".join(_SITE_COLUMNS)
+        raise InputError(
+            table if table.is_file() else image,
+            f"no site for {image.relative_to(root)}: no site column in participants.tsv or sessions.tsv (looked "
+            f"for {looked}; name one with --site-column) and its sidecar names no scanner "
+            f"({', '.join(SCANNER_FIELDS)})",
+        )
+    strength = fields.get("MagneticFieldStrength")
+    if isinstance(strength, int | float) and not isinstance(strength, bool):
+        parts.append(f"{strength:g}T")
+    return "-".join(re.sub(r"[^A-Za-z0-9.]+", "", p) or "unknown" for p in parts)
 
 
 def _bids_splits(table: Path, rows: Sequence[dict[str, str]]) -> dict[str, str]:

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["check_location", "publish_folder", "usual_mode"]
+__all__ = ["check_location", "publish_folder", "usual_mode", "write_text"]
 
 
 def check_location(out: str | Path) -> None:
@@ -61,3 +61,18 @@ def publish_folder(tmp: Path, out: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (a temporary sibling renamed into place), with the usual permissions."""
+    path = Path(path)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+        usual_mode(name)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return path

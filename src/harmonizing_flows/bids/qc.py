@@ -1,0 +1,189 @@
+"""Per-scan quality control from the flow itself: how likely the source site's model finds a scan, before and
+after harmonization, against the source site's own validation scans.
+
+A scan's score is its bits per brain pixel under the frozen flow, averaged over its brain slices, with fixed
+dequantization noise (as adaptation's curve measures a site): lower is more source-like. The reference is the same
+score of the source site's validation scans through the fitted (pre-trained) harmonizer, which is what a source
+scan looks like after the tool; its mean and standard deviation turn every score into a z-score.
+
+A harmonized scan is flagged when
+
+* its z-score after harmonization exceeds :data:`Z_FLAG` (3: the three-sigma outlier rule, fixed before any scan
+  was scored; with the three or more validation scans the app requires, the standard deviation is rough, so the
+  flag is a prompt to look at the scan in the report, not a verdict), or
+* adaptation to its site ended on a guard (the harmonizer's contrast or intensity collapsed, so an earlier step
+  was kept).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harmonizing_flows.data.slices import Slices
+from harmonizing_flows.figures import level_counts
+from harmonizing_flows.method.distributed import stable_seed
+from harmonizing_flows.method.flow import Flow
+from harmonizing_flows.method.harmonizer import Harmonizer
+
+__all__ = ["QC_COLUMNS", "Z_FLAG", "Reference", "ScanScores", "qc_row", "score_scan", "write_qc_table"]
+
+Z_FLAG = 3.0
+"""A harmonized scan whose bpd lies more than this many source standard deviations above the source mean is
+flagged (see the module docstring)."""
+
+QUANTILES = (0.05, 0.5, 0.95)
+"""The brain-intensity quantiles reported before and after harmonization."""
+
+QC_COLUMNS = (
+    "participant_id", "session_id", "scan", "site", "source_site", "bpd_before", "bpd_after", "z_before", "z_after",
+    "alpha_mean", "alpha_sd", "beta_mean", "beta_sd", "p05_before", "p50_before", "p95_before", "p05_after",
+    "p50_after", "p95_after", "kept_step", "guard", "flagged", "flag_reasons",
+)  # fmt: skip
+"""The columns of ``group_T1w_qc.tsv``, in order (documented in ``docs/bids.md``)."""
+
+
+@dataclass(frozen=True)
+class ScanScores:
+    """What the flow and the harmonizer make of one scan (bpd in bits per brain pixel, intensities on 0..255)."""
+
+    bpd_before: float
+    bpd_after: float
+    alpha_mean: float
+    alpha_sd: float
+    beta_mean: float
+    beta_sd: float
+    quantiles_before: tuple[float, ...]
+    quantiles_after: tuple[float, ...]
+    counts_before: np.ndarray
+    """Brain voxels per intensity level 0..255 before harmonization (on the model's grid)."""
+    counts_after: np.ndarray
+    harmonized: np.ndarray
+    """The harmonized slices, float32 ``(N, H, W)`` on 0..255 (zero outside the brain), for the report's mosaic."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The source validation scans' scores: what a z-score is measured against."""
+
+    mean: float
+    sd: float
+    scans: tuple[str, ...]
+    bpd: tuple[float, ...]
+    z_flag: float = Z_FLAG
+
+    @classmethod
+    def from_scores(cls, scans: Sequence[str], bpd: Sequence[float]) -> Reference:
+        if len(bpd) < 2:
+            raise ValueError("a reference needs two scores at least")
+        values = np.asarray(bpd, dtype=np.float64)
+        return cls(float(values.mean()), float(values.std(ddof=1)), tuple(scans), tuple(float(b) for b in bpd))
+
+    def z(self, bpd: float) -> float:
+        return (bpd - self.mean) / self.sd if self.sd > 0 else math.copysign(math.inf, bpd - self.mean)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "scans": list(self.scans), "bpd": list(self.bpd)}
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> Reference:
+        return cls(float(document["mean"]), float(document["sd"]), tuple(document["scans"]),
+                   tuple(document["bpd"]), float(document.get("z_flag", Z_FLAG)))  # fmt: skip
+
+
+@torch.no_grad()
+def score_scan(
+    harmonizer: Harmonizer, flow: Flow, sliced: Slices, device: torch.device, *, seed: int = 0, batch_size: int = 32
+) -> ScanScores:
+    """Score one scan's brain slices before and after ``harmonizer`` (both in evaluation mode, on ``device``)."""
+    rows = sliced.brain_rows()
+    generator = torch.Generator().manual_seed(stable_seed(seed, "qc"))
+    before = after = 0.0
+    alphas, beta_sum, beta_sq, brain = [], 0.0, 0.0, 0.0
+    harmonized = np.zeros(sliced.images.shape, dtype=np.float32)
+    for start in range(0, len(rows), batch_size):
+        index = rows[start : start + batch_size]
+        x, m = sliced.batch(index, device)
+        noise = torch.randn(x.shape, generator=generator).to(device)
+        alpha, beta = harmonizer.parts(x)
+        y = Harmonizer.apply(alpha[:, None, None, None], beta, x, m)
+        before += float(flow.bpd(x, m, noise=noise, brain_only=True).sum())
+        after += float(flow.bpd(y, m, noise=noise, brain_only=True).sum())
+        alphas.append(alpha.float().cpu())
+        beta_sum += float((beta * m).sum())
+        beta_sq += float((beta.square() * m).sum())
+        brain += float(m.sum())
+        harmonized[index] = y[:, 0].float().cpu().numpy()
+    mask = sliced.mask.astype(bool)
+    x_brain, y_brain = sliced.images[mask].astype(np.float32), harmonized[mask]
+    alpha_all = torch.cat(alphas).double()
+    beta_mean = beta_sum / max(brain, 1.0)
+    return ScanScores(
+        bpd_before=before / len(rows),
+        bpd_after=after / len(rows),
+        alpha_mean=float(alpha_all.mean()),
+        alpha_sd=float(alpha_all.std(unbiased=False)),
+        beta_mean=beta_mean,
+        beta_sd=math.sqrt(max(beta_sq / max(brain, 1.0) - beta_mean**2, 0.0)),
+        quantiles_before=tuple(float(q) for q in np.quantile(x_brain, QUANTILES)),
+        quantiles_after=tuple(float(q) for q in np.quantile(y_brain, QUANTILES)),
+        counts_before=level_counts(x_brain),
+        counts_after=level_counts(y_brain),
+        harmonized=harmonized,
+    )
+
+
+def qc_row(
+    scan: Mapping[str, str], scores: ScanScores, reference: Reference, *, kept_step: int | None, guard: str | None
+) -> dict[str, Any]:
+    """One QC table row: ``scan`` (participant_id, session_id, scan, site, source_site), the scores, the z-scores
+    and the flag with its reasons."""
+    z_before, z_after = reference.z(scores.bpd_before), reference.z(scores.bpd_after)
+    reasons = []
+    if z_after > reference.z_flag:
+        limit = f"{reference.z_flag:g}"
+        reasons.append(f"bpd after harmonization {z_after:.1f} source SDs above the source mean (limit {limit})")
+    if guard:
+        reasons.append(f"adaptation ended on a guard: {guard}")
+    quantiles = {f"p{round(q * 100):02d}_{when}": round(v, 2)
+                 for when, values in (("before", scores.quantiles_before), ("after", scores.quantiles_after))
+                 for q, v in zip(QUANTILES, values, strict=True)}  # fmt: skip
+    return {
+        **scan,
+        "bpd_before": round(scores.bpd_before, 4),
+        "bpd_after": round(scores.bpd_after, 4),
+        "z_before": round(z_before, 2),
+        "z_after": round(z_after, 2),
+        "alpha_mean": round(scores.alpha_mean, 4),
+        "alpha_sd": round(scores.alpha_sd, 4),
+        "beta_mean": round(scores.beta_mean, 2),
+        "beta_sd": round(scores.beta_sd, 2),
+        **quantiles,
+        "kept_step": kept_step,
+        "guard": guard or "",
+        "flagged": bool(reasons),
+        "flag_reasons": "; ".join(reasons),
+    }
+
+
+def write_qc_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Write the QC rows as a BIDS-style TSV (``n/a`` for missing values), atomically."""
+    tmp = path.with_name(f".{path.name}.partial")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(QC_COLUMNS)
+        for row in rows:
+            writer.writerow(["n/a" if row.get(c) in (None, "") else _cell(row[c]) for c in QC_COLUMNS])
+    tmp.replace(path)
+    return path
+
+
+def _cell(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

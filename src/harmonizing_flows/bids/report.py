@@ -1,0 +1,197 @@
+"""The app's reports: ``OUT_DIR/sub-X.html`` per participant and ``OUT_DIR/report.html`` for the group.
+
+Each is one HTML file with its figures embedded as PNG data, so it opens offline, can be mailed, and keeps
+working when the folder moves. They are rebuilt from the sidecars, the QC reference and the adapted models at
+the end of every ``participant`` run, so the group report always covers every scan harmonized so far.
+
+Per target site: the brain-intensity histograms of its scans before and after harmonization against the source
+site's validation scans, and the adaptation curve (bpd and gain per step, the kept step). Per scan: a mosaic of
+slices before and after, and its QC row. The QC table highlights flagged scans and says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonizing_flows import __version__
+from harmonizing_flows.bids.qc import QC_COLUMNS, Z_FLAG
+from harmonizing_flows.data.slices import Slices
+from harmonizing_flows.figures import histogram_panels, slice_table
+
+__all__ = ["mosaic_figure", "write_reports"]
+
+MOSAIC_SLICES = 5
+"""Slices per scan in a mosaic, evenly spaced over the brain."""
+_SHOWN = ("scan", "site", "bpd_before", "bpd_after", "z_before", "z_after", "alpha_mean", "p50_before", "p50_after",
+          "kept_step", "flagged", "flag_reasons")  # fmt: skip
+
+_CELL_CLASS = {"flagged": "text flag", "flag_reasons": "text flag", "scan": "text", "site": "text"}
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1150px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+h3 { font-size: 1.0em; }
+table { border-collapse: collapse; font-size: 0.82em; margin: 0.6em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
+th { background: #f2f2f2; } td.text { text-align: left; }
+tr.flagged td { background: #ffe3e0; } tr.flagged td.flag { color: #a40000; font-weight: bold; }
+img { max-width: 100%; height: auto; } .note { color: #555; font-size: 0.88em; }
+.summary { display: flex; gap: 2em; } .summary div { background: #f6f6f6; padding: 0.5em 1em; border-radius: 4px; }
+"""
+
+
+def mosaic_figure(sliced: Slices, harmonized: np.ndarray, path: Path, *, title: str, plane: str) -> Path:
+    """Evenly spaced brain slices of a scan as the model sees it (top) and harmonized (bottom), on 0..255."""
+    rows = sliced.brain_rows()
+    picks = rows[np.linspace(0, len(rows) - 1, min(MOSAIC_SLICES, len(rows))).round().astype(int)]
+    table = {
+        "input": {f"slice {k}": sliced.images[k].astype(np.float32) for k in picks},
+        "harmonized": {f"slice {k}": harmonized[k] for k in picks},
+    }
+    return slice_table(table, path, title=title, plane=plane)
+
+
+def write_reports(root: Path, participants: Sequence[str], source_site: str | None) -> list[Path]:
+    """Write ``sub-X.html`` for each of ``participants`` and ``report.html`` for every scan in ``root``."""
+    sidecars = _sidecars(root)
+    reference = json.loads((root / "models" / "qc_reference.json").read_text(encoding="utf-8"))
+    source_counts = np.asarray(reference["source_counts"])
+    source = f"source ({source_site})"
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = _Figures(Path(tmp))
+        sites = sorted({s["TargetSite"] for s in sidecars.values()})
+        site_sections = {site: _site_section(root, site, sidecars, source_counts, source, figures) for site in sites}
+        for label in participants:
+            own = {p: s for p, s in sidecars.items() if s["QC"]["participant_id"] == f"sub-{label}"}
+            body = [_table(own, root, links=False)]
+            for site in sorted({s["TargetSite"] for s in own.values()}):
+                body.append(site_sections[site])
+            body.extend(_scan_section(p, s) for p, s in own.items())
+            written.append(_page(root / f"sub-{label}.html", f"sub-{label}", source_site, reference, body))
+        summary = _summary(sidecars)
+        body = [summary, _table(sidecars, root, links=True), *site_sections.values()]
+        body.append("<h2>Every scan</h2>")
+        body.extend(_scan_section(p, s) for p, s in sidecars.items())
+        written.append(_page(root / "report.html", "all participants", source_site, reference, body))
+    return written
+
+
+def _sidecars(root: Path) -> dict[Path, dict[str, Any]]:
+    found = {}
+    for path in sorted(root.glob("sub-*/**/anat/*_desc-harmonized_T1w.json")):
+        found[path] = json.loads(path.read_text(encoding="utf-8"))
+    return found
+
+
+class _Figures:
+    """Figures drawn into a temporary folder and embedded as data URIs."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.count = folder, 0
+
+    def path(self) -> Path:
+        self.count += 1
+        return self.folder / f"figure-{self.count}.png"
+
+
+def _embed(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _site_section(
+    root: Path, site: str, sidecars: Mapping[Path, dict], source_counts: np.ndarray, source: str, figures: _Figures
+) -> str:
+    members = [s for s in sidecars.values() if s["TargetSite"] == site]
+    before = np.sum([s["Histogram"]["before"] for s in members], axis=0)
+    after = np.sum([s["Histogram"]["after"] for s in members], axis=0)
+    path = histogram_panels(
+        {"before harmonization": {site: before, source: source_counts},
+         "after harmonization": {site: after, source: source_counts}},
+        figures.path(), title=f"Site {site}: brain intensities of its {len(members)} harmonized scan(s)",
+        reference=source, columns=2,
+    )  # fmt: skip
+    parts = [f"<h2>Site {html.escape(site)}</h2>", _embed(path, f"intensity histograms of site {site}")]
+    adaptation = members[0]["Adaptation"]
+    curve = root / members[0]["Model"] / "adaptation.png"
+    if curve.is_file():
+        parts.append(f'<p class="note">Adaptation: kept step {adaptation["KeptStep"]}. '
+                     f'{html.escape(adaptation["Reason"] or "")}</p>')  # fmt: skip
+        parts.append(_embed(curve, f"adaptation curve of site {site}"))
+    else:
+        parts.append(f'<p class="note">{html.escape(adaptation["Reason"] or "")}</p>')
+    return "\n".join(parts)
+
+
+def _scan_section(path: Path, sidecar: dict) -> str:
+    qc = sidecar["QC"]
+    mosaic = (path.parent / sidecar["Mosaic"]).resolve()
+    flagged = ' <span style="color:#a40000">(flagged)</span>' if qc["flagged"] else ""
+    parts = [f"<h3>{html.escape(qc['scan'])}{flagged}</h3>"]
+    if qc["flagged"]:
+        parts.append(f'<p class="note">{html.escape(qc["flag_reasons"])}</p>')
+    if mosaic.is_file():
+        parts.append(_embed(mosaic, f"slices of {qc['scan']} before and after"))
+    return "\n".join(parts)
+
+
+def _summary(sidecars: Mapping[Path, dict]) -> str:
+    rows = [s["QC"] for s in sidecars.values()]
+    flagged = sum(bool(r["flagged"]) for r in rows)
+    sites = sorted({r["site"] for r in rows})
+    return (
+        f'<div class="summary"><div><b>{len(rows)}</b> scans</div><div><b>{len(sites)}</b> site(s): '
+        f"{html.escape(', '.join(sites))}</div><div><b>{flagged}</b> flagged</div></div>"
+    )
+
+
+def _table(sidecars: Mapping[Path, dict], root: Path, *, links: bool) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in _SHOWN)
+    lines = [f"<h2>Quality control</h2><table><tr>{head}</tr>"]
+    for sidecar in sidecars.values():
+        qc = sidecar["QC"]
+        cells = []
+        for column in _SHOWN:
+            value = qc.get(column)
+            text = html.escape("" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
+            if column == "scan":  # the file's name; the path is in the TSV
+                text = html.escape(Path(str(value)).name)
+                if links:
+                    text = f'<a href="{html.escape(qc["participant_id"])}.html">{text}</a>'
+            kind = _CELL_CLASS.get(column, "")
+            cells.append(f'<td class="{kind}">{text}</td>')
+        lines.append(f'<tr class="{"flagged" if qc["flagged"] else ""}">{"".join(cells)}</tr>')
+    lines.append("</table>")
+    lines.append(
+        f'<p class="note">bpd: bits per brain pixel under the source model\'s flow (lower is more source-like); z: '
+        f"distance from the source validation scans' mean in their standard deviations; a scan is flagged when "
+        f"z after exceeds {Z_FLAG:g} or its site's adaptation ended on a guard. All columns "
+        f"({', '.join(QC_COLUMNS)}) are in group_T1w_qc.tsv.</p>"
+    )
+    return "\n".join(lines)
+
+
+def _page(path: Path, who: str, source_site: str | None, reference: dict, body: Sequence[str]) -> Path:
+    made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>harmonizing-flows: {html.escape(who)}</title>
+<style>{_STYLE}</style></head><body>
+<h1>Harmonization report: {html.escape(who)}</h1>
+<p class="note">harmonizing-flows {__version__}, {made}. Source site: <b>{html.escape(source_site or "?")}</b>;
+QC reference: {len(reference["bpd"])} source validation scans, bpd {reference["mean"]:.3f} &plusmn;
+{reference["sd"]:.3f}.</p>
+{chr(10).join(body)}
+</body></html>
+"""
+    from harmonizing_flows.data.outputs import write_text
+
+    return write_text(path, text)
