@@ -333,8 +333,9 @@ def harmonize(
     typer.echo(f"harmonized {len(written)} volume(s) into {out}")
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})  # --participant-label 01 02, as BIDS apps take it
 def bids(
+    ctx: typer.Context,
     bids_dir: Annotated[Path, typer.Argument(help="The BIDS dataset (read only; never written).")],
     out_dir: Annotated[Path, typer.Argument(help="The derivatives folder to write (outside BIDS_DIR).")],
     analysis_level: Annotated[
@@ -345,7 +346,7 @@ def bids(
     ] = None,
     participant_label: Annotated[
         list[str] | None,
-        typer.Option(help="participant: these participants only, with or without sub- (repeatable, or 01,02)."),
+        typer.Option(help="participant: these participants only, with or without sub- (01 02, 01,02 or repeated)."),
     ] = None,
     site_column: Annotated[
         str | None,
@@ -367,6 +368,8 @@ def bids(
     from harmonizing_flows.errors import ConfigError
 
     with _user_errors():
+        if ctx.args and not participant_label:
+            raise ConfigError(f"unexpected argument(s): {' '.join(ctx.args)}")
         if analysis_level == "group":
             if source_site is None:
                 raise ConfigError("the group level fits the model on one site: name it with --source-site")
@@ -384,7 +387,8 @@ def bids(
                                   "participant level uses the model the group level fitted")  # fmt: skip
             from harmonizing_flows.bids.app import participant
 
-            labels = [x for item in participant_label or [] for x in item.replace(",", " ").split()]
+            given = [*(participant_label or []), *ctx.args]  # the values after the first: extra arguments
+            labels = [x for item in given for x in item.replace(",", " ").split()]
             participant(bids_dir, out_dir, labels=labels or None, site_column=site_column, device=device,
                         progress=not quiet, command=_command(), log=typer.echo)  # fmt: skip
             typer.echo(f"report: {out_dir / 'report.html'}")

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -152,6 +153,54 @@ def test_a_new_scan_of_a_known_site_is_harmonized_without_adapting_again(run, da
     assert not any("adapting" in line for line in lines)
 
 
+def test_sessions_and_runs_keep_their_entities_in_the_outputs(run, dataset, tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    shutil.copytree(dataset, raw)
+    shutil.copytree(run[0], out)
+    person = next(p.name for p in sorted(raw.glob("sub-*")) if TARGET.replace("-", "") in p.name)
+    scan = raw / person / "anat" / f"{person}_T1w.nii.gz"
+    for session, run_label in (("1", "1"), ("1", "2"), ("2", "1")):
+        moved = raw / person / f"ses-{session}" / "anat" / f"{person}_ses-{session}_run-{run_label}_T1w.nii.gz"
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(scan, moved)
+    shutil.rmtree(raw / person / "anat")
+    written = participant(raw, out, labels=[person], progress=False, log=lambda _: None)
+    assert sorted(p.relative_to(out).as_posix() for p in written) == [
+        f"{person}/ses-1/anat/{person}_ses-1_run-1_desc-harmonized_T1w.nii.gz",
+        f"{person}/ses-1/anat/{person}_ses-1_run-2_desc-harmonized_T1w.nii.gz",
+        f"{person}/ses-2/anat/{person}_ses-2_run-1_desc-harmonized_T1w.nii.gz",
+    ]
+    sidecar = json.loads(written[0].with_name(written[0].name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["QC"]["session_id"] == "ses-1" and (written[0].parent / sidecar["Mosaic"]).is_file()
+    with (out / "group_T1w_qc.tsv").open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    # the scan that moved into sessions is gone from the dataset: its old output is left out of the table
+    assert sum(r["participant_id"] == person for r in rows) == 3
+    assert len(rows) == 2 * MIN_SOURCE_PARTICIPANTS + 2
+
+
+def test_refitting_the_source_drops_the_adapted_models_and_remeasures_the_reference(run, dataset, smoke_profile,
+                                                                                      tmp_path):  # fmt: skip
+    out = tmp_path / "out"
+    shutil.copytree(run[0], out)
+    old = json.loads((out / "models" / "qc_reference.json").read_text())["model"]
+    refit = replace(smoke_profile, seed=smoke_profile.seed + 1)
+    group(dataset, out, refit, source_site=SOURCE, overwrite=True, progress=False, log=lambda _: None)
+    assert not list((out / "models").glob("site-*"))
+    assert (out / "models" / "scans" / "source.csv").is_file()
+    new = json.loads((out / "models" / "qc_reference.json").read_text())["model"]
+    digest = hashlib.sha256((out / "models" / "source" / "harmonizer.safetensors").read_bytes()).hexdigest()
+    assert new == f"sha256:{digest}" != old
+    lines: list[str] = []
+    person = next(p.name for p in sorted(dataset.glob("sub-*")) if TARGET.replace("-", "") in p.name)
+    written = participant(dataset, out, labels=[person], progress=False, log=lines.append)
+    assert len(written) == 1 and any("adapting" in line for line in lines)
+    assert any(f"left out of the QC table and reports: {2 * MIN_SOURCE_PARTICIPANTS - 1} scan(s)" in line
+               for line in lines)  # fmt: skip
+    with (out / "group_T1w_qc.tsv").open(newline="") as f:
+        assert [r["participant_id"] for r in csv.DictReader(f, delimiter="\t")] == [person]
+
+
 @pytest.mark.parametrize("level", ["group", "participant"])
 def test_bad_input_is_refused_naming_the_path_before_anything_is_written(dataset, smoke_profile, tmp_path, level):
     def call(bids, out, **kwargs):
@@ -229,6 +278,11 @@ def test_the_cli_levels_and_their_options(dataset, tmp_path):
     result = runner.invoke(app, ["bids", str(dataset), str(tmp_path / "o"), "participant", "--participant-label",
                                  "mprage3t001,nobody"])  # fmt: skip
     assert result.exit_code != 0 and "no participant nobody" in result.output  # labels split at commas
+    result = runner.invoke(app, ["bids", str(dataset), str(tmp_path / "o"), "participant", "--participant-label",
+                                 "mprage3t001", "nobody2"])  # fmt: skip
+    assert result.exit_code != 0 and "no participant nobody2" in result.output  # and as separate values
+    result = runner.invoke(app, ["bids", str(dataset), str(tmp_path / "o"), "participant", "stray"])
+    assert result.exit_code != 0 and "unexpected argument(s): stray" in result.output
     assert not (tmp_path / "o").exists()
 
 

@@ -33,7 +33,7 @@ def test_the_reference_turns_a_bpd_into_source_standard_deviations():
     assert reference.z(4.8) == pytest.approx(3.0)
     assert Reference.from_json(reference.to_json()) == reference
     flat = Reference.from_scores(["s1", "s2"], [4.0, 4.0])
-    assert flat.z(4.1) == math.inf and flat.z(3.9) == -math.inf
+    assert flat.z(4.1) == math.inf and flat.z(3.9) == -math.inf and flat.z(4.0) == 0.0
     with pytest.raises(ValueError, match="two scores"):
         Reference.from_scores(["s1"], [4.0])
 
@@ -48,6 +48,8 @@ def test_a_scan_is_flagged_above_the_limit_or_after_a_guard_and_says_why():
     guarded = qc_row(IDENTITY, _scores(4.2), reference, kept_step=5, guard="contrast fell below 0.3")
     assert guarded["flagged"] is True and "guard: contrast fell" in guarded["flag_reasons"]
     assert (guarded["p05_before"], guarded["p50_after"]) == (10.0, 101.0)
+    unreadable = qc_row(IDENTITY, _scores(math.nan), reference, kept_step=5, guard=None)
+    assert unreadable["flagged"] is True and unreadable["bpd_after"] is None and unreadable["z_after"] is None
 
 
 def test_the_qc_table_writes_n_a_for_missing_values_and_lowercase_booleans(tmp_path):

@@ -491,6 +491,14 @@ def test_bids_sessions_tsv_gives_a_sessions_site(tmp_path):
         ("sub-01_ses-b", "berlin"),
         ("sub-02_ses-a", "paris"),
     ]
+    # one column name for every table: a sessions table's other usual name does not override participants.tsv's
+    (root / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tscanner\nses-a\tx\nses-b\ty\n")
+    assert [s.site for s in read_bids(root)] == ["munich", "munich", "paris"]
+    # a column only some sessions tables have: the others' scans must get a site from it too
+    (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t1\nsub-02\t2\n")
+    with pytest.raises(InputError, match="sub-02 has no site in column 'scanner'") as exc:
+        read_bids(root)
+    assert exc.value.path == root / "sub-02" / "sub-02_sessions.tsv"
 
 
 def test_bids_sites_from_the_scanner_the_sidecars_name_with_inheritance(tmp_path):

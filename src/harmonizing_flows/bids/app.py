@@ -7,9 +7,10 @@ under ``OUT_DIR/models/site-<site>``: later calls, and new scans of a known site
 every T1w scan of the chosen participants (a source-site scan with the fitted harmonizer), scores each
 (:mod:`.qc`), and writes the derivatives, the QC table and the reports.
 
-Every input is checked before anything is written. A scan is done when its sidecar exists (written after its
-image, each atomically), so an interrupted ``participant`` run resumes where it stopped and never leaves half a
-NIfTI; a scan harmonized by another model than the current one is done again.
+Every input a call reads is checked before it writes anything. A scan is done when its image and its sidecar
+exist (the sidecar written last, each atomically), so an interrupted ``participant`` run resumes where it stopped
+and never leaves half a NIfTI; a scan harmonized by another model than the current one is done again, and until
+then left out of the QC table and the reports.
 """
 
 from __future__ import annotations
@@ -17,20 +18,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from harmonizing_flows import __version__
 from harmonizing_flows.bids.layout import Scan, check_locations, read_scans, select_participants
 from harmonizing_flows.bids.qc import Reference, ScanScores, qc_row, score_scan, write_qc_table
 from harmonizing_flows.config import SplitConfig
-from harmonizing_flows.data.datasets import split_subjects, write_manifest
+from harmonizing_flows.data.datasets import Subject, split_subjects, write_manifest
 from harmonizing_flows.data.outputs import write_text
+from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.errors import InputError, OutputExistsError, system_errors
+from harmonizing_flows.method.harmonizer import Harmonizer
+from harmonizing_flows.method.store import Model
 from harmonizing_flows.profiles import Profile
 
 __all__ = ["MIN_SOURCE_PARTICIPANTS", "group", "participant"]
@@ -39,6 +46,17 @@ MIN_SOURCE_PARTICIPANTS = 6
 """Participants the source site needs: three to train on and three to validate (the QC reference's spread)."""
 _VALIDATION_SHARE, _MIN_VALIDATION = 0.2, 3
 BIDS_VERSION = "1.9.0"
+Log = Callable[[str], None]
+
+
+def site_folder(site: str) -> str:
+    """A site's model folder name: ``site-<name>`` for a lowercase name of letters, digits, dots and dashes;
+    otherwise a cleaned name plus a hash of the exact one, so that no name escapes ``models/`` and no two sites
+    share a folder on a case-insensitive file system."""
+    safe = re.sub(r"[^a-z0-9.-]+", "-", site.lower()).strip(".-") or "site"
+    if safe != site:
+        safe += "-" + hashlib.sha256(site.encode()).hexdigest()[:8]
+    return f"site-{safe}"
 
 
 @dataclass(frozen=True)
@@ -59,8 +77,17 @@ class Outputs:
     def reference(self) -> Path:
         return self.models / "qc_reference.json"
 
+    @property
+    def settings(self) -> Path:
+        """The group level's choices that the participant level must share (source site, site column)."""
+        return self.models / "bids.json"
+
     def site_model(self, site: str) -> Path:
-        return self.models / f"site-{site}"
+        return self.models / site_folder(site)
+
+    def scans_list(self, name: str) -> Path:
+        """Which scans a model was fitted or adapted on (a manifest)."""
+        return self.models / "scans" / f"{name}.csv"
 
     @property
     def qc_table(self) -> Path:
@@ -73,7 +100,7 @@ def _checksum(path: Path) -> str:
 
 def _write_json(path: Path, document: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text(path, json.dumps(document, indent=2, default=_plain) + "\n")
+    return write_text(path, json.dumps(document, indent=2, default=_plain, allow_nan=False) + "\n")
 
 
 def _plain(value: Any) -> Any:
@@ -103,6 +130,14 @@ def write_description(out: Outputs, bids_dir: Path, command: str) -> None:
     _write_json(path, document)
 
 
+def _check_headers(scans: Sequence[Scan]) -> None:
+    """Read every scan's header (cheap): a broken file stops the call before it writes anything."""
+    from harmonizing_flows.data.volume import check_volume
+
+    for scan in scans:
+        check_volume(scan.subject.image, scan.subject.mask)
+
+
 # --------------------------------------------------------------------------------------------- group
 
 
@@ -118,25 +153,28 @@ def group(
     overwrite: bool = False,
     progress: bool = True,
     command: str = "",
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> Path:
     """Fit the model on the source site's T1w scans and measure the QC reference; returns the model folder.
 
-    A model of the same source site in ``OUT_DIR`` is kept (``overwrite`` refits it); an interrupted fit resumes
-    from its checkpoints.
+    A model of the same source site in ``OUT_DIR`` is kept (``overwrite`` refits it and removes the models
+    adapted from the old one); an interrupted fit resumes from its checkpoints.
 
     Raises:
-        InputError: Not a BIDS dataset, ``OUT_DIR`` inside it, no T1w scans, a scan without a site, an unknown
-            source site, or too few source participants.
+        InputError: Not a BIDS dataset, ``OUT_DIR`` inside it, no T1w scans, a scan without a site or unreadable,
+            an unknown source site, or too few source participants.
+        ConfigError: Adaptation settings the participant level cannot run (the entropy rule needs a segmenter).
         OutputExistsError: ``OUT_DIR`` holds a model of another source site and ``overwrite`` is not set.
     """
+    from harmonizing_flows.method.adaptation import choose_settings
     from harmonizing_flows.method.store import load_model
     from harmonizing_flows.method.training import fit
 
     bids_dir, out = Path(bids_dir), Outputs(Path(out_dir))
     check_locations(bids_dir, out.root)
-    scans = read_scans(bids_dir, site_column)
-    source = _source_scans(scans, source_site, bids_dir)
+    source = _source_scans(read_scans(bids_dir, site_column), source_site, bids_dir)
+    _check_headers(source)
+    choose_settings(profile.adapt)  # refuses now what adaptation could not run later
     fitted = out.source_model / "model.json"
     if fitted.is_file() and not overwrite:
         site = json.loads(fitted.read_text(encoding="utf-8")).get("source_site")
@@ -148,17 +186,19 @@ def group(
             )
         log(f"source model of {source_site} already fitted: {out.source_model} (--overwrite refits it)")
     else:
-        out.models.mkdir(parents=True, exist_ok=True)
-        manifest = write_manifest(_split(source), out.models / "source_scans.csv")
+        out.reference.unlink(missing_ok=True)  # measured on the model about to be replaced
+        manifest = out.scans_list("source")
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        write_manifest(_split(source), manifest)
         log(f"fitting on {len(source)} scans of {source_site} ...")
         fit(manifest, out.source_model, profile, site=source_site, device=device, resume=not overwrite,
             overwrite=overwrite, progress=progress)  # fmt: skip
-        if overwrite:
-            _forget_adapted(out)
-        out.reference.unlink(missing_ok=True)
-    if not out.reference.is_file():
-        model = load_model(out.source_model)
-        _measure_reference(model, source, out, device, progress)
+        for folder in out.models.glob("site-*/"):  # adapted from the replaced model
+            shutil.rmtree(folder)
+    _write_json(out.settings, {"source_site": source_site, "site_column": site_column})
+    checksum = _checksum(out.source_model / "harmonizer.safetensors")
+    if not out.reference.is_file() or json.loads(out.reference.read_text(encoding="utf-8")).get("model") != checksum:
+        _measure_reference(load_model(out.source_model), source, out, device, progress)
     write_description(out, bids_dir, command)
     return out.source_model
 
@@ -178,21 +218,14 @@ def _source_scans(scans: Sequence[Scan], source_site: str, bids_dir: Path) -> li
     return source
 
 
-def _split(source: Sequence[Scan]) -> list:
+def _split(source: Sequence[Scan]) -> list[Subject]:
     """The source scans split by participant into training and validation (no test split: the app uses all)."""
     n = len({s.participant for s in source})
     val = max(_MIN_VALIDATION, round(_VALIDATION_SHARE * n)) / n
     return split_subjects([s.subject for s in source], SplitConfig(fractions=(1.0 - val, val, 0.0)), keep=False)
 
 
-def _forget_adapted(out: Outputs) -> None:
-    import shutil
-
-    for folder in out.models.glob("site-*"):
-        shutil.rmtree(folder)
-
-
-def _measure_reference(model: Any, source: Sequence[Scan], out: Outputs, device: str | None, progress: bool) -> None:
+def _measure_reference(model: Model, source: Sequence[Scan], out: Outputs, device: str | None, progress: bool) -> None:
     """Score the source validation scans through the fitted harmonizer: the QC reference."""
     from harmonizing_flows.method.distributed import resolve_device
     from harmonizing_flows.progress import progress_bar
@@ -203,8 +236,7 @@ def _measure_reference(model: Any, source: Sequence[Scan], out: Outputs, device:
     harmonizer, flow = model.harmonizer.to(resolved).eval(), model.flow.to(resolved).eval()
     names, bpd, counts = [], [], np.zeros(256, dtype=np.int64)
     for scan in progress_bar(scans, desc="QC reference", unit="scan", enabled=progress):
-        sliced = _slices(scan, model.profile)
-        scores = score_scan(harmonizer, flow, sliced, resolved, seed=model.profile.seed)
+        scores = score_scan(harmonizer, flow, _slices(scan, model.profile), resolved, seed=model.profile.seed)
         names.append(scan.subject.subject)
         bpd.append(scores.bpd_after)
         counts += scores.counts_before
@@ -214,10 +246,13 @@ def _measure_reference(model: Any, source: Sequence[Scan], out: Outputs, device:
                                 "source_counts": counts})  # fmt: skip
 
 
-def _slices(scan: Scan, profile: Profile):
+def _slices(scan: Scan, profile: Profile) -> Slices:
     from harmonizing_flows.data.volume import load_volume, slice_volume
 
-    return slice_volume(load_volume(scan.subject.image, scan.subject.mask), profile.slices)
+    sliced = slice_volume(load_volume(scan.subject.image, scan.subject.mask), profile.slices)
+    if not len(sliced.brain_rows()):
+        raise InputError(scan.subject.image, "has no brain voxels (its mask is empty)")
+    return sliced
 
 
 # --------------------------------------------------------------------------------------------- participant
@@ -228,7 +263,7 @@ class _SiteModel:
     """The harmonizer used for one site's scans, and how it came to be."""
 
     folder: Path
-    harmonizer: Any
+    harmonizer: Harmonizer
     checksum: str
     kept_step: int | None
     reason: str
@@ -245,63 +280,98 @@ def participant(
     device: str | None = None,
     progress: bool = True,
     command: str = "",
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> list[Path]:
     """Adapt to each target site not adapted to yet, harmonize and score every T1w scan of the participants
     ``labels`` (all by default); returns the harmonized images written (not those done before).
 
     Raises:
-        InputError: As :func:`group`, a participant label that does not exist, an unreadable scan, or no source
-            model in ``OUT_DIR`` (run the group level first).
+        InputError: As :func:`group`, a participant label that does not exist, another site column than the
+            group level's, or no current source model in ``OUT_DIR`` (run the group level first).
     """
-    from harmonizing_flows.data.volume import check_volume
     from harmonizing_flows.method.distributed import resolve_device
     from harmonizing_flows.method.store import load_model
+    from harmonizing_flows.progress import progress_bar
 
     bids_dir, out = Path(bids_dir), Outputs(Path(out_dir))
     check_locations(bids_dir, out.root)
-    scans = read_scans(bids_dir, site_column)
-    chosen = select_participants(scans, labels, bids_dir)
-    if not (out.source_model / "model.json").is_file() or not out.reference.is_file():
+    settings = _group_settings(out, site_column)
+    scans = read_scans(bids_dir, settings["site_column"] if settings else site_column)
+    chosen = select_participants(scans, labels, bids_dir)  # the dataset's problems first, then the group level's
+    if settings is None:
         raise InputError(out.root, "holds no fitted source model; run the group level first: "
                                    f"hflow bids {bids_dir} {out.root} group --source-site SITE")  # fmt: skip
-    for scan in chosen:  # every header before anything is written
-        check_volume(scan.subject.image, scan.subject.mask)
+    source_checksum = _checksum(out.source_model / "harmonizer.safetensors")
+    reference = json.loads(out.reference.read_text(encoding="utf-8"))
+    if reference.get("model") != source_checksum:
+        raise InputError(out.reference, "was measured on another source model; run the group level again")
+    to_adapt = [s for s in sorted({s.site for s in chosen}) if s != settings["source_site"]
+                and not _adapted_from(out.site_model(s), s, source_checksum)]  # fmt: skip
+    _check_headers([*chosen, *(s for s in scans if s.site in to_adapt and s not in chosen)])
     model = load_model(out.source_model)
-    reference = Reference.from_json(json.loads(out.reference.read_text(encoding="utf-8")))
     resolved = resolve_device(device)
+    _remove_leftovers(out.root)
     write_description(out, bids_dir, command)
     models = {site: _site_model(site, model, scans, out, resolved, progress, log)
               for site in sorted({s.site for s in chosen})}  # fmt: skip
     flow = model.flow.to(resolved).eval()
     written = []
-    from harmonizing_flows.progress import progress_bar
-
     for scan in progress_bar(chosen, desc="harmonizing", unit="scan", enabled=progress):
-        site_model = models[scan.site]
-        sidecar = scan.output(out.root, "T1w.json")
-        if sidecar.is_file() and _done_with(sidecar, site_model.checksum):
-            continue
-        written.append(_harmonize_scan(scan, site_model, flow, model, reference, out, resolved))
-    rows = collect_rows(out.root)
-    write_qc_table(rows, out.qc_table)
+        if not _done(scan, out, models[scan.site].checksum):
+            written.append(_harmonize_scan(scan, models[scan.site], flow, model, Reference.from_json(reference),
+                                           out, resolved))  # fmt: skip
+    sidecars = current_sidecars(out, bids_dir, log)
+    write_qc_table([s["QC"] for s in sidecars.values()], out.qc_table)
     from harmonizing_flows.bids.report import write_reports
 
-    write_reports(out.root, sorted({s.participant for s in chosen}), model.source_site)
-    flagged = sum(bool(r["flagged"]) for r in rows)
+    write_reports(out.root, sidecars, sorted({s.participant for s in chosen}), model.source_site, reference)
+    flagged = sum(bool(s["QC"]["flagged"]) for s in sidecars.values())
     log(f"harmonized {len(written)} scan(s) ({len(chosen) - len(written)} done before); QC: {flagged} of "
-        f"{len(rows)} scan(s) flagged; table {out.qc_table}")  # fmt: skip
+        f"{len(sidecars)} scan(s) flagged; table {out.qc_table}")  # fmt: skip
     return written
 
 
-def _done_with(sidecar: Path, checksum: str) -> bool:
+def _group_settings(out: Outputs, site_column: str | None) -> dict[str, Any] | None:
+    """The group level's choices (None before it ran); a site column other than its own is refused, since the
+    sites would be named otherwise."""
+    if not (out.source_model / "model.json").is_file() or not out.reference.is_file() or not out.settings.is_file():
+        return None
+    settings = json.loads(out.settings.read_text(encoding="utf-8"))
+    if site_column is not None and site_column != settings["site_column"]:
+        raise InputError(out.settings, f"the group level named sites by column {settings['site_column']!r}, not "
+                                       f"{site_column!r}; give the same --site-column, or none")  # fmt: skip
+    return settings
+
+
+def _adapted_from(folder: Path, site: str, source_checksum: str) -> bool:
+    """Whether ``folder`` holds a model adapted to ``site`` from the current source model."""
+    try:
+        adapted = json.loads((folder / "model.json").read_text(encoding="utf-8"))["adaptation"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return adapted.get("source_model") == source_checksum and adapted.get("target_site") == site
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Delete the temporary files of an interrupted run (hidden files beside the outputs, never renamed)."""
+    for path in root.glob("sub-*/**/.*"):
+        if path.is_file() and path.name.endswith((".partial", ".nii.gz", ".nii", ".png")):
+            path.unlink()
+
+
+def _done(scan: Scan, out: Outputs, checksum: str) -> bool:
+    """Whether the scan's image and sidecar exist, made by the model with ``checksum``."""
+    sidecar = scan.output(out.root, "T1w.json")
+    if not sidecar.is_file() or not scan.output(out.root, "T1w.nii.gz").is_file():
+        return False
     try:
         return json.loads(sidecar.read_text(encoding="utf-8")).get("ModelChecksum") == checksum
     except (OSError, ValueError, AttributeError):
         return False
 
 
-def _site_model(site: str, model: Any, scans: Sequence[Scan], out: Outputs, device, progress: bool, log) -> _SiteModel:
+def _site_model(site: str, model: Model, scans: Sequence[Scan], out: Outputs, device: torch.device, progress: bool,
+                log: Log) -> _SiteModel:  # fmt: skip
     """The harmonizer for ``site``'s scans: the fitted one for the source site; for another site the adapted one,
     adapting now (on all of the site's scans in the dataset) if no earlier call did."""
     from harmonizing_flows.method.adaptation import adapt, choose_settings
@@ -311,34 +381,27 @@ def _site_model(site: str, model: Any, scans: Sequence[Scan], out: Outputs, devi
     if site == model.source_site:
         return _SiteModel(out.source_model, model.harmonizer, source_checksum, None, "source site: not adapted", None)
     folder = out.site_model(site)
-    document = folder / "model.json"
-    adapted = json.loads(document.read_text(encoding="utf-8")).get("adaptation", {}) if document.is_file() else {}
-    if adapted.get("source_model") != source_checksum or adapted.get("target_site") != site:
-        members = [s.subject for s in scans if s.site == site]
-        manifest = write_manifest(members, out.models / f"site-{site}_scans.csv")
-        log(f"adapting to site {site} on its {len(members)} scan(s) ...")
-        settings = choose_settings(model.profile.adapt)
-        adapt(out.source_model, manifest, folder, config=settings, site=site, device=str(device),
-              overwrite=folder.exists(), progress=progress)  # fmt: skip
-        _stamp_source(folder, source_checksum)
-        adapted = json.loads(document.read_text(encoding="utf-8"))["adaptation"]
-    else:
+    if _adapted_from(folder, site, source_checksum):
         log(f"site {site}: reusing the adapted model {folder}")
+    else:
+        members = [s.subject for s in scans if s.site == site]
+        manifest = out.scans_list(folder.name)
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        write_manifest(members, manifest)
+        log(f"adapting to site {site} on its {len(members)} scan(s) ...")
+        adapt(out.source_model, manifest, folder, config=choose_settings(model.profile.adapt), site=site,
+              device=str(device), overwrite=folder.exists(), progress=progress)  # fmt: skip
+        document = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+        document["adaptation"]["source_model"] = source_checksum  # a refitted source model invalidates it
+        write_text(folder / "model.json", json.dumps(document, indent=2) + "\n")
+    adapted = json.loads((folder / "model.json").read_text(encoding="utf-8"))["adaptation"]
     harmonizer, _, _ = load_harmonizer(folder)
     return _SiteModel(folder, harmonizer, _checksum(folder / "harmonizer.safetensors"), adapted.get("kept_step"),
                       adapted.get("reason", ""), adapted.get("guard"))  # fmt: skip
 
 
-def _stamp_source(folder: Path, checksum: str) -> None:
-    """Record in the adapted model which source model it came from, so a refitted source invalidates it."""
-    document = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    document["adaptation"]["source_model"] = checksum
-    write_text(folder / "model.json", json.dumps(document, indent=2) + "\n")
-
-
-def _harmonize_scan(
-    scan: Scan, site_model: _SiteModel, flow: Any, model: Any, reference: Reference, out: Outputs, device
-) -> Path:
+def _harmonize_scan(scan: Scan, site_model: _SiteModel, flow: torch.nn.Module, model: Model, reference: Reference,
+                    out: Outputs, device: torch.device) -> Path:  # fmt: skip
     """Harmonize, score and write one scan: the mosaic, the image, then the sidecar (last: it marks it done)."""
     from harmonizing_flows.bids.report import mosaic_figure
     from harmonizing_flows.data.volume import load_volume, save_nifti, slice_volume
@@ -346,9 +409,11 @@ def _harmonize_scan(
 
     volume = load_volume(scan.subject.image, scan.subject.mask)
     sliced = slice_volume(volume, model.profile.slices)
+    if not len(sliced.brain_rows()):
+        raise InputError(scan.subject.image, "has no brain voxels (its mask is empty)")
     harmonizer = site_model.harmonizer.to(device).eval()
     scores = score_scan(harmonizer, flow, sliced, device, seed=model.profile.seed)
-    session = next((p.removeprefix("ses-") for p in scan.relative.parts if p.startswith("ses-")), None)
+    session = scan.entities.get("ses")
     identity = {"participant_id": f"sub-{scan.participant}", "session_id": f"ses-{session}" if session else None,
                 "scan": scan.relative.as_posix(), "site": scan.site, "source_site": model.source_site}  # fmt: skip
     row = qc_row(identity, scores, reference, kept_step=site_model.kept_step, guard=site_model.guard)
@@ -360,12 +425,12 @@ def _harmonize_scan(
     image.header["descrip"] = f"harmonized by harmonizing-flows to {model.source_site}"[:79]
     path = scan.output(out.root, "T1w.nii.gz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_nifti(image, path, overwrite=True)  # a leftover of an interrupted run has no sidecar: replace it
+    save_nifti(image, path, overwrite=True)  # an image without its sidecar is a leftover: replaced
     _write_json(scan.output(out.root, "T1w.json"), _sidecar(scan, site_model, model, row, scores, out))
     return path
 
 
-def _sidecar(scan: Scan, site_model: _SiteModel, model: Any, row: dict, scores: ScanScores, out: Outputs) -> dict:
+def _sidecar(scan: Scan, site_model: _SiteModel, model: Model, row: dict, scores: ScanScores, out: Outputs) -> dict:
     return {
         "Description": "T1w image harmonized to the source site by harmonizing-flows (intensities on 0..255)",
         "Sources": [scan.bids_uri],
@@ -380,12 +445,25 @@ def _sidecar(scan: Scan, site_model: _SiteModel, model: Any, row: dict, scores: 
     }
 
 
-def collect_rows(root: Path) -> list[dict[str, Any]]:
-    """The QC rows of every harmonized scan in ``OUT_DIR`` (from the sidecars), in path order."""
-    rows = []
-    for sidecar in sorted(root.glob("sub-*/**/anat/*_desc-harmonized_T1w.json")):
+def current_sidecars(out: Outputs, bids_dir: Path, log: Log = print) -> dict[Path, dict[str, Any]]:
+    """The sidecars of every scan harmonized by a current model whose raw scan still exists, in path order: what
+    the QC table and the reports show. Sidecars of a replaced model or of a removed scan are left out (and
+    counted in the log)."""
+    models = [out.source_model, *out.models.glob("site-*/")]
+    current = {_checksum(m / "harmonizer.safetensors") for m in models if (m / "harmonizer.safetensors").is_file()}
+    found, stale = {}, 0
+    for path in sorted(out.root.glob("sub-*/**/anat/*_desc-harmonized_T1w.json")):
         try:
-            rows.append(json.loads(sidecar.read_text(encoding="utf-8"))["QC"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise InputError(sidecar, f"is not a sidecar this tool wrote ({exc}); remove it to redo its scan") from exc
-    return rows
+            sidecar = json.loads(path.read_text(encoding="utf-8"))
+            raw = bids_dir / sidecar["Sources"][0].removeprefix("bids:raw:")
+            keep = sidecar["ModelChecksum"] in current and raw.is_file() and "QC" in sidecar
+        except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise InputError(path, f"is not a sidecar this tool wrote ({exc}); remove it to redo its scan") from exc
+        if keep:
+            found[path] = sidecar
+        else:
+            stale += 1
+    if stale:
+        log(f"left out of the QC table and reports: {stale} scan(s) harmonized by a replaced model or removed from "
+            "the dataset (run the participant level on them to redo them)")  # fmt: skip
+    return found

@@ -53,6 +53,11 @@ class Scan:
         assert stem is not None and stem.endswith("_T1w")
         return stem[: -len("_T1w")]
 
+    @property
+    def entities(self) -> dict[str, str]:
+        """The file name's entities (``{"sub": "01", "ses": "1", "run": "2"}``)."""
+        return dict(part.split("-", 1) for part in self.prefix.split("_") if "-" in part)
+
     def output(self, out_dir: Path, suffix: str) -> Path:
         """A derivative of this scan: ``OUT_DIR/<the scan's folder>/<prefix>_desc-harmonized_<suffix>``."""
         return out_dir / self.relative.parent / f"{self.prefix}_desc-{DESC}_{suffix}"

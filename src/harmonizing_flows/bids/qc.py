@@ -18,6 +18,7 @@ A harmonized scan is flagged when
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harmonizing_flows.data.outputs import write_text
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.figures import level_counts
 from harmonizing_flows.method.distributed import stable_seed
@@ -87,7 +89,9 @@ class Reference:
         return cls(float(values.mean()), float(values.std(ddof=1)), tuple(scans), tuple(float(b) for b in bpd))
 
     def z(self, bpd: float) -> float:
-        return (bpd - self.mean) / self.sd if self.sd > 0 else math.copysign(math.inf, bpd - self.mean)
+        if self.sd > 0:
+            return (bpd - self.mean) / self.sd
+        return 0.0 if bpd == self.mean else math.copysign(math.inf, bpd - self.mean)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "scans": list(self.scans), "bpd": list(self.bpd)}
@@ -147,24 +151,24 @@ def qc_row(
     and the flag with its reasons."""
     z_before, z_after = reference.z(scores.bpd_before), reference.z(scores.bpd_after)
     reasons = []
-    if z_after > reference.z_flag:
+    if not z_after <= reference.z_flag:  # NaN too: a score that cannot be read is no pass
         limit = f"{reference.z_flag:g}"
         reasons.append(f"bpd after harmonization {z_after:.1f} source SDs above the source mean (limit {limit})")
     if guard:
         reasons.append(f"adaptation ended on a guard: {guard}")
-    quantiles = {f"p{round(q * 100):02d}_{when}": round(v, 2)
+    quantiles = {f"p{round(q * 100):02d}_{when}": _finite(v, 2)
                  for when, values in (("before", scores.quantiles_before), ("after", scores.quantiles_after))
                  for q, v in zip(QUANTILES, values, strict=True)}  # fmt: skip
     return {
         **scan,
-        "bpd_before": round(scores.bpd_before, 4),
-        "bpd_after": round(scores.bpd_after, 4),
-        "z_before": round(z_before, 2),
-        "z_after": round(z_after, 2),
-        "alpha_mean": round(scores.alpha_mean, 4),
-        "alpha_sd": round(scores.alpha_sd, 4),
-        "beta_mean": round(scores.beta_mean, 2),
-        "beta_sd": round(scores.beta_sd, 2),
+        "bpd_before": _finite(scores.bpd_before, 4),
+        "bpd_after": _finite(scores.bpd_after, 4),
+        "z_before": _finite(z_before, 2),
+        "z_after": _finite(z_after, 2),
+        "alpha_mean": _finite(scores.alpha_mean, 4),
+        "alpha_sd": _finite(scores.alpha_sd, 4),
+        "beta_mean": _finite(scores.beta_mean, 2),
+        "beta_sd": _finite(scores.beta_sd, 2),
         **quantiles,
         "kept_step": kept_step,
         "guard": guard or "",
@@ -173,16 +177,19 @@ def qc_row(
     }
 
 
+def _finite(value: float, digits: int) -> float | None:
+    """``value`` rounded, or None (JSON null, ``n/a`` in the table) when it is not a finite number."""
+    return round(value, digits) if math.isfinite(value) else None
+
+
 def write_qc_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Write the QC rows as a BIDS-style TSV (``n/a`` for missing values), atomically."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(QC_COLUMNS)
-        for row in rows:
-            writer.writerow(["n/a" if row.get(c) in (None, "") else _cell(row[c]) for c in QC_COLUMNS])
-    tmp.replace(path)
-    return path
+    text = io.StringIO()
+    writer = csv.writer(text, delimiter="\t", lineterminator="\n")
+    writer.writerow(QC_COLUMNS)
+    for row in rows:
+        writer.writerow(["n/a" if row.get(c) in (None, "") else _cell(row[c]) for c in QC_COLUMNS])
+    return write_text(path, text.getvalue())
 
 
 def _cell(value: Any) -> str:

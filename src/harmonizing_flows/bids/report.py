@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -59,10 +58,15 @@ def mosaic_figure(sliced: Slices, harmonized: np.ndarray, path: Path, *, title: 
     return slice_table(table, path, title=title, plane=plane)
 
 
-def write_reports(root: Path, participants: Sequence[str], source_site: str | None) -> list[Path]:
-    """Write ``sub-X.html`` for each of ``participants`` and ``report.html`` for every scan in ``root``."""
-    sidecars = _sidecars(root)
-    reference = json.loads((root / "models" / "qc_reference.json").read_text(encoding="utf-8"))
+def write_reports(
+    root: Path,
+    sidecars: Mapping[Path, dict[str, Any]],
+    participants: Sequence[str],
+    source_site: str | None,
+    reference: Mapping[str, Any],
+) -> list[Path]:
+    """Write ``sub-X.html`` for each of ``participants`` and ``report.html`` over every scan of ``sidecars``
+    (path -> sidecar of each harmonized scan to show; ``reference``: ``models/qc_reference.json``)."""
     source_counts = np.asarray(reference["source_counts"])
     source = f"source ({source_site})"
     written = []
@@ -72,24 +76,14 @@ def write_reports(root: Path, participants: Sequence[str], source_site: str | No
         site_sections = {site: _site_section(root, site, sidecars, source_counts, source, figures) for site in sites}
         for label in participants:
             own = {p: s for p, s in sidecars.items() if s["QC"]["participant_id"] == f"sub-{label}"}
-            body = [_table(own, root, links=False)]
-            for site in sorted({s["TargetSite"] for s in own.values()}):
-                body.append(site_sections[site])
+            body = [_table(own, links=False)]
+            body.extend(site_sections[site] for site in sorted({s["TargetSite"] for s in own.values()}))
             body.extend(_scan_section(p, s) for p, s in own.items())
             written.append(_page(root / f"sub-{label}.html", f"sub-{label}", source_site, reference, body))
-        summary = _summary(sidecars)
-        body = [summary, _table(sidecars, root, links=True), *site_sections.values()]
-        body.append("<h2>Every scan</h2>")
+        body = [_summary(sidecars), _table(sidecars, links=True), *site_sections.values(), "<h2>Every scan</h2>"]
         body.extend(_scan_section(p, s) for p, s in sidecars.items())
         written.append(_page(root / "report.html", "all participants", source_site, reference, body))
     return written
-
-
-def _sidecars(root: Path) -> dict[Path, dict[str, Any]]:
-    found = {}
-    for path in sorted(root.glob("sub-*/**/anat/*_desc-harmonized_T1w.json")):
-        found[path] = json.loads(path.read_text(encoding="utf-8"))
-    return found
 
 
 class _Figures:
@@ -154,7 +148,7 @@ def _summary(sidecars: Mapping[Path, dict]) -> str:
     )
 
 
-def _table(sidecars: Mapping[Path, dict], root: Path, *, links: bool) -> str:
+def _table(sidecars: Mapping[Path, dict], *, links: bool) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in _SHOWN)
     lines = [f"<h2>Quality control</h2><table><tr>{head}</tr>"]
     for sidecar in sidecars.values():
@@ -180,7 +174,7 @@ def _table(sidecars: Mapping[Path, dict], root: Path, *, links: bool) -> str:
     return "\n".join(lines)
 
 
-def _page(path: Path, who: str, source_site: str | None, reference: dict, body: Sequence[str]) -> Path:
+def _page(path: Path, who: str, source_site: str | None, reference: Mapping[str, Any], body: Sequence[str]) -> Path:
     made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>harmonizing-flows: {html.escape(who)}</title>

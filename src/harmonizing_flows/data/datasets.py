@@ -346,11 +346,14 @@ def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]
             raise InputError(table, "participants.tsv lists no participants")
         if "participant_id" not in rows[0]:
             raise InputError(table, "participants.tsv has no participant_id column")
-    column = _site_column(rows[0] if rows else {}, site_column)
-    if site_column is not None and column is None and not _any_sessions_column(root, site_column):
+    sessions_tables = {t.parent.name: _read_tsv(t) for t in sorted(root.glob("sub-*/sub-*_sessions.tsv"))}
+    headers = [rows[0] if rows else {}] + [t[0] for t in sessions_tables.values() if t]
+    column = _site_column(headers, site_column)  # one name for every table, so none silently uses another
+    if site_column is not None and column is None:
         where = table if table.is_file() else root
         raise InputError(where, f"has no column {site_column!r} (has: {', '.join(rows[0]) if rows else 'none'})")
-    sites = {(r.get("participant_id") or "").strip(): _value(r.get(column)) for r in rows} if column else {}
+    in_participants = _lookup(rows[0], column) if rows and column else None
+    sites = {(r.get("participant_id") or "").strip(): _value(r.get(in_participants)) for r in rows}
     splits = _bids_splits(table, rows) if rows else {}
     listed = {(r.get("participant_id") or "").strip() for r in rows}
 
@@ -360,15 +363,16 @@ def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]
         sub = sub_dir.name
         if rows and sub not in listed:
             raise InputError(table, f"does not list {sub}, which has a folder in {root}")
-        sessions = _session_sites(sub_dir, site_column)
+        sessions = _session_sites(sessions_tables.get(sub, []), column)
         for image in sorted(sub_dir.glob("**/anat/*_T1w.nii*")):
             stem = strip_volume_suffix(image.name)
             assert stem is not None
             prefix = stem[: -len("_T1w")]
             entities = _bids_entities(prefix)
             site = sessions.get(entities.get("ses", "")) or sites.get(sub)
-            if column and not site:
-                raise InputError(table, f"{sub} has no site in column {column!r}")
+            if column and not site:  # a site column exists: every scan takes its site from the tables
+                where = table if in_participants else sub_dir / f"{sub}_sessions.tsv"
+                raise InputError(where, f"{sub} has no site in column {column!r}")
             site = site or _scanner_site(image, root, table)
             rel_dir = image.parent.relative_to(root)
             search = [image.parent] + [d / rel_dir for d in derivatives]
@@ -395,28 +399,29 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
         raise InputError(path, f"cannot be read as a tab-separated table ({exc})") from exc
 
 
-def _site_column(header: Iterable[str], site_column: str | None) -> str | None:
-    """The site column of a table's header: ``site_column`` if it has it, else the first usual name it has."""
-    columns = {c.lower(): c for c in header}
-    if site_column is not None:
-        return site_column if site_column in columns.values() else None
-    return next((columns[c] for c in _SITE_COLUMNS if c in columns), None)
+def _lookup(header: Iterable[str], name: str) -> str | None:
+    """The column of ``header`` named ``name``, ignoring case."""
+    return next((c for c in header if c.lower() == name.lower()), None)
 
 
-def _any_sessions_column(root: Path, site_column: str) -> bool:
-    return any(site_column in (_read_tsv(t)[:1] or [{}])[0] for t in root.glob("sub-*/sub-*_sessions.tsv"))
+def _site_column(headers: Sequence[Iterable[str]], site_column: str | None) -> str | None:
+    """The site column's name: ``site_column`` if some table has it, else the first usual name that one has
+    (participants.tsv first, then the sessions tables)."""
+    names = [site_column] if site_column is not None else list(_SITE_COLUMNS)
+    for name in names:
+        if any(_lookup(header, name) for header in headers):
+            return name
+    return None
 
 
-def _session_sites(sub_dir: Path, site_column: str | None) -> dict[str, str]:
-    """Session label -> site from ``sub-X/sub-X_sessions.tsv``'s site column (empty without one)."""
-    table = sub_dir / f"{sub_dir.name}_sessions.tsv"
-    rows = _read_tsv(table) if table.is_file() else []
-    column = _site_column(rows[0], site_column) if rows else None
-    if column is None or "session_id" not in rows[0]:
+def _session_sites(rows: Sequence[dict[str, str]], column: str | None) -> dict[str, str]:
+    """Session label -> site from a ``sub-X_sessions.tsv``'s rows (empty without the column)."""
+    found = _lookup(rows[0], column) if rows and column else None
+    if found is None or "session_id" not in rows[0]:
         return {}
     sites = {}
     for r in rows:
-        session, site = (r.get("session_id") or "").strip(), _value(r.get(column))
+        session, site = (r.get("session_id") or "").strip(), _value(r.get(found))
         if site:
             sites[session.removeprefix("ses-")] = site
     return sites
