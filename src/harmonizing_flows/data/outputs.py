@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["check_location", "publish_folder", "usual_mode", "write_text"]
+__all__ = ["check_location", "publish_folder", "usual_mode", "write_file", "write_text"]
 
 
 def check_location(out: str | Path) -> None:
@@ -63,16 +64,22 @@ def publish_folder(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (a temporary sibling renamed into place), with the usual permissions."""
+def write_file(path: str | Path, write: Callable[[str], object], *, suffix: str = ".partial") -> Path:
+    """Write a file atomically: ``write(tmp)`` fills a hidden temporary sibling (named ``.NAME.*SUFFIX``), which
+    gets the usual permissions and is then renamed into place; on any failure it is removed."""
     path = Path(path)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
+        write(name)
         usual_mode(name)
         os.replace(name, path)
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (see :func:`write_file`)."""
+    return write_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

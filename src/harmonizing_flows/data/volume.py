@@ -15,8 +15,6 @@ row is superior, for axial slices the top row is anterior.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +26,7 @@ from nibabel import orientations
 
 from harmonizing_flows.config import SliceAxis, SliceConfig
 from harmonizing_flows.data.labels import to_classes
-from harmonizing_flows.data.outputs import usual_mode
+from harmonizing_flows.data.outputs import write_file
 from harmonizing_flows.data.resample import conformed_grid, needs_resampling, resample_array
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.data.subject import Subject
@@ -638,14 +636,5 @@ def save_nifti(image: nib.Nifti1Image, path: str | Path, *, overwrite: bool = Fa
     if path.exists() and not overwrite:
         raise OutputExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        usual_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"  # nibabel compresses by the suffix
+    return write_file(path, lambda tmp: nib.save(image, tmp), suffix=suffix)
