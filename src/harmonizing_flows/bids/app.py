@@ -35,6 +35,7 @@ from harmonizing_flows.config import SplitConfig
 from harmonizing_flows.data.datasets import Subject, split_subjects, write_manifest
 from harmonizing_flows.data.outputs import write_text
 from harmonizing_flows.data.slices import Slices
+from harmonizing_flows.data.volume import Volume
 from harmonizing_flows.errors import InputError, OutputExistsError, system_errors
 from harmonizing_flows.method.harmonizer import Harmonizer
 from harmonizing_flows.method.store import Model
@@ -198,7 +199,7 @@ def group(
     _write_json(out.settings, {"source_site": source_site, "site_column": site_column})
     checksum = _checksum(out.source_model / "harmonizer.safetensors")
     if not out.reference.is_file() or json.loads(out.reference.read_text(encoding="utf-8")).get("model") != checksum:
-        _measure_reference(load_model(out.source_model), source, out, device, progress)
+        _measure_reference(load_model(out.source_model), checksum, source, out, device, progress)
     write_description(out, bids_dir, command)
     return out.source_model
 
@@ -225,7 +226,9 @@ def _split(source: Sequence[Scan]) -> list[Subject]:
     return split_subjects([s.subject for s in source], SplitConfig(fractions=(1.0 - val, val, 0.0)), keep=False)
 
 
-def _measure_reference(model: Model, source: Sequence[Scan], out: Outputs, device: str | None, progress: bool) -> None:
+def _measure_reference(
+    model: Model, checksum: str, source: Sequence[Scan], out: Outputs, device: str | None, progress: bool
+) -> None:
     """Score the source validation scans through the fitted harmonizer: the QC reference."""
     from harmonizing_flows.method.distributed import resolve_device
     from harmonizing_flows.progress import progress_bar
@@ -236,23 +239,24 @@ def _measure_reference(model: Model, source: Sequence[Scan], out: Outputs, devic
     harmonizer, flow = model.harmonizer.to(resolved).eval(), model.flow.to(resolved).eval()
     names, bpd, counts = [], [], np.zeros(256, dtype=np.int64)
     for scan in progress_bar(scans, desc="QC reference", unit="scan", enabled=progress):
-        scores = score_scan(harmonizer, flow, _slices(scan, model.profile), resolved, seed=model.profile.seed)
+        scores = score_scan(harmonizer, flow, _read(scan, model.profile)[1], resolved, seed=model.profile.seed)
         names.append(scan.subject.subject)
         bpd.append(scores.bpd_after)
         counts += scores.counts_before
     reference = Reference.from_scores(names, bpd)
-    _write_json(out.reference, {**reference.to_json(), "source_site": model.source_site,
-                                "model": _checksum(out.source_model / "harmonizer.safetensors"),
+    _write_json(out.reference, {**reference.to_json(), "source_site": model.source_site, "model": checksum,
                                 "source_counts": counts})  # fmt: skip
 
 
-def _slices(scan: Scan, profile: Profile) -> Slices:
+def _read(scan: Scan, profile: Profile) -> tuple[Volume, Slices]:
+    """A scan's volume (decoded once) and its slices on the model's grid; an empty brain is refused."""
     from harmonizing_flows.data.volume import load_volume, slice_volume
 
-    sliced = slice_volume(load_volume(scan.subject.image, scan.subject.mask), profile.slices)
+    volume = load_volume(scan.subject.image, scan.subject.mask)
+    sliced = slice_volume(volume, profile.slices)
     if not len(sliced.brain_rows()):
         raise InputError(scan.subject.image, "has no brain voxels (its mask is empty)")
-    return sliced
+    return volume, sliced
 
 
 # --------------------------------------------------------------------------------------------- participant
@@ -312,7 +316,7 @@ def participant(
     resolved = resolve_device(device)
     _remove_leftovers(out.root)
     write_description(out, bids_dir, command)
-    models = {site: _site_model(site, model, scans, out, resolved, progress, log)
+    models = {site: _site_model(site, model, source_checksum, scans, out, resolved, progress, log)
               for site in sorted({s.site for s in chosen})}  # fmt: skip
     flow = model.flow.to(resolved).eval()
     written = []
@@ -370,14 +374,13 @@ def _done(scan: Scan, out: Outputs, checksum: str) -> bool:
         return False
 
 
-def _site_model(site: str, model: Model, scans: Sequence[Scan], out: Outputs, device: torch.device, progress: bool,
-                log: Log) -> _SiteModel:  # fmt: skip
+def _site_model(site: str, model: Model, source_checksum: str, scans: Sequence[Scan], out: Outputs,
+                device: torch.device, progress: bool, log: Log) -> _SiteModel:  # fmt: skip
     """The harmonizer for ``site``'s scans: the fitted one for the source site; for another site the adapted one,
     adapting now (on all of the site's scans in the dataset) if no earlier call did."""
     from harmonizing_flows.method.adaptation import adapt, choose_settings
     from harmonizing_flows.method.store import load_harmonizer
 
-    source_checksum = _checksum(out.source_model / "harmonizer.safetensors")
     if site == model.source_site:
         return _SiteModel(out.source_model, model.harmonizer, source_checksum, None, "source site: not adapted", None)
     folder = out.site_model(site)
@@ -404,13 +407,10 @@ def _harmonize_scan(scan: Scan, site_model: _SiteModel, flow: torch.nn.Module, m
                     out: Outputs, device: torch.device) -> Path:  # fmt: skip
     """Harmonize, score and write one scan: the mosaic, the image, then the sidecar (last: it marks it done)."""
     from harmonizing_flows.bids.report import mosaic_figure
-    from harmonizing_flows.data.volume import load_volume, save_nifti, slice_volume
+    from harmonizing_flows.data.volume import save_nifti
     from harmonizing_flows.harmonize import harmonize_volume
 
-    volume = load_volume(scan.subject.image, scan.subject.mask)
-    sliced = slice_volume(volume, model.profile.slices)
-    if not len(sliced.brain_rows()):
-        raise InputError(scan.subject.image, "has no brain voxels (its mask is empty)")
+    volume, sliced = _read(scan, model.profile)
     harmonizer = site_model.harmonizer.to(device).eval()
     scores = score_scan(harmonizer, flow, sliced, device, seed=model.profile.seed)
     session = scan.entities.get("ses")

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harmonizing_flows.data.datasets import Subject, read_bids, strip_volume_suffix
+from harmonizing_flows.data.datasets import Subject, bids_entities, read_bids, strip_volume_suffix
 from harmonizing_flows.errors import InputError
 
 __all__ = ["Scan", "check_locations", "read_scans", "select_participants"]
@@ -56,7 +56,7 @@ class Scan:
     @property
     def entities(self) -> dict[str, str]:
         """The file name's entities (``{"sub": "01", "ses": "1", "run": "2"}``)."""
-        return dict(part.split("-", 1) for part in self.prefix.split("_") if "-" in part)
+        return bids_entities(self.prefix)
 
     def output(self, out_dir: Path, suffix: str) -> Path:
         """A derivative of this scan: ``OUT_DIR/<the scan's folder>/<prefix>_desc-harmonized_<suffix>``."""

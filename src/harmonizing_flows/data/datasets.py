@@ -47,6 +47,7 @@ __all__ = [
     "NOT_AN_IMAGE",
     "SCANNER_FIELDS",
     "Subject",
+    "bids_entities",
     "bids_sidecar",
     "file_fingerprint",
     "folder_images",
@@ -316,7 +317,8 @@ def read_site_folders(root: str | Path) -> list[Subject]:
 _DERIVATIVE_ENTITIES = {"space", "desc", "res", "den", "label"}
 
 
-def _bids_entities(name: str) -> dict[str, str]:
+def bids_entities(name: str) -> dict[str, str]:
+    """A BIDS file name's entities (``sub-01_ses-1_T1w`` -> ``{"sub": "01", "ses": "1"}``)."""
     return dict(part.split("-", 1) for part in name.split("_") if "-" in part)
 
 
@@ -368,7 +370,7 @@ def read_bids(root: str | Path, site_column: str | None = None) -> list[Subject]
             stem = strip_volume_suffix(image.name)
             assert stem is not None
             prefix = stem[: -len("_T1w")]
-            entities = _bids_entities(prefix)
+            entities = bids_entities(prefix)
             site = sessions.get(entities.get("ses", "")) or sites.get(sub)
             if column and not site:  # a site column exists: every scan takes its site from the tables
                 where = table if in_participants else sub_dir / f"{sub}_sessions.tsv"
@@ -437,14 +439,14 @@ def bids_sidecar(image: Path, root: Path) -> dict[str, object]:
     stem = strip_volume_suffix(image.name)
     assert stem is not None
     suffix = stem.rsplit("_", 1)[-1]
-    entities = _bids_entities(stem)
+    entities = bids_entities(stem)
     folders = [root, *[root / Path(*image.parent.relative_to(root).parts[:n]) for n in range(1, 4)]]
     fields: dict[str, object] = {}
     for folder in dict.fromkeys(f for f in folders if f.is_dir() and image.parent.is_relative_to(f)):
         for sidecar in sorted(folder.glob(f"*{suffix}.json"), key=lambda p: len(p.name)):
             if sidecar.name.rsplit("_", 1)[-1] != f"{suffix}.json" and sidecar.name != f"{suffix}.json":
                 continue
-            if _bids_entities(sidecar.name[: -len(".json")]).items() <= entities.items():
+            if bids_entities(sidecar.name[: -len(".json")]).items() <= entities.items():
                 try:
                     loaded = json.loads(sidecar.read_text(encoding="utf-8"))
                 except (OSError, ValueError) as exc:
