@@ -122,6 +122,8 @@ def test_fit_adapt_harmonize_from_the_command_line(simulated, tmp_path):
     )
     assert fit.exit_code == 0, fit.output
     assert "fitted on site mprage-3t" in fit.stdout and "source validation bpd" in fit.stdout
+    assert "flow adequacy: brain bpd" in fit.stdout  # one epoch: not adequate, and it says so
+    assert "warning: the flow is not adequate" in fit.stderr
     adapt = runner.invoke(
         app,
         [

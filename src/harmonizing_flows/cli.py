@@ -225,10 +225,15 @@ def fit(
     if folder is not None:
         meta = json.loads((folder / "model.json").read_text())
         bpd = meta["source_bpd"]
+        adequacy = meta["flow_adequacy"]
         typer.echo(
             f"fitted on site {meta['source_site']} in {meta['training']['seconds']:.0f} s; "
-            f"source validation bpd {bpd['all_pixels']:.3f} (brain only {bpd['brain_only']:.3f})\n  model: {folder}"
+            f"source validation bpd {bpd['all_pixels']:.3f} (brain only {bpd['brain_only']:.3f})\n"
+            f"  flow adequacy: brain bpd {adequacy['brain_bpd']:.2f}, AUROC source vs augmented "
+            f"{adequacy['auroc_augmented']:.2f}\n  model: {folder}"
         )
+        for problem in adequacy["problems"]:
+            typer.secho(f"warning: the flow is not adequate: {problem}", err=True, fg=typer.colors.YELLOW)
 
 
 @app.command()

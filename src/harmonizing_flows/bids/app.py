@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from harmonizing_flows import __version__
+from harmonizing_flows.bids.image_quality import image_quality
 from harmonizing_flows.bids.layout import Scan, check_locations, read_scans, select_participants
-from harmonizing_flows.bids.qc import Reference, ScanScores, qc_row, score_scan, write_qc_table
+from harmonizing_flows.bids.qc import Reference, ScanScores, qc_row, score_scan, site_outliers, write_qc_table
 from harmonizing_flows.config import SplitConfig
 from harmonizing_flows.data.datasets import Subject, split_subjects, write_manifest
 from harmonizing_flows.data.outputs import write_text
@@ -324,7 +325,7 @@ def participant(
         if not _done(scan, out, models[scan.site].checksum):
             written.append(_harmonize_scan(scan, models[scan.site], flow, model, Reference.from_json(reference),
                                            out, resolved))  # fmt: skip
-    sidecars = current_sidecars(out, bids_dir, log)
+    sidecars = _with_site_outliers(current_sidecars(out, bids_dir, log), Reference.from_json(reference).z_flag)
     write_qc_table([s["QC"] for s in sidecars.values()], out.qc_table)
     from harmonizing_flows.bids.report import write_reports
 
@@ -416,7 +417,9 @@ def _harmonize_scan(scan: Scan, site_model: _SiteModel, flow: torch.nn.Module, m
     session = scan.entities.get("ses")
     identity = {"participant_id": f"sub-{scan.participant}", "session_id": f"ses-{session}" if session else None,
                 "scan": scan.relative.as_posix(), "site": scan.site, "source_site": model.source_site}  # fmt: skip
-    row = qc_row(identity, scores, reference, kept_step=site_model.kept_step, guard=site_model.guard)
+    row = qc_row(
+        identity, scores, reference, image_quality(volume), kept_step=site_model.kept_step, guard=site_model.guard
+    )
     figure = scan.figure(out.root)
     figure.parent.mkdir(parents=True, exist_ok=True)
     mosaic_figure(sliced, scores.harmonized, figure, title=f"{scan.relative.name}: {scan.site} -> "
@@ -443,6 +446,17 @@ def _sidecar(scan: Scan, site_model: _SiteModel, model: Model, row: dict, scores
         "Histogram": {"before": scores.counts_before, "after": scores.counts_after},
         "Mosaic": Path(os.path.relpath(scan.figure(out.root), scan.output(out.root, "T1w.json").parent)).as_posix(),
     }
+
+
+def _with_site_outliers(sidecars: dict[Path, dict[str, Any]], z_flag: float) -> dict[Path, dict[str, Any]]:
+    """The sidecars with their QC rows' within-site scores recomputed over every current scan; a sidecar whose row
+    changed is rewritten (atomically), so that it and the table agree."""
+    rows = site_outliers([s["QC"] for s in sidecars.values()], z_flag)
+    for (path, sidecar), row in zip(sidecars.items(), rows, strict=True):
+        if row != sidecar["QC"]:
+            sidecar["QC"] = row
+            _write_json(path, sidecar)
+    return sidecars
 
 
 def current_sidecars(out: Outputs, bids_dir: Path, log: Log = print) -> dict[Path, dict[str, Any]]:

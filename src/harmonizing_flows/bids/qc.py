@@ -10,9 +10,15 @@ A harmonized scan is flagged when
 
 * its z-score after harmonization exceeds :data:`Z_FLAG` (3: the three-sigma outlier rule, fixed before any scan
   was scored; with the three or more validation scans the app requires, the standard deviation is rough, so the
-  flag is a prompt to look at the scan in the report, not a verdict), or
+  flag is a prompt to look at the scan in the report, not a verdict),
 * adaptation to its site ended on a guard (the harmonizer's contrast or intensity collapsed, so an earlier step
-  was kept).
+  was kept), or
+* the raw scan is an outlier among its own site's scans in noise or bias field
+  (:mod:`~harmonizing_flows.bids.image_quality`): faults the harmonizer can hide from the flow.
+
+The flag is derived from a row's own (rounded) values by one function, so the table, the sidecars and the reports
+agree, and anyone can recompute it from the TSV. The within-site scores change when a site gains scans, so every
+``participant`` call recomputes them over all the scans harmonized so far.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harmonizing_flows.bids.image_quality import MEASURES, SITE_Z_FLAG, ImageQuality, site_z_scores
 from harmonizing_flows.data.outputs import write_text
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.figures import level_counts
@@ -35,7 +42,17 @@ from harmonizing_flows.method.distributed import stable_seed
 from harmonizing_flows.method.flow import Flow
 from harmonizing_flows.method.harmonizer import Harmonizer
 
-__all__ = ["QC_COLUMNS", "Z_FLAG", "Reference", "ScanScores", "qc_row", "score_scan", "write_qc_table"]
+__all__ = [
+    "QC_COLUMNS",
+    "Z_FLAG",
+    "Reference",
+    "ScanScores",
+    "flag_reasons",
+    "qc_row",
+    "score_scan",
+    "site_outliers",
+    "write_qc_table",
+]
 
 Z_FLAG = 3.0
 """A harmonized scan whose bpd lies more than this many source standard deviations above the source mean is
@@ -47,7 +64,8 @@ QUANTILES = (0.05, 0.5, 0.95)
 QC_COLUMNS = (
     "participant_id", "session_id", "scan", "site", "source_site", "bpd_before", "bpd_after", "z_before", "z_after",
     "alpha_mean", "alpha_sd", "beta_mean", "beta_sd", "p05_before", "p50_before", "p95_before", "p05_after",
-    "p50_after", "p95_after", "kept_step", "guard", "flagged", "flag_reasons",
+    "p50_after", "p95_after", "noise_ratio", "bias_spread", "noise_ratio_z", "bias_spread_z", "kept_step", "guard",
+    "flagged", "flag_reasons",
 )  # fmt: skip
 """The columns of ``group_T1w_qc.tsv``, in order (documented in ``docs/bids.md``)."""
 
@@ -145,21 +163,22 @@ def score_scan(
 
 
 def qc_row(
-    scan: Mapping[str, str], scores: ScanScores, reference: Reference, *, kept_step: int | None, guard: str | None
+    scan: Mapping[str, str],
+    scores: ScanScores,
+    reference: Reference,
+    quality: ImageQuality,
+    *,
+    kept_step: int | None,
+    guard: str | None,
 ) -> dict[str, Any]:
-    """One QC table row: ``scan`` (participant_id, session_id, scan, site, source_site), the scores, the z-scores
-    and the flag with its reasons."""
+    """One QC table row: ``scan`` (participant_id, session_id, scan, site, source_site), the scores, the z-scores,
+    the image quality measures and the flag with its reasons. The within-site z-scores are left empty: they need
+    the site's other scans (:func:`site_outliers`)."""
     z_before, z_after = reference.z(scores.bpd_before), reference.z(scores.bpd_after)
-    reasons = []
-    if not z_after <= reference.z_flag:  # NaN too: a score that cannot be read is no pass
-        limit = f"{reference.z_flag:g}"
-        reasons.append(f"bpd after harmonization {z_after:.1f} source SDs above the source mean (limit {limit})")
-    if guard:
-        reasons.append(f"adaptation ended on a guard: {guard}")
     quantiles = {f"p{round(q * 100):02d}_{when}": _finite(v, 2)
                  for when, values in (("before", scores.quantiles_before), ("after", scores.quantiles_after))
                  for q, v in zip(QUANTILES, values, strict=True)}  # fmt: skip
-    return {
+    row = {
         **scan,
         "bpd_before": _finite(scores.bpd_before, 4),
         "bpd_after": _finite(scores.bpd_after, 4),
@@ -170,11 +189,47 @@ def qc_row(
         "beta_mean": _finite(scores.beta_mean, 2),
         "beta_sd": _finite(scores.beta_sd, 2),
         **quantiles,
+        "noise_ratio": _finite(quality.noise_ratio, 5),
+        "bias_spread": _finite(quality.bias_spread, 4),
+        "noise_ratio_z": None,
+        "bias_spread_z": None,
         "kept_step": kept_step,
         "guard": guard or "",
-        "flagged": bool(reasons),
-        "flag_reasons": "; ".join(reasons),
     }
+    reasons = flag_reasons(row, reference.z_flag)
+    return {**row, "flagged": bool(reasons), "flag_reasons": "; ".join(reasons)}
+
+
+def flag_reasons(row: Mapping[str, Any], z_flag: float) -> list[str]:
+    """Why a QC row is flagged (empty: it is not), from the row's own values; ``z_flag`` is the reference's."""
+    reasons = []
+    z_after = row.get("z_after")
+    if z_after is None or not z_after <= z_flag:  # a score that cannot be read is no pass
+        shown = "unreadable" if z_after is None else f"{z_after:.1f} source SDs above the source mean"
+        reasons.append(f"bpd after harmonization {shown} (limit {z_flag:g})")
+    if row.get("guard"):
+        reasons.append(f"adaptation ended on a guard: {row['guard']}")
+    for measure, what in zip(MEASURES, ("noise", "bias field"), strict=True):
+        z = row.get(f"{measure}_z")
+        if z is not None and z > SITE_Z_FLAG:
+            reasons.append(f"{what} {measure} an outlier among the site's scans (modified z {z:.1f}, limit "
+                           f"{SITE_Z_FLAG:g})")  # fmt: skip
+    return reasons
+
+
+def site_outliers(rows: Sequence[Mapping[str, Any]], z_flag: float) -> list[dict[str, Any]]:
+    """``rows`` (QC rows of every scan harmonized so far) with their within-site z-scores and flags recomputed
+    over each site's scans; columns in :data:`QC_COLUMNS` order."""
+    scores = {m: site_z_scores(rows, m) for m in MEASURES}
+    updated = []
+    for i, row in enumerate(rows):
+        new = {c: row.get(c) for c in QC_COLUMNS}
+        for measure in MEASURES:
+            new[f"{measure}_z"] = _finite(scores[measure][i], 2) if scores[measure][i] is not None else None
+        reasons = flag_reasons(new, z_flag)
+        new["flagged"], new["flag_reasons"] = bool(reasons), "; ".join(reasons)
+        updated.append(new)
+    return updated
 
 
 def _finite(value: float, digits: int) -> float | None:

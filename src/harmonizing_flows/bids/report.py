@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from harmonizing_flows import __version__
+from harmonizing_flows.bids.image_quality import SITE_Z_FLAG
 from harmonizing_flows.bids.qc import QC_COLUMNS, Z_FLAG
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.figures import histogram_panels, slice_table
@@ -30,8 +31,8 @@ __all__ = ["mosaic_figure", "write_reports"]
 
 MOSAIC_SLICES = 5
 """Slices per scan in a mosaic, evenly spaced over the brain."""
-_SHOWN = ("scan", "site", "bpd_before", "bpd_after", "z_before", "z_after", "alpha_mean", "p50_before", "p50_after",
-          "kept_step", "flagged", "flag_reasons")  # fmt: skip
+_SHOWN = ("scan", "site", "bpd_before", "bpd_after", "z_before", "z_after", "p50_before", "p50_after",
+          "noise_ratio_z", "bias_spread_z", "kept_step", "flagged", "flag_reasons")  # fmt: skip
 
 _CELL_CLASS = {"flagged": "text flag", "flag_reasons": "text flag", "scan": "text", "site": "text"}
 _STYLE = """
@@ -167,8 +168,10 @@ def _table(sidecars: Mapping[Path, dict], *, links: bool) -> str:
     lines.append("</table>")
     lines.append(
         f'<p class="note">bpd: bits per brain pixel under the source model\'s flow (lower is more source-like); z: '
-        f"distance from the source validation scans' mean in their standard deviations; a scan is flagged when "
-        f"z after exceeds {Z_FLAG:g} or its site's adaptation ended on a guard. All columns "
+        f"distance from the source validation scans' mean in their standard deviations; noise_ratio_z and "
+        f"bias_spread_z: the raw scan's noise and bias field as modified z-scores among its own site's scans. A "
+        f"scan is flagged when z after exceeds {Z_FLAG:g}, its site's adaptation ended on a guard, or its noise "
+        f"or bias z exceeds {SITE_Z_FLAG:g}. All columns "
         f"({', '.join(QC_COLUMNS)}) are in group_T1w_qc.tsv.</p>"
     )
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from torch import nn
 from harmonizing_flows.data.prepare import read_site
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.errors import ConfigError, system_errors
+from harmonizing_flows.method.adequacy import flow_adequacy
 from harmonizing_flows.method.augment import FlowNegatives, HarmonizerAugmentation
 from harmonizing_flows.method.distributed import Context, setup, stable_seed
 from harmonizing_flows.method.flow import Flow, guided_loss
@@ -227,6 +228,7 @@ def fit_model(
             "axis": profile.slices.axis,
         },
         "source_bpd": source_bpd(model.flow, val, ctx.device, seed=profile.seed),
+        "flow_adequacy": flow_adequacy(model.flow, val, profile.augment, ctx.device, seed=profile.seed).to_json(),
         "training": {
             "harmonizer": harmonizer_history,
             "flow": flow_history,
