@@ -44,6 +44,7 @@ from torch import nn
 from harmonizing_flows.config import EvaluationConfig
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.errors import InputError
+from harmonizing_flows.method.curve import mid_rank_quantiles
 from harmonizing_flows.method.distributed import stable_seed
 
 __all__ = ["REQUIREMENTS", "HistogramMatching", "NyulStandardization", "WhiteStripe", "combat", "tent"]
@@ -84,10 +85,7 @@ class HistogramMatching:
         # the mid-rank quantile of each occupied level, the same convention as ``transform`` uses for a target
         # brain, so that the source mapped onto its own histogram is unchanged (against the plain CDF it came
         # out about half a level darker)
-        cdf = np.cumsum(counts) / counts.sum()
-        occupied = counts > 0
-        self.quantiles = (cdf - counts / (2.0 * counts.sum()))[occupied]
-        self.values = np.flatnonzero(occupied).astype(np.float64)
+        self.quantiles, self.values = mid_rank_quantiles(counts)
         return self
 
     def transform(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
