@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from _common import RESULTS, git_state, utc_now, write_json
 
 
@@ -56,14 +57,60 @@ def _dice(segmenter, images: np.ndarray, volume) -> float:
     return 100.0 * float(np.nanmean(values))
 
 
+def _adapt_curve(flow, segmenter, pool, matched, volumes, jacobian: float, args: argparse.Namespace) -> list[dict]:
+    """Adapt one site-level curve on the matched slices ``pool``; the record of each evaluation."""
+    from harmonizing_flows.method.curve import MonotoneCurve
+    from harmonizing_flows.method.distributed import stable_seed
+
+    torch.manual_seed(0)
+    curve = MonotoneCurve(1)
+    optimizer = torch.optim.Adam(curve.parameters(), lr=args.lr)
+    monitor = pool.brain_rows()[:: max(1, len(pool) // 64)]
+    mx, mm = pool.batch(monitor, "cpu")
+    monitor_noise = torch.randn(mx.shape, generator=torch.Generator().manual_seed(1))
+    record: list[dict] = []
+
+    def harmonized(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return curve(x).clamp(0.0, 255.0) * m  # the flow reads 0..255 only
+
+    def evaluate(step: int) -> None:
+        with torch.no_grad():
+            bpd = float(flow.bpd(harmonized(mx, mm), mm, noise=monitor_noise, brain_only=True).mean())
+            dice = []
+            for m, v in zip(matched, volumes, strict=True):
+                x = torch.from_numpy(m).float()[:, None]
+                y = harmonized(x, torch.from_numpy(v.mask).float()[:, None])[:, 0].numpy()
+                dice.append(_dice(segmenter, y, v))
+            knots = curve.knots()[0]
+        record.append({"step": step, "bpd": bpd, "dice": float(np.mean(dice)),
+                       "knots": [round(float(knots[k]), 2) for k in (0, 64, 128, 192, 255)]})  # fmt: skip
+        print(f"  jacobian {jacobian:g} step {step}: bpd {bpd:.3f}, Dice {record[-1]['dice']:.1f}, "
+              f"knots {record[-1]['knots']}", flush=True)  # fmt: skip
+
+    evaluate(0)
+    rows = pool.brain_rows()
+    for step in range(1, args.steps + 1):
+        g = torch.Generator().manual_seed(stable_seed(0, "explore", step))
+        x, m = pool.batch(rows[torch.randperm(len(rows), generator=g)[: args.batch_size]], "cpu")
+        noise = torch.randn(x.shape, generator=g)
+        bpd = flow.bpd(harmonized(x, m), m, noise=noise, brain_only=True)
+        log_slope = (curve.log_derivative(x) * m).sum((1, 2, 3)) / m.sum((1, 2, 3)) / math.log(2.0)
+        loss = (bpd - jacobian * log_slope).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % args.eval_every == 0:
+            evaluate(step)
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     from harmonizing_flows.data.prepare import read_site
     from harmonizing_flows.data.slices import Slices
     from harmonizing_flows.evaluation.segmenter import load_segmenter
     from harmonizing_flows.figures import level_counts
     from harmonizing_flows.method.adequacy import auroc, flow_adequacy, slice_bpd
-    from harmonizing_flows.method.curve import MonotoneCurve, matching_lut
-    from harmonizing_flows.method.distributed import stable_seed
+    from harmonizing_flows.method.curve import matching_lut
     from harmonizing_flows.method.store import load_model
 
     args = _parse(argv)
@@ -103,49 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{site}: Dice none {entry['dice_none']:.1f}, HM {entry['dice_hm']:.1f}; AUROC source vs site "
               f"raw {entry['auroc_raw']:.3f}, matched {entry['auroc_matched']:.3f}", flush=True)  # fmt: skip
         for jacobian in (0.0, 1.0):
-            torch.manual_seed(0)
-            curve = MonotoneCurve(1)
-            optimizer = torch.optim.Adam(curve.parameters(), lr=args.lr)
-            monitor = pool.brain_rows()[:: max(1, len(pool) // 64)]
-            mx, mm = pool.batch(monitor, device)
-            monitor_noise = torch.randn(mx.shape, generator=torch.Generator().manual_seed(1))
-            record = []
-
-            def evaluate(step: int) -> None:
-                with torch.no_grad():
-                    bpd = float(
-                        flow.bpd(curve(mx).clamp(0.0, 255.0) * mm, mm, noise=monitor_noise, brain_only=True).mean()
-                    )
-                    dice = []
-                    for m, v in zip(matched, volumes, strict=True):
-                        x = torch.from_numpy(m).float()[:, None]
-                        y = (curve(x).clamp(0.0, 255.0) * torch.from_numpy(v.mask).float()[:, None])[:, 0].numpy()
-                        dice.append(_dice(segmenter, y, v))
-                    knots = curve.knots()[0]
-                record.append({"step": step, "bpd": bpd, "dice": float(np.mean(dice)),
-                               "knots": [round(float(knots[k]), 2) for k in (0, 64, 128, 192, 255)]})  # fmt: skip
-                print(f"  jacobian {jacobian:g} step {step}: bpd {bpd:.3f}, Dice {record[-1]['dice']:.1f}, "
-                      f"knots {record[-1]['knots']}", flush=True)  # fmt: skip
-
-            evaluate(0)
-            for step in range(1, args.steps + 1):
-                g = torch.Generator().manual_seed(stable_seed(0, "explore", step))
-                index = pool.brain_rows()[torch.randperm(len(pool.brain_rows()), generator=g)[: args.batch_size]]
-                x, m = pool.batch(index, device)
-                noise = torch.randn(x.shape, generator=g)
-                bpd = flow.bpd(curve(x).clamp(0.0, 255.0) * m, m, noise=noise, brain_only=True)
-                log_slope = (curve.log_derivative(x) * m).sum((1, 2, 3)) / m.sum((1, 2, 3)) / math.log(2.0)
-                loss = (bpd - jacobian * log_slope).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if step % args.eval_every == 0:
-                    evaluate(step)
-            entry["runs"][f"jacobian={jacobian:g}"] = record
+            entry["runs"][f"jacobian={jacobian:g}"] = _adapt_curve(flow, segmenter, pool, matched, volumes, jacobian,
+                                                                   args)  # fmt: skip
         results["sites"][site] = entry
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.output, {"plan": {k: str(v) for k, v in vars(args).items()}, **results,
-                             "seconds": round(time.perf_counter() - started), "git": git_state(), "date": utc_now()})  # fmt: skip
+    plan = {k: str(v) for k, v in vars(args).items()}
+    write_json(args.output, {"plan": plan, **results, "seconds": round(time.perf_counter() - started),
+                             "git": git_state(), "date": utc_now()})  # fmt: skip
     return 0
 
 
