@@ -265,3 +265,16 @@ def test_the_training_step_computes_the_guided_objective(simulated, smoke_profil
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     assert stats["bpd"] == pytest.approx(parts["bpd"], rel=1e-5)
     assert stats["negative_bpd"] == pytest.approx(parts["negative_bpd"], rel=1e-5)
+
+
+def test_fit_stores_the_source_histogram_of_its_training_slices(fitted, simulated, smoke_profile):
+    import numpy as np
+
+    from harmonizing_flows.data.prepare import read_site
+
+    stored = json.loads((fitted / "model.json").read_text())
+    histogram = np.asarray(stored["source_histogram"])
+    train = read_site(simulated.manifest, smoke_profile.slices, site="mprage-3t", splits=("train",))
+    pooled = Slices.pool(train.volumes)
+    assert histogram.shape == (256,) and np.array_equal(histogram, pooled.brain_counts())
+    assert histogram.sum() == pooled.mask.astype(bool).sum() and histogram[0] < histogram.sum()

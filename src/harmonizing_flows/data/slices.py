@@ -36,6 +36,10 @@ class Slices:
         """Indices of the slices that hold brain."""
         return np.flatnonzero(self.mask.reshape(len(self.mask), -1).any(1))
 
+    def brain_counts(self) -> np.ndarray:
+        """Brain pixels per intensity level 0..255, int64 ``(256,)``."""
+        return np.bincount(self.images[self.mask.astype(bool)].ravel(), minlength=256).astype(np.int64)
+
     def batch(self, index: torch.Tensor | np.ndarray, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """Float images on 0..255 and float masks ``(B, 1, H, W)`` of the rows ``index``, on ``device``."""
         rows = np.asarray(index)

@@ -228,6 +228,8 @@ def fit_model(
             "axis": profile.slices.axis,
         },
         "source_bpd": source_bpd(model.flow, val, ctx.device, seed=profile.seed),
+        # the source's one summary that adaptation may keep (source-free): where histogram matching maps to
+        "source_histogram": train.brain_counts().tolist(),
         "flow_adequacy": flow_adequacy(model.flow, val, profile.augment, ctx.device, seed=profile.seed).to_json(),
         "training": {
             "harmonizer": harmonizer_history,
