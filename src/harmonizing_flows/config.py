@@ -342,6 +342,10 @@ class AdaptConfig:
             the default, 0.3, lets it run and stops a collapse (benchmarks/HISTORY.md).
             On in every profile: it only ever stops a run earlier (0 gives the paper's exact procedure).
         brain_only: Guard: measure the likelihood over the brain mask only (see ``FlowConfig.brain_only``).
+        jacobian_weight: Weight of the change-of-variables term: the loss becomes ``bpd(h(x)) - w log2 |h'(x)|``
+            per pixel, so that flattening the contrast is no longer rewarded (0: the paper's Eq. 6). The paper's
+            harmonizer contributes ``log2 |alpha|`` (the offset map's own dependence on ``x`` left out); the curve
+            harmonizer its curve's exact log-derivative.
     """
 
     lr: float = 4e-6
@@ -354,6 +358,7 @@ class AdaptConfig:
     alpha_guard: float = 0.0
     intensity_guard: float = 0.3
     brain_only: bool = False
+    jacobian_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.stop not in ("source-bpd", "entropy", "steps"):
@@ -364,6 +369,8 @@ class AdaptConfig:
             raise ConfigError(f"alpha_guard must be in [0, 1), not {self.alpha_guard}")
         if not 0 <= self.intensity_guard < 1:
             raise ConfigError(f"intensity_guard must be in [0, 1), not {self.intensity_guard}")
+        if not self.jacobian_weight >= 0:
+            raise ConfigError(f"jacobian_weight must be zero or positive, not {self.jacobian_weight}")
 
 
 @dataclass(frozen=True)

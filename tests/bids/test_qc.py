@@ -106,7 +106,8 @@ def test_site_outliers_flag_a_noisy_or_biased_scan_among_its_sites_and_keep_the_
     updated = site_outliers(rows, reference.z_flag)
     assert [list(r) for r in updated] == [list(QC_COLUMNS)] * len(rows)
     assert [r["flagged"] for r in updated] == [False] * 6 + [True]
-    assert updated[-1]["noise_ratio_z"] > SITE_Z_FLAG and "noise noise_ratio an outlier" in updated[-1]["flag_reasons"]
+    noisy = updated[-1]
+    assert noisy["noise_ratio_z"] > SITE_Z_FLAG and "noise: noise_ratio is an outlier" in noisy["flag_reasons"]
     assert all(abs(r["bias_spread_z"]) <= SITE_Z_FLAG for r in updated)  # a small trend is no outlier
     assert site_outliers(updated, reference.z_flag) == updated  # recomputing changes nothing
     # a site of too few scans is not judged, and a scan flagged for its bpd stays flagged

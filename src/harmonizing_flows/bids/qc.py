@@ -212,7 +212,7 @@ def flag_reasons(row: Mapping[str, Any], z_flag: float) -> list[str]:
     for measure, what in zip(MEASURES, ("noise", "bias field"), strict=True):
         z = row.get(f"{measure}_z")
         if z is not None and z > SITE_Z_FLAG:
-            reasons.append(f"{what} {measure} an outlier among the site's scans (modified z {z:.1f}, limit "
+            reasons.append(f"{what}: {measure} is an outlier among the site's scans (modified z {z:.1f}, limit "
                            f"{SITE_Z_FLAG:g})")  # fmt: skip
     return reasons
 

@@ -31,10 +31,11 @@ __all__ = ["mosaic_figure", "write_reports"]
 
 MOSAIC_SLICES = 5
 """Slices per scan in a mosaic, evenly spaced over the brain."""
-_SHOWN = ("scan", "site", "bpd_before", "bpd_after", "z_before", "z_after", "p50_before", "p50_after",
-          "noise_ratio_z", "bias_spread_z", "kept_step", "flagged", "flag_reasons")  # fmt: skip
+_SHOWN = ("scan", "site", "z_before", "z_after", "p50_before", "p50_after", "noise_ratio_z", "bias_spread_z",
+          "kept_step", "flagged")  # fmt: skip
+"""The QC table's columns in the reports; a flagged scan's reasons follow on a row of their own."""
 
-_CELL_CLASS = {"flagged": "text flag", "flag_reasons": "text flag", "scan": "text", "site": "text"}
+_CELL_CLASS = {"flagged": "text flag", "scan": "text", "site": "text"}
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1150px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
@@ -43,6 +44,7 @@ table { border-collapse: collapse; font-size: 0.82em; margin: 0.6em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
 th { background: #f2f2f2; } td.text { text-align: left; }
 tr.flagged td { background: #ffe3e0; } tr.flagged td.flag { color: #a40000; font-weight: bold; }
+.wide { overflow-x: auto; }
 img { max-width: 100%; height: auto; } .note { color: #555; font-size: 0.88em; }
 .summary { display: flex; gap: 2em; } .summary div { background: #f6f6f6; padding: 0.5em 1em; border-radius: 4px; }
 """
@@ -151,7 +153,7 @@ def _summary(sidecars: Mapping[Path, dict]) -> str:
 
 def _table(sidecars: Mapping[Path, dict], *, links: bool) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in _SHOWN)
-    lines = [f"<h2>Quality control</h2><table><tr>{head}</tr>"]
+    lines = [f'<h2>Quality control</h2><div class="wide"><table><tr>{head}</tr>']
     for sidecar in sidecars.values():
         qc = sidecar["QC"]
         cells = []
@@ -165,10 +167,14 @@ def _table(sidecars: Mapping[Path, dict], *, links: bool) -> str:
             kind = _CELL_CLASS.get(column, "")
             cells.append(f'<td class="{kind}">{text}</td>')
         lines.append(f'<tr class="{"flagged" if qc["flagged"] else ""}">{"".join(cells)}</tr>')
-    lines.append("</table>")
+        if qc["flagged"]:
+            reasons = html.escape(qc["flag_reasons"] or "")
+            lines.append(f'<tr class="flagged"><td class="text flag" colspan="{len(_SHOWN)}">{reasons}</td></tr>')
+    lines.append("</table></div>")
     lines.append(
-        f'<p class="note">bpd: bits per brain pixel under the source model\'s flow (lower is more source-like); z: '
-        f"distance from the source validation scans' mean in their standard deviations; noise_ratio_z and "
+        f'<p class="note">z: the bits per brain pixel (bpd) under the source model\'s flow (lower is more '
+        f"source-like) as the distance from the source validation scans' mean in their standard deviations; "
+        f"p50: the median brain intensity (0..255); noise_ratio_z and "
         f"bias_spread_z: the raw scan's noise and bias field as modified z-scores among its own site's scans. A "
         f"scan is flagged when z after exceeds {Z_FLAG:g}, its site's adaptation ended on a guard, or its noise "
         f"or bias z exceeds {SITE_Z_FLAG:g}. All columns "

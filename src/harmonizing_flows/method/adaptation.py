@@ -265,6 +265,9 @@ def adapt_harmonizer(
             x, m = target.batch(index, device)
             noise = torch.randn(x.shape, generator=g).to(device)
             loss = flow.bpd(harmonizer(x, m), m, noise=noise, brain_only=config.brain_only).mean()
+            if config.jacobian_weight:
+                pixels = m.sum((1, 2, 3)).clamp_min(1.0) if config.brain_only else float(m[0].numel())
+                loss = loss - config.jacobian_weight * (harmonizer.log_jacobian(x, m) / pixels).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -76,6 +76,11 @@ class Harmonizer(nn.Module):
     def alpha(self, x: torch.Tensor) -> torch.Tensor:
         return self.parts(x)[0]
 
+    def log_jacobian(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per image, ``log2 |alpha|`` summed over its brain pixels: the change-of-variables term of
+        ``alpha * x + beta`` in bits, with the offset map's own dependence on ``x`` left out."""
+        return torch.log2(self.alpha(x).abs().clamp_min(1e-6)) * mask.sum((1, 2, 3))
+
 
 def pretraining_error(
     harmonizer: nn.Module, augmented: torch.Tensor, original: torch.Tensor, mask: torch.Tensor

@@ -1,0 +1,116 @@
+"""The curve harmonizer: histogram matching per volume, a site curve on top, its change-of-variables term, and
+adaptation with that term."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harmonizing_flows.data.datasets import load_subjects
+from harmonizing_flows.data.prepare import read_volumes
+from harmonizing_flows.data.slices import Slices
+from harmonizing_flows.errors import InputError
+from harmonizing_flows.evaluation.baselines import HistogramMatching
+from harmonizing_flows.method.adaptation import adapt_harmonizer
+from harmonizing_flows.method.curve_harmonizer import MIN_BRAIN_PIXELS, CurveHarmonizer
+from harmonizing_flows.method.harmonizer import Harmonizer
+from harmonizing_flows.method.store import load_model
+
+
+@dataclass(frozen=True)
+class _Named(Slices):
+    path: Path = Path("sub-01_T1w.nii.gz")
+
+
+def _volume(seed: int, scale: float = 1.0) -> _Named:
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((4, 32, 32), dtype=bool)
+    mask[:, 4:28, 6:26] = True
+    images = np.where(mask, np.clip(rng.gamma(5.0, 18.0 * scale, mask.shape), 1, 255), 0).round().astype(np.uint8)
+    return _Named(images=images, mask=mask, labels=(mask * 3).astype(np.uint8))
+
+
+def test_prepare_is_histogram_matching_rounded_and_keeps_mask_and_labels():
+    source, target = _volume(0), _volume(1, scale=0.6)
+    harmonizer = CurveHarmonizer(source.brain_counts())
+    matched = harmonizer.prepare(target)
+    reference = HistogramMatching().fit([source.images], [source.mask]).transform(target.images, target.mask)
+    assert matched.images.dtype == np.uint8 and np.array_equal(matched.mask, target.mask)
+    assert np.array_equal(matched.labels, target.labels) and matched.path == target.path
+    assert np.abs(matched.images.astype(float) - reference).max() <= 0.5 + 1e-6
+    assert not matched.images[~target.mask].any()
+
+
+def test_step_zero_is_histogram_matching():
+    source, target = _volume(0), _volume(1, scale=0.6)
+    harmonizer = CurveHarmonizer(source.brain_counts())
+    matched = harmonizer.prepare(target)
+    x, m = matched.batch(np.arange(len(matched)), "cpu")
+    with torch.no_grad():
+        y, alpha = harmonizer.harmonize(x, m)
+    assert torch.allclose(y, x, atol=0.3) and torch.equal(alpha, torch.ones(len(matched)))
+
+
+def test_histograms_that_cannot_be_matched_are_refused_naming_the_file():
+    harmonizer = CurveHarmonizer(_volume(0).brain_counts())
+    tiny = _volume(1)
+    mask = np.zeros_like(tiny.mask)
+    mask[0, :10, :10] = True  # 100 pixels
+    with pytest.raises(InputError, match=f"sub-01_T1w.nii.gz.*100 brain pixels.*{MIN_BRAIN_PIXELS}"):
+        harmonizer.prepare(replace(tiny, mask=mask))
+    constant = replace(tiny, images=np.where(tiny.mask, 90, 0).astype(np.uint8))
+    with pytest.raises(InputError, match="one intensity"):
+        harmonizer.prepare(constant)
+    with pytest.raises(ValueError, match="256 levels"):
+        CurveHarmonizer(np.zeros(256))
+
+
+def test_the_log_jacobians_match_autograd():
+    torch.manual_seed(0)
+    harmonizer = CurveHarmonizer(_volume(0).brain_counts())
+    with torch.no_grad():
+        harmonizer.curve.raw_steps.normal_(0.0, 1.0)
+    x = (torch.rand(2, 1, 8, 8) * 250.0 + 2.0).requires_grad_()
+    m = (torch.rand(2, 1, 8, 8) > 0.3).float()
+    (grad,) = torch.autograd.grad(harmonizer.curve(x).sum(), x)
+    expected = (grad.log2() * m).sum((1, 2, 3))
+    assert torch.allclose(harmonizer.log_jacobian(x, m), expected, atol=1e-3)
+    # the paper's harmonizer: log2 |alpha| per brain pixel
+    paper = Harmonizer().eval()
+    x, m = torch.rand(2, 1, 32, 32) * 255.0, (torch.rand(2, 1, 32, 32) > 0.3).float()  # its U-Net needs 16n x 16n
+    with torch.no_grad():
+        alpha = paper.alpha(x)
+        assert torch.allclose(paper.log_jacobian(x, m), alpha.abs().log2() * m.sum((1, 2, 3)))
+
+
+@pytest.fixture(scope="module")
+def matched_target(simulated, fitted):
+    model = load_model(fitted)
+    harmonizer = CurveHarmonizer(json.loads((fitted / "model.json").read_text())["source_histogram"])
+    subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t"]
+    return harmonizer, Slices.pool([harmonizer.prepare(v) for v in read_volumes(subjects, model.profile.slices)])
+
+
+def test_adaptation_moves_the_site_curve_and_the_jacobian_term_steepens_it(fitted, matched_target, monkeypatch):
+    harmonizer, target = matched_target
+    model = load_model(fitted)
+    model.harmonizer = harmonizer
+    config = replace(model.profile.adapt, intensity_guard=0.0, stop="steps", steps=10, eval_every=5, lr=0.05)
+    result = adapt_harmonizer(model, target, config, progress=False)
+    assert isinstance(result.harmonizer, CurveHarmonizer) and [r["step"] for r in result.curve] == [0, 5, 10]
+    assert result.curve[0]["alpha"] == 1.0
+    assert not torch.equal(result.harmonizer.curve.raw_steps, harmonizer.curve.raw_steps)  # it moved; the original not
+    # With the flow's term silenced, only the change-of-variables term drives: it steepens the curve, and without
+    # it nothing moves.
+    monkeypatch.setattr(type(model.flow), "bpd", lambda self, y, m, **_: (y * 0.0).sum((1, 2, 3)))
+    slopes = {}
+    for weight in (0.0, 1.0):
+        adapted = adapt_harmonizer(model, target, replace(config, jacobian_weight=weight), progress=False)
+        knots = adapted.harmonizer.curve.knots().detach()[0]
+        slopes[weight] = float((knots[1:] - knots[:-1]).log().mean())
+    assert slopes[0.0] == pytest.approx(0.0, abs=1e-3) and slopes[1.0] > 0.05
