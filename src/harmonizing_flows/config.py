@@ -312,6 +312,7 @@ class TrainConfig:
 
 
 StopRule = Literal["source-bpd", "entropy", "steps"]
+HarmonizerFamily = Literal["paper", "curve"]
 
 
 @dataclass(frozen=True)
@@ -346,6 +347,10 @@ class AdaptConfig:
             per pixel, so that flattening the contrast is no longer rewarded (0: the paper's Eq. 6). The paper's
             harmonizer contributes ``log2 |alpha|`` (the offset map's own dependence on ``x`` left out); the curve
             harmonizer its curve's exact log-derivative.
+        harmonizer: What adaptation moves. ``"paper"``: the fitted harmonizer network (Eq. 6). ``"curve"``: a
+            curve harmonizer (:mod:`harmonizing_flows.method.curve_harmonizer`): each volume's histogram matched
+            onto the source's stored one, then one monotone curve for the site, starting at the identity (step 0
+            is histogram matching).
     """
 
     lr: float = 4e-6
@@ -359,6 +364,7 @@ class AdaptConfig:
     intensity_guard: float = 0.3
     brain_only: bool = False
     jacobian_weight: float = 0.0
+    harmonizer: HarmonizerFamily = "paper"
 
     def __post_init__(self) -> None:
         if self.stop not in ("source-bpd", "entropy", "steps"):
@@ -369,6 +375,8 @@ class AdaptConfig:
             raise ConfigError(f"alpha_guard must be in [0, 1), not {self.alpha_guard}")
         if not 0 <= self.intensity_guard < 1:
             raise ConfigError(f"intensity_guard must be in [0, 1), not {self.intensity_guard}")
+        if self.harmonizer not in ("paper", "curve"):
+            raise ConfigError(f"adapt.harmonizer must be paper or curve, not {self.harmonizer!r}")
         if not self.jacobian_weight >= 0:
             raise ConfigError(f"jacobian_weight must be zero or positive, not {self.jacobian_weight}")
 

@@ -13,6 +13,8 @@ Data at another voxel size than the model's is resampled to it first (:func:`har
 but the output is not the coarse image brought back: the harmonizer is ``alpha * x + beta``, so its gain (one
 per slice) and its offset map are interpolated back to the input's grid and applied to the input's own
 intensities. A 1 mm scan harmonized by a 2 mm model keeps its 1 mm detail; only the correction is coarse.
+A curve harmonizer (``hflow adapt --set adapt.harmonizer=curve``) is one intensity map per volume (its histogram
+matched onto the source's, then the site's curve), so it applies to the input's own intensities on any grid.
 Intensities follow the model's scaling (a high percentile inside the brain maps to 255), and the output stays on
 that 0..255 scale, as the source images the model learned from. Without a mask, the brain is every voxel above
 zero (skull-stripped input); a ``<name>_mask`` file beside an image is its mask.
@@ -57,6 +59,7 @@ from harmonizing_flows.data.volume import (
     to_plane,
 )
 from harmonizing_flows.errors import ConfigError, InputError, OutputExistsError, system_errors
+from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
 from harmonizing_flows.method.distributed import channels_last, resolve_device
 from harmonizing_flows.method.harmonizer import Harmonizer
 from harmonizing_flows.method.store import load_harmonizer
@@ -96,6 +99,7 @@ def harmonize_slices(
     """Harmonized slices (float32 on 0..255, zero outside the brain) of ``sliced``, as the model sees them: what
     :func:`harmonize_volume` writes, on the model's grid and window. The benchmark scores these."""
     harmonizer = channels_last(copy.deepcopy(harmonizer).to(device)).eval()  # the caller's keeps its device and mode
+    sliced = harmonizer.prepare(sliced)
     alpha, beta = harmonizer_fields(harmonizer, sliced, device=device, batch_size=batch_size)
     return apply_fields(alpha, beta, sliced.images, sliced.mask)
 
@@ -125,6 +129,14 @@ def harmonize_volume(
     window = slice_volume(model_grid, replace(config, max_brain_outside=1.0))  # too much outside: warn, don't refuse
     outside = window.brain_outside
     harmonizer = channels_last(copy.deepcopy(harmonizer).to(device)).eval()  # the caller's keeps its device and mode
+    if isinstance(harmonizer, CurveHarmonizer):  # one intensity map per volume: it applies on the input's grid
+        if model_grid is volume:  # the very levels adaptation saw
+            levels = quantize_with(volume.image, volume.mask, window.grid.scale, config.levels)
+        else:  # a finer grid keeps its own intensities between the levels
+            levels = np.where(volume.mask, volume.image * np.float32(1.0 / window.grid.scale), np.float32(0.0))
+        mapped = np.interp(levels, np.arange(config.levels), harmonizer.volume_map(window))
+        out = np.where(volume.mask, np.clip(mapped, 0.0, 255.0), 0.0).astype(np.float32)
+        return _image(out, volume, dtype)
 
     def fields(sliced: SlicedVolume) -> tuple[np.ndarray, np.ndarray]:
         return harmonizer_fields(harmonizer, sliced, device=device, batch_size=batch_size)
@@ -160,6 +172,10 @@ def harmonize_volume(
         # coarse grid's percentile, and only the output is clipped
         x = np.where(volume.mask, volume.image * np.float32(1.0 / whole.grid.scale), np.float32(0.0))
     out = apply_fields(alpha.astype(np.float32), beta.astype(np.float32), x, volume.mask)
+    return _image(out, volume, dtype)
+
+
+def _image(out: np.ndarray, volume: Volume, dtype: str) -> nib.Nifti1Image:
     if dtype == "uint8":
         return to_image(np.rint(out).astype(np.uint8), volume, dtype=np.uint8)
     return to_image(out, volume, dtype=np.float32)

@@ -38,6 +38,7 @@ from harmonizing_flows.bids.image_quality import MEASURES, SITE_Z_FLAG, ImageQua
 from harmonizing_flows.data.outputs import write_text
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.figures import level_counts
+from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
 from harmonizing_flows.method.distributed import stable_seed
 from harmonizing_flows.method.flow import Flow
 from harmonizing_flows.method.harmonizer import Harmonizer
@@ -122,7 +123,13 @@ class Reference:
 
 @torch.no_grad()
 def score_scan(
-    harmonizer: Harmonizer, flow: Flow, sliced: Slices, device: torch.device, *, seed: int = 0, batch_size: int = 32
+    harmonizer: Harmonizer | CurveHarmonizer,
+    flow: Flow,
+    sliced: Slices,
+    device: torch.device,
+    *,
+    seed: int = 0,
+    batch_size: int = 32,
 ) -> ScanScores:
     """Score one scan's brain slices before and after ``harmonizer`` (both in evaluation mode, on ``device``)."""
     rows = sliced.brain_rows()
@@ -130,12 +137,14 @@ def score_scan(
     before = after = 0.0
     alphas, beta_sum, beta_sq, brain = [], 0.0, 0.0, 0.0
     harmonized = np.zeros(sliced.images.shape, dtype=np.float32)
+    prepared = harmonizer.prepare(sliced)  # as the harmonizer takes it (the curve harmonizer: matched)
     for start in range(0, len(rows), batch_size):
         index = rows[start : start + batch_size]
         x, m = sliced.batch(index, device)
         noise = torch.randn(x.shape, generator=generator).to(device)
-        alpha, beta = harmonizer.parts(x)
-        y = Harmonizer.apply(alpha[:, None, None, None], beta, x, m)
+        xp = prepared.batch(index, device)[0] if prepared is not sliced else x
+        alpha, beta = harmonizer.parts(xp)
+        y = Harmonizer.apply(alpha[:, None, None, None], beta, xp, m)
         before += float(flow.bpd(x, m, noise=noise, brain_only=True).sum())
         after += float(flow.bpd(y, m, noise=noise, brain_only=True).sum())
         alphas.append(alpha.float().cpu())

@@ -32,6 +32,7 @@ import torch
 from harmonizing_flows.config import AdaptConfig
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.errors import ConfigError, system_errors
+from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
 from harmonizing_flows.method.distributed import channels_last, resolve_device, stable_seed
 from harmonizing_flows.method.folders import check_output_folder
 from harmonizing_flows.method.harmonizer import Harmonizer
@@ -45,6 +46,7 @@ __all__ = [
     "choose_settings",
     "decide",
     "prediction_entropy",
+    "starting_harmonizer",
 ]
 
 Segmenter = Callable[[torch.Tensor], torch.Tensor]
@@ -55,7 +57,7 @@ Segmenter = Callable[[torch.Tensor], torch.Tensor]
 class AdaptationResult:
     """The kept harmonizer, the whole curve, and why that step was kept."""
 
-    harmonizer: Harmonizer
+    harmonizer: Harmonizer | CurveHarmonizer
     curve: list[dict[str, float]]
     chosen_step: int
     reason: str
@@ -188,6 +190,23 @@ def choose_settings(
     return config
 
 
+def starting_harmonizer(model: Model, config: AdaptConfig) -> Harmonizer | CurveHarmonizer:
+    """What adaptation starts from: the model's harmonizer, or with ``config.harmonizer == "curve"`` a curve
+    harmonizer at histogram matching onto the model's stored source histogram. Target slices go in prepared by it
+    (:meth:`~harmonizing_flows.method.curve_harmonizer.CurveHarmonizer.prepare`, volume by volume).
+
+    Raises:
+        ConfigError: A curve harmonizer for a model without a stored source histogram.
+    """
+    if config.harmonizer != "curve" or isinstance(model.harmonizer, CurveHarmonizer):
+        return model.harmonizer
+    histogram = model.metadata.get("source_histogram")
+    if histogram is None:
+        raise ConfigError("this model stores no source histogram (fitted by an older version): fit it again to "
+                          "adapt a curve harmonizer")  # fmt: skip
+    return CurveHarmonizer(histogram)
+
+
 def adapt_harmonizer(
     model: Model,
     target: Slices,
@@ -199,8 +218,8 @@ def adapt_harmonizer(
     progress: bool = True,
     observer: Callable[[Harmonizer, int], dict[str, float]] | None = None,
 ) -> AdaptationResult:
-    """Adapt a copy of ``model.harmonizer`` to the ``target`` slices (see the module docstring); ``model`` itself
-    is left as it was.
+    """Adapt a copy of :func:`starting_harmonizer` to the ``target`` slices (see the module docstring; prepared by
+    it); ``model`` itself is left as it was.
 
     Args:
         observer: Called at each evaluation with the harmonizer and the step; its values join the curve. For
@@ -219,7 +238,8 @@ def adapt_harmonizer(
         raise ConfigError("this model has no stored source bpd; fit it with `hflow fit` or use another stopping rule")
     # a copy, frozen: the caller's flow keeps its device and its trainable parameters
     flow = channels_last(copy.deepcopy(model.flow).to(device)).eval().requires_grad_(False)
-    harmonizer = channels_last(copy.deepcopy(model.harmonizer).to(device)).train()
+    start = starting_harmonizer(model, config)
+    harmonizer = channels_last(copy.deepcopy(start).to(device)).train()
     optimizer = torch.optim.Adam(harmonizer.parameters(), lr=config.lr)
 
     n = len(target)
@@ -284,7 +304,7 @@ def adapt_harmonizer(
     best = curve[decision.index]
     reason, guard = decision.reason, decision.guard
     harmonizer.load_state_dict(best_state)
-    preview = _preview(model.harmonizer, harmonizer.eval(), mx, mm, int(best["step"]))
+    preview = _preview(start, harmonizer.eval(), mx, mm, int(best["step"]))
     harmonizer.cpu()
     summary = {"source_bpd": source_bpd, "start": curve[0], "kept": best, "steps_taken": curve[-1]["step"]}
     return AdaptationResult(harmonizer, curve, int(best["step"]), reason, guard, summary, preview)
@@ -292,18 +312,18 @@ def adapt_harmonizer(
 
 @torch.no_grad()
 def _preview(
-    pretrained: Harmonizer, adapted: Harmonizer, x: torch.Tensor, mask: torch.Tensor, step: int
-) -> dict[str, Any]:
-    """The monitoring slice with the most brain as it was, after the pre-trained and after the adapted harmonizer
-    (0..255), for the figure."""
+    start: Harmonizer | CurveHarmonizer, adapted: Harmonizer | CurveHarmonizer, x: torch.Tensor, mask: torch.Tensor,
+    step: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The monitoring slice with the most brain as it was, after the starting and after the adapted harmonizer
+    (0..255), for the figure. A curve harmonizer's slices come matched already: that is its start."""
     k = int(mask.flatten(1).sum(1).argmax())
     one, one_mask = x[k : k + 1], mask[k : k + 1]
-    before = channels_last(copy.deepcopy(pretrained).to(x.device)).eval()(one, one_mask)
-    return {
-        "target": x[k, 0].cpu().numpy(),
-        "pre-trained harmonizer": before[0, 0].cpu().numpy(),
-        f"adapted (step {step})": adapted(one, one_mask)[0, 0].cpu().numpy(),
-    }
+    kept = {f"adapted (step {step})": adapted(one, one_mask)[0, 0].cpu().numpy()}
+    if isinstance(start, CurveHarmonizer):
+        return {"histogram matching": x[k, 0].cpu().numpy(), **kept}
+    before = channels_last(copy.deepcopy(start).to(x.device)).eval()(one, one_mask)
+    return {"target": x[k, 0].cpu().numpy(), "pre-trained harmonizer": before[0, 0].cpu().numpy(), **kept}
 
 
 @system_errors
@@ -352,11 +372,13 @@ def adapt(
         )
     subjects = [v.subject for v in data.volumes if v.subject is not None]
     target_site = data.name
-    slices = Slices.pool(data.volumes)
+    start = starting_harmonizer(model, config)
+    slices = Slices.pool([start.prepare(v) for v in data.volumes])
     del data  # the pooled brain slices are all that adaptation needs
     seed = model.profile.seed if seed is None else seed
     result = adapt_harmonizer(model, slices, config, device=resolved, segmenter=segmenter, seed=seed, progress=progress)
     model.harmonizer = result.harmonizer
+    model.metadata["harmonizer"] = "curve" if isinstance(result.harmonizer, CurveHarmonizer) else "paper"
     model.metadata["adaptation"] = {
         "target_site": target_site,
         "target_data": str(Path(target).resolve()),

@@ -76,6 +76,21 @@ class CurveHarmonizer(nn.Module):
         images = np.where(sliced.mask.astype(bool), lut[sliced.images], 0).astype(np.uint8)
         return replace(sliced, images=images)
 
+    factor = 1
+    """Slices of any size will do (no down-sampling)."""
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paper harmonizer's interface: a gain of one per image and the offset map ``c(x) - x``, so that
+        ``Harmonizer.apply`` gives ``c(x)`` (for code that scores both families alike)."""
+        return torch.ones(x.shape[0], device=x.device, dtype=x.dtype), self.curve(x) - x
+
+    @torch.no_grad()
+    def volume_map(self, sliced: Slices) -> np.ndarray:
+        """The whole harmonization of one volume as 256 values, ``c(HM_v(level))`` for each input level: one
+        intensity map, which applies on any grid. Raises as :meth:`volume_lut`."""
+        knots = self.curve.knots()[0].double().cpu().numpy()
+        return knots[self.volume_lut(sliced).astype(np.int64)]
+
     def harmonize(
         self, x: torch.Tensor, mask: torch.Tensor, *, clamp: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from harmonizing_flows.config import HarmonizerConfig
+from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.method.unet import UNet
 
 __all__ = ["Harmonizer", "pretraining_error"]
@@ -35,6 +36,12 @@ class Harmonizer(nn.Module):
         nn.init.zeros_(self.alpha_head.weight)
         # exp(0) = 1 for the positive variant; bias 1 for the paper's linear alpha
         nn.init.constant_(self.alpha_head.bias, 0.0 if self.config.positive_alpha else 1.0)
+
+    @staticmethod
+    def prepare(sliced: Slices) -> Slices:
+        """A volume's slices as this harmonizer takes them: as they are (the curve harmonizer matches each
+        volume's histogram first; callers prepare every volume before pooling or harmonizing it)."""
+        return sliced
 
     @property
     def factor(self) -> int:

@@ -5,7 +5,8 @@ A model folder::
     MODEL/
       model.json               format, package version, profile (every setting), source site, image size,
                                intensity scaling, source validation bpd, training history, adaptation (if any)
-      harmonizer.safetensors   the harmonizer's weights
+      harmonizer.safetensors   the harmonizer's weights (the paper's network, or a curve harmonizer when
+                               ``model.json``'s ``harmonizer`` says ``curve``: an adapted model of that family)
       flow.safetensors         the flow's weights
 
 Folders are written to a temporary sibling and renamed into place, so a crash never leaves half a model. Loading
@@ -24,12 +25,13 @@ from typing import Any
 import torch
 
 from harmonizing_flows import __version__
+from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
 from harmonizing_flows.method.flow import Flow
 from harmonizing_flows.method.folders import load_weights, read_document, save_weights, write_document, write_folder
 from harmonizing_flows.method.harmonizer import Harmonizer
 from harmonizing_flows.profiles import Profile
 
-__all__ = ["FORMAT", "Model", "load_harmonizer", "load_model", "save_model"]
+__all__ = ["FORMAT", "Model", "load_harmonizer", "load_model", "new_harmonizer", "save_model"]
 
 FORMAT = "harmonizing-flows model"
 
@@ -39,7 +41,7 @@ class Model:
     """A fitted (and maybe adapted) model: its settings, networks and metadata."""
 
     profile: Profile
-    harmonizer: Harmonizer
+    harmonizer: Harmonizer | CurveHarmonizer
     flow: Flow
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -90,12 +92,13 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Model:
     folder = Path(folder)
     profile, metadata = read_document(folder, FORMAT, "model folder", "fit one with `hflow fit`")
     model = Model.create(profile, metadata)
+    model.harmonizer = new_harmonizer(profile, metadata)
     load_weights(model.harmonizer, folder / "harmonizer.safetensors")
     load_weights(model.flow, folder / "flow.safetensors")
     return model.to(device)
 
 
-def load_harmonizer(folder: str | Path) -> tuple[Harmonizer, Profile, dict[str, Any]]:
+def load_harmonizer(folder: str | Path) -> tuple[Harmonizer | CurveHarmonizer, Profile, dict[str, Any]]:
     """The harmonizer of a model folder with its settings and metadata, without reading the flow (harmonizing
     needs only the harmonizer; the paper's flow is much the larger).
 
@@ -104,6 +107,14 @@ def load_harmonizer(folder: str | Path) -> tuple[Harmonizer, Profile, dict[str, 
     """
     folder = Path(folder)
     profile, metadata = read_document(folder, FORMAT, "model folder", "fit one with `hflow fit`")
-    harmonizer = Harmonizer(profile.harmonizer)
+    harmonizer = new_harmonizer(profile, metadata)
     load_weights(harmonizer, folder / "harmonizer.safetensors")
     return harmonizer, profile, metadata
+
+
+def new_harmonizer(profile: Profile, metadata: Mapping[str, Any]) -> Harmonizer | CurveHarmonizer:
+    """An untrained harmonizer of the family ``metadata`` names (``harmonizer``: ``paper``, the default, or
+    ``curve``), to load weights into."""
+    if metadata.get("harmonizer", "paper") == "curve":
+        return CurveHarmonizer(metadata["source_histogram"])
+    return Harmonizer(profile.harmonizer)
