@@ -438,7 +438,8 @@ def benchmark(
         str,
         typer.Option(
             help="Method variants: paper-faithful (the default method), positive-alpha, brain-only, "
-            "collapse-negatives. Table 1 shows the first."
+            "collapse-negatives, curve and curve+jacobian (issue 20's curve harmonizer, started at histogram "
+            "matching, without and with the change-of-variables term). Table 1 shows the first."
         ),
     ] = "paper-faithful,positive-alpha,brain-only,collapse-negatives",
     profile: ProfileOption = "fast",

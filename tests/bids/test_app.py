@@ -302,7 +302,10 @@ def test_the_group_report_renders_in_a_headless_browser(run, tmp_path):
     dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count("<img") == (report.read_text().count("<img")) > 0  # every figure survived parsing
-    assert dom.stdout.count("<tr") == 2 * MIN_SOURCE_PARTICIPANTS + 1  # a row per scan and the header
+    with (run[0] / "group_T1w_qc.tsv").open(newline="") as f:
+        flagged = sum(row["flagged"] == "true" for row in csv.DictReader(f, delimiter="\t"))
+    # the header, a row per scan, and a row of reasons under each flagged scan
+    assert dom.stdout.count("<tr") == 1 + 2 * MIN_SOURCE_PARTICIPANTS + flagged
     shot = tmp_path / "report.png"
     done = subprocess.run([*flags, f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120)
     assert done.returncode == 0 and shot.is_file()

@@ -27,13 +27,13 @@ from harmonizing_flows.profiles import apply_overrides
 
 
 def _run_b(simulated, profile, out: Path, lines: list[str]) -> dict[str, Path]:
-    """Setting B, two variants: the run every test here looks at."""
+    """Setting B, three variants (one a curve harmonizer): the run every test here looks at."""
     return benchmark(
         simulated.manifest,
         out,
         profile,
         settings=["B"],
-        variants=["paper-faithful", "brain-only"],
+        variants=["paper-faithful", "brain-only", "curve+jacobian"],
         progress=False,
         log=lines.append,
         command="test",
@@ -87,6 +87,9 @@ def test_every_method_is_scored_on_every_test_volume_of_every_target(report, sim
             oracle = variant["kept"]["oracle"]["step"]
             assert dice[[r["step"] for r in variant["curve"]].index(oracle)] == max(dice)
             assert variant["kept"]["steps"]["step"] == variant["curve"][-1]["step"]
+        # the curve harmonizer has no per-slice gain, and it moved from histogram matching
+        curve = target["variants"]["curve+jacobian"]["curve"]
+        assert all(r["alpha"] == 1.0 for r in curve) and curve[-1]["brain_mean"] != curve[0]["brain_mean"]
 
 
 def test_an_interrupted_run_resumes_from_its_finished_settings(report, simulated, smoke_profile, tmp_path):

@@ -38,7 +38,7 @@ from harmonizing_flows.errors import ConfigError, InputError, system_errors
 from harmonizing_flows.evaluation import cache
 from harmonizing_flows.evaluation.metrics import score_volume, subject_means
 from harmonizing_flows.evaluation.results import Kept, Scores, SettingResult, TargetResult, VariantResult
-from harmonizing_flows.evaluation.variants import DEFAULT_VARIANT, EXAMPLE_RULE, RULES, VARIANTS
+from harmonizing_flows.evaluation.variants import ADAPT_ONLY, DEFAULT_VARIANT, EXAMPLE_RULE, RULES, VARIANTS
 from harmonizing_flows.harmonize import harmonize_slices
 from harmonizing_flows.method.store import Model
 from harmonizing_flows.profiles import Profile, apply_overrides, profile_to_dict
@@ -187,7 +187,7 @@ class _Setting:
         models: dict[str, Model] = {}
         for variant in variants:
             vprofile = apply_overrides(self.profile, VARIANTS[variant])
-            if variant in ("paper-faithful", "brain-only"):
+            if variant in ADAPT_ONLY:
                 models[variant] = paper_model()
                 continue
             part = "harmonizer" if variant == "positive-alpha" else "flow"
@@ -254,7 +254,7 @@ class _Setting:
                     pretrained[id(model)] = [self._harmonized_score(segmenter, model.harmonizer, v) for v in test]
             with self.timed(f"adapt and score {variant}"):
                 results[variant] = self.variant(
-                    variant, model, slices, test, segmenter, site_examples, variant == variants[0]
+                    variant, model, site.volumes, slices, test, segmenter, site_examples, variant == variants[0]
                 )
             results[variant].scores = {"pre-trained harmonizer": pretrained[id(model)], **results[variant].scores}
             self.log(
@@ -304,17 +304,23 @@ class _Setting:
         self,
         variant: str,
         model: Model,
+        volumes: list[SlicedVolume],
         slices: Slices,
         test: list[SlicedVolume],
         segmenter: torch.nn.Module,
         examples: dict[str, np.ndarray],
         show: bool,
     ) -> VariantResult:
-        """One variant adapted to a target, every step taken, each stopping rule's kept step scored."""
-        from harmonizing_flows.method.adaptation import adapt_harmonizer, decide
+        """One variant adapted to a target (``slices``: its ``volumes`` pooled), every step taken, each stopping
+        rule's kept step scored."""
+        from harmonizing_flows.method.adaptation import adapt_harmonizer, decide, starting_harmonizer
 
+        vprofile = apply_overrides(self.profile, VARIANTS[variant])
+        start = starting_harmonizer(model, vprofile.adapt)
+        if start is not model.harmonizer:  # a harmonizer that takes each volume prepared (histogram-matched)
+            slices = Slices.pool([start.prepare(v) for v in volumes])
         # the cheap Dice of the curves: every k-th brain slice of the test volumes
-        curve_slices = Slices.pool(test, labels=True)
+        curve_slices = Slices.pool([start.prepare(v) for v in test], labels=True)
         pick = torch.arange(0, len(curve_slices), self.profile.evaluation.curve_slice_stride)
         cx, cm = curve_slices.batch(pick, self.device)
         cl = curve_slices.batch_labels(pick, self.device)
@@ -325,7 +331,6 @@ class _Setting:
             with torch.no_grad():
                 return {"dice": _pooled_dice(segmenter, harmonizer(cx, cm), cm, cl)}
 
-        vprofile = apply_overrides(self.profile, VARIANTS[variant])
         unguarded = replace(vprofile.adapt, alpha_guard=0.0, intensity_guard=0.0)
         adapted = adapt_harmonizer(model, slices, replace(unguarded, stop="steps"), device=self.device,
                                    segmenter=segmenter, seed=self.profile.seed, progress=self.progress,
@@ -340,7 +345,7 @@ class _Setting:
                 decision = decide(curve, replace(unguarded, **fields), source_value, final=True)
                 index, reason = decision.index, decision.reason
             kept[rule] = Kept(int(curve[index]["step"]), reason)
-        harmonizer = copy.deepcopy(model.harmonizer)
+        harmonizer = copy.deepcopy(start)
         images: dict[int, list[np.ndarray]] = {}
         scores: dict[str, list[Scores]] = {}
         for rule, k in kept.items():

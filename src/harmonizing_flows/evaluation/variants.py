@@ -7,7 +7,7 @@ from typing import Any
 
 from harmonizing_flows.config import AdaptConfig
 
-__all__ = ["DEFAULT_VARIANT", "EXAMPLE_RULE", "GUARD", "RULES", "VARIANTS"]
+__all__ = ["ADAPT_ONLY", "DEFAULT_VARIANT", "EXAMPLE_RULE", "GUARD", "RULES", "VARIANTS"]
 
 _PAPER = ("harmonizer.positive_alpha=false", "adapt.brain_only=false", "negatives.collapse_modes=false")
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -15,12 +15,19 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "brain-only": (*_PAPER, "adapt.brain_only=true"),
     "positive-alpha": (*_PAPER, "harmonizer.positive_alpha=true"),
     "collapse-negatives": (*_PAPER, "negatives.collapse_modes=true"),
+    # beyond the paper (issue 20): the curve harmonizer, started at histogram matching, with and without the
+    # change-of-variables term; its learning rate moves a curve's knots, not a network's weights
+    "curve": (*_PAPER, "adapt.harmonizer=curve", "adapt.lr=0.02", "adapt.jacobian_weight=0"),
+    "curve+jacobian": (*_PAPER, "adapt.harmonizer=curve", "adapt.lr=0.02", "adapt.jacobian_weight=1"),
 }
 """The method's variants of Table 2: the paper-faithful one and the paper's with one guard that changes the
 adaptation's path, each spelled out in full so that a profile's defaults cannot change
 what a variant is. The alpha and intensity guards only stop a path early, so they are replayed on each
 variant's curve, at the fixed values of :data:`RULES` (a profile's own ``adapt.alpha_guard`` and
 ``adapt.intensity_guard`` are not used here)."""
+
+ADAPT_ONLY = ("paper-faithful", "brain-only", "curve", "curve+jacobian")
+"""The variants that adapt the paper-faithful fitted model (they change adaptation only)."""
 
 DEFAULT_VARIANT = "paper-faithful"
 """The variant that the default profiles fit and adapt (the paper's linear alpha, no guard that changes the
