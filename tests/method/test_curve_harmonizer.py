@@ -146,3 +146,18 @@ def test_a_curve_harmonizer_adapts_saves_and_harmonizes_from_the_command_line(fi
     order = np.argsort(x, kind="stable")
     assert np.all(np.diff(y[order]) >= -1e-4)  # monotone in the input's intensity
     assert not np.asarray(harmonized.dataobj)[~brain].any() and y.max() <= 255.0 and y.max() > 0
+
+
+def test_a_model_without_a_source_histogram_cannot_start_a_curve(fitted):
+    from harmonizing_flows.config import AdaptConfig
+    from harmonizing_flows.errors import ConfigError
+    from harmonizing_flows.method.adaptation import starting_harmonizer
+
+    model = load_model(fitted)
+    assert starting_harmonizer(model, AdaptConfig()) is model.harmonizer  # the paper's: the fitted network
+    assert isinstance(starting_harmonizer(model, AdaptConfig(harmonizer="curve")), CurveHarmonizer)
+    del model.metadata["source_histogram"]
+    with pytest.raises(ConfigError, match="no source histogram"):
+        starting_harmonizer(model, AdaptConfig(harmonizer="curve"))
+    with pytest.raises(ConfigError, match="paper or curve"):
+        AdaptConfig(harmonizer="spline")

@@ -17,6 +17,7 @@ Not yet here (issue 20): a smooth multiplicative bias field and a local residual
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -70,8 +71,6 @@ class CurveHarmonizer(nn.Module):
     def prepare(self, sliced: Slices) -> Slices:
         """One volume's slices mapped onto the source histogram (uint8, zero outside the brain), labels kept.
         Raises as :meth:`volume_lut`."""
-        from dataclasses import replace
-
         lut = self.volume_lut(sliced).astype(np.uint8)
         images = np.where(sliced.mask.astype(bool), lut[sliced.images], 0).astype(np.uint8)
         return replace(sliced, images=images)
