@@ -43,6 +43,7 @@ __all__ = [
     "Decision",
     "adapt",
     "adapt_harmonizer",
+    "adaptation_loss",
     "choose_settings",
     "decide",
     "prediction_entropy",
@@ -207,6 +208,23 @@ def starting_harmonizer(model: Model, config: AdaptConfig) -> Harmonizer | Curve
     return CurveHarmonizer(histogram)
 
 
+def adaptation_loss(
+    flow: torch.nn.Module,
+    harmonizer: Harmonizer | CurveHarmonizer,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    noise: torch.Tensor,
+    config: AdaptConfig,
+) -> torch.Tensor:
+    """Eq. 6: the flow's mean bpd of ``h(x)``, minus ``config.jacobian_weight`` times ``log2 |h'(x)|`` per pixel
+    that the bpd counts (the change-of-variables term; none by default)."""
+    loss = flow.bpd(harmonizer(x, mask), mask, noise=noise, brain_only=config.brain_only).mean()
+    if config.jacobian_weight:
+        pixels = mask.sum((1, 2, 3)).clamp_min(1.0) if config.brain_only else float(mask[0].numel())
+        loss = loss - config.jacobian_weight * (harmonizer.log_jacobian(x, mask) / pixels).mean()
+    return loss
+
+
 def adapt_harmonizer(
     model: Model,
     target: Slices,
@@ -284,10 +302,7 @@ def adapt_harmonizer(
             index = torch.randperm(n, generator=g)[:batch]
             x, m = target.batch(index, device)
             noise = torch.randn(x.shape, generator=g).to(device)
-            loss = flow.bpd(harmonizer(x, m), m, noise=noise, brain_only=config.brain_only).mean()
-            if config.jacobian_weight:
-                pixels = m.sum((1, 2, 3)).clamp_min(1.0) if config.brain_only else float(m[0].numel())
-                loss = loss - config.jacobian_weight * (harmonizer.log_jacobian(x, m) / pixels).mean()
+            loss = adaptation_loss(flow, harmonizer, x, m, noise, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
