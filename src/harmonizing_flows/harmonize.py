@@ -122,21 +122,20 @@ def harmonize_volume(
     volume = image if isinstance(image, Volume) else load_volume(image, mask)
     model_grid = conform(volume, config.voxel_size) if config.resample else volume
     config = replace(config, resample=False)  # model_grid is on the model's grid already
-    extent = to_plane(np.empty(model_grid.image.shape, dtype=bool), config.axis).shape[1:]
-    f = harmonizer.factor
-    size = (math.ceil(extent[0] / f) * f, math.ceil(extent[1] / f) * f)
-    whole = slice_volume(model_grid, replace(config, image_size=size))  # padded: nothing outside
     window = slice_volume(model_grid, replace(config, max_brain_outside=1.0))  # too much outside: warn, don't refuse
-    outside = window.brain_outside
-    harmonizer = channels_last(copy.deepcopy(harmonizer).to(device)).eval()  # the caller's keeps its device and mode
     if isinstance(harmonizer, CurveHarmonizer):  # one intensity map per volume: it applies on the input's grid
         if model_grid is volume:  # the very levels adaptation saw
             levels = quantize_with(volume.image, volume.mask, window.grid.scale, config.levels)
         else:  # a finer grid keeps its own intensities between the levels
             levels = np.where(volume.mask, volume.image * np.float32(1.0 / window.grid.scale), np.float32(0.0))
         mapped = np.interp(levels, np.arange(config.levels), harmonizer.volume_map(window))
-        out = np.where(volume.mask, np.clip(mapped, 0.0, 255.0), 0.0).astype(np.float32)
-        return _image(out, volume, dtype)
+        return _image(np.where(volume.mask, np.clip(mapped, 0.0, 255.0), 0.0).astype(np.float32), volume, dtype)
+    extent = to_plane(np.empty(model_grid.image.shape, dtype=bool), config.axis).shape[1:]
+    f = harmonizer.factor
+    size = (math.ceil(extent[0] / f) * f, math.ceil(extent[1] / f) * f)
+    whole = slice_volume(model_grid, replace(config, image_size=size))  # padded: nothing outside
+    outside = window.brain_outside
+    harmonizer = channels_last(copy.deepcopy(harmonizer).to(device)).eval()  # the caller's keeps its device and mode
 
     def fields(sliced: SlicedVolume) -> tuple[np.ndarray, np.ndarray]:
         return harmonizer_fields(harmonizer, sliced, device=device, batch_size=batch_size)

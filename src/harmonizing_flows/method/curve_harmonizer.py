@@ -75,9 +75,6 @@ class CurveHarmonizer(nn.Module):
         images = np.where(sliced.mask.astype(bool), lut[sliced.images], 0).astype(np.uint8)
         return replace(sliced, images=images)
 
-    factor = 1
-    """Slices of any size will do (no down-sampling)."""
-
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The paper harmonizer's interface: a gain of one per image and the offset map ``c(x) - x``, so that
         ``Harmonizer.apply`` gives ``c(x)`` (for code that scores both families alike)."""
