@@ -156,7 +156,7 @@ def test_slice_table_puts_the_intensity_bar_and_letters_on_every_slice(tmp_path,
 def test_the_benchmark_figures_are_written_and_labelled(tmp_path, drawn):
     from harmonizing_flows.evaluation.report import _figures
     from harmonizing_flows.evaluation.results import Kept, SettingResult, TargetResult, VariantResult
-    from harmonizing_flows.evaluation.variants import EXAMPLE_RULE
+    from harmonizing_flows.evaluation.variants import DEFAULT_RULE
 
     rng = np.random.default_rng(2)
     mask = np.zeros((4, 24, 24), bool)
@@ -168,7 +168,7 @@ def test_the_benchmark_figures_are_written_and_labelled(tmp_path, drawn):
         for site, image in (("b", source.astype(float) * 0.8), ("clipped", clipped))
     }
     curve = [{"step": s, "target_bpd": 3.0 - 0.01 * s, "dice": 60 + s / 10} for s in range(0, 40, 10)]
-    variant = VariantResult({}, curve, {EXAMPLE_RULE: Kept(20, "x")}, 2.8)
+    variant = VariantResult({}, curve, {DEFAULT_RULE: Kept(20, "x")}, 2.8)
     targets = {site: TargetResult([], {}, {"default": variant}) for site in examples}
     setting = SettingResult("a", [], [], targets, examples, source, mask)
     written = _figures({"A": setting}, tmp_path, ["default"])

@@ -7,7 +7,13 @@ import pytest
 import torch
 from scipy import ndimage
 
-from harmonizing_flows.evaluation.metrics import dice, score_volume, subject_means, surface_distances
+from harmonizing_flows.evaluation.metrics import (
+    dice,
+    neighbour_difference,
+    score_volume,
+    subject_means,
+    surface_distances,
+)
 
 monai_metrics = pytest.importorskip("monai.metrics")
 
@@ -125,3 +131,21 @@ def test_bad_shapes_and_spacing_are_refused():
         score_volume(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), (1, 1))
     with pytest.raises(ValueError, match="spacing"):
         score_volume(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), (1, 0, 1))
+
+
+def test_neighbour_difference_sees_flicker_that_one_map_per_volume_does_not_add():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(50, 150, (1, 12, 12)).repeat(6, axis=0).astype(np.float32)  # anatomy constant along slices
+    mask = np.ones_like(images, bool)
+    assert neighbour_difference(images, mask) == 0.0
+    assert neighbour_difference(2.0 * images + 10, mask) == 0.0  # one intensity map for the volume: no flicker
+    gains = np.array([1.0, 1.1, 1.0, 1.1, 1.0, 1.1], np.float32)[:, None, None]
+    flicker = neighbour_difference(images * gains, mask)
+    assert flicker == pytest.approx(0.1 * images[0].mean(), rel=1e-5)
+    # only pixels in the brain of both neighbours count
+    shifted = images.copy()
+    shifted[:, 0, 0] = [0, 255, 0, 255, 0, 255]
+    partial = mask.copy()
+    partial[1::2, 0, 0] = False
+    assert neighbour_difference(shifted, partial) == 0.0
+    assert np.isnan(neighbour_difference(images, np.zeros_like(mask)))

@@ -51,7 +51,8 @@ def test_tables_json_and_figures_are_written(report):
     out, written, _ = report
     assert set(written) == {"tables.md", "results.json", "figures"}
     tables = (out / "tables.md").read_text()
-    for heading in ("Table 1", "Table 2", "Table 3", "Dice (%)", "HD95 (mm)", "modified Hausdorff distance (mm)"):
+    for heading in ("Table 1", "Table 2", "Table 3", "Dice (%)", "HD95 (mm)", "modified Hausdorff distance (mm)",
+                    "3D consistency"):  # fmt: skip
         assert heading in tables
     for method in TABLE1_METHODS:
         assert f"| {method} " in tables
@@ -79,6 +80,12 @@ def test_every_method_is_scored_on_every_test_volume_of_every_target(report, sim
         for method in ("none", "histogram matching", "Nyul", "WhiteStripe", "ComBat", "TENT", "BigAug"):
             assert len(target["scores"][method]) == n
             assert all(0 <= s["dice"] <= 100 and s["hd95"] >= 0 for s in target["scores"][method])
+            assert all(s["neighbour_difference"] > 0 for s in target["scores"][method])
+        # the segmenters see the raw images: their 3D consistency is the raw images', whatever their labels
+        for method in ("TENT", "BigAug"):
+            assert [s["neighbour_difference"] for s in target["scores"][method]] == [
+                s["neighbour_difference"] for s in target["scores"]["none"]
+            ]
         for variant in target["variants"].values():
             for rule in RULES:
                 assert len(variant["scores"][f"adapted ({rule})"]) == n

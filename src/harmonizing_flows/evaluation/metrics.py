@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from harmonizing_flows.data.labels import NUM_CLASSES
 
-__all__ = ["METRICS", "dice", "score_volume", "subject_means", "surface_distances"]
+__all__ = ["METRICS", "dice", "neighbour_difference", "score_volume", "subject_means", "surface_distances"]
 
 METRICS = ("dice", "hd95", "mhd", "assd")
 """The per-class metrics of :func:`score_volume`, in its output's order."""
@@ -117,3 +117,21 @@ def subject_means(scores: dict[str, np.ndarray]) -> dict[str, float]:
         mean = float(finite.mean()) if finite.size else float("nan")
         means[name] = 100.0 * mean if name == "dice" else mean
     return means
+
+
+def neighbour_difference(images: np.ndarray, mask: np.ndarray) -> float:
+    """The 3D consistency of a harmonized volume: the mean absolute difference (grey levels) between neighbouring
+    slices, over the brain pixels of both.
+
+    Anatomy changes from slice to slice, so this is never 0; a harmonizer with parameters of its own per slice
+    adds flicker on top, which shows as a value above the same volume's (or the source's) unharmonized one.
+
+    Args:
+        images: ``(n_slices, height, width)``, harmonized or not, on the scale of the source's grey levels.
+        mask: The brain, the same shape.
+    """
+    both = mask[1:].astype(bool) & mask[:-1].astype(bool)
+    if not both.any():
+        return float("nan")
+    x = np.asarray(images, np.float32)
+    return float(np.abs(x[1:] - x[:-1])[both].mean())

@@ -36,9 +36,9 @@ from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.data.volume import SlicedVolume
 from harmonizing_flows.errors import ConfigError, InputError, system_errors
 from harmonizing_flows.evaluation import cache
-from harmonizing_flows.evaluation.metrics import score_volume, subject_means
+from harmonizing_flows.evaluation.metrics import neighbour_difference, score_volume, subject_means
 from harmonizing_flows.evaluation.results import Kept, Scores, SettingResult, TargetResult, VariantResult
-from harmonizing_flows.evaluation.variants import ADAPT_ONLY, DEFAULT_VARIANT, EXAMPLE_RULE, RULES, VARIANTS
+from harmonizing_flows.evaluation.variants import ADAPT_ONLY, DEFAULT_RULE, DEFAULT_VARIANT, RULES, VARIANTS
 from harmonizing_flows.harmonize import harmonize_slices
 from harmonizing_flows.method.store import Model
 from harmonizing_flows.profiles import Profile, apply_overrides, profile_to_dict
@@ -52,12 +52,14 @@ SEGMENTER_CODE = ("harmonizing_flows.evaluation.segmenter",)
 
 
 def _score(segmenter: torch.nn.Module, images: np.ndarray, volume: SlicedVolume, device: torch.device) -> Scores:
-    """A test volume's scores: the segmenter's labels of ``images`` (its slices, harmonized or not) against its own."""
+    """A test volume's scores: the segmenter's labels of ``images`` (its slices, harmonized or not) against its own,
+    and the images' 3D consistency."""
     from harmonizing_flows.evaluation.segmenter import predict
 
     assert volume.labels is not None
     pred = predict(segmenter, images, volume.mask, device=device)
-    return subject_means(score_volume(pred, volume.labels, volume.spacing))
+    scores = subject_means(score_volume(pred, volume.labels, volume.spacing))
+    return {**scores, "neighbour_difference": neighbour_difference(images, volume.mask)}
 
 
 def _pooled_dice(segmenter, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> float:
@@ -352,7 +354,7 @@ class _Setting:
             if k.step not in images:
                 harmonizer.load_state_dict(snapshots[k.step])
                 images[k.step] = [harmonize_slices(harmonizer, v, device=self.device) for v in test]
-            if show and rule == EXAMPLE_RULE:
+            if show and rule == DEFAULT_RULE:
                 examples["Harmonizing Flows"] = images[k.step][0]
             scores[f"adapted ({rule})"] = [
                 _score(segmenter, imgs, v, self.device) for imgs, v in zip(images[k.step], test, strict=True)

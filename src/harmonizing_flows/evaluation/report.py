@@ -16,7 +16,7 @@ import numpy as np
 
 from harmonizing_flows.evaluation.baselines import REQUIREMENTS
 from harmonizing_flows.evaluation.results import Scores, SettingResult
-from harmonizing_flows.evaluation.variants import EXAMPLE_RULE, RULES
+from harmonizing_flows.evaluation.variants import DEFAULT_RULE, RULES
 
 __all__ = ["TABLE1_METHODS", "render_seeds", "render_tables", "table_rows", "write_report"]
 
@@ -33,6 +33,7 @@ TABLE1_METHODS = (
     "Harmonizing Flows (min entropy)",
     "Harmonizing Flows (source bpd + guard)",
     "Harmonizing Flows (min entropy + guard)",
+    "Harmonizing Flows (fixed steps)",
     "Harmonizing Flows (oracle)",
 )
 _FROM_VARIANT = {
@@ -41,13 +42,20 @@ _FROM_VARIANT = {
     "Harmonizing Flows (min entropy)": "adapted (entropy)",
     "Harmonizing Flows (source bpd + guard)": "adapted (source-bpd+guard)",
     "Harmonizing Flows (min entropy + guard)": "adapted (entropy+guard)",
+    "Harmonizing Flows (fixed steps)": "adapted (steps)",
     "Harmonizing Flows (oracle)": "adapted (oracle)",
 }
-_UNITS = {"dice": "Dice (%)", "hd95": "HD95 (mm)", "mhd": "modified Hausdorff distance (mm)", "assd": "ASSD (mm)"}
+_UNITS = {
+    "dice": "Dice (%)",
+    "hd95": "HD95 (mm)",
+    "mhd": "modified Hausdorff distance (mm)",
+    "assd": "ASSD (mm)",
+    "neighbour_difference": "3D consistency: mean absolute difference of neighbouring slices (grey levels)",
+}
 
 
 def _stats(values: Sequence[Scores], metric: str) -> tuple[float, float]:
-    v = np.array([x[metric] for x in values], float)
+    v = np.array([x.get(metric, np.nan) for x in values], float)
     v = v[np.isfinite(v)]
     return (float(v.mean()), float(v.std())) if v.size else (float("nan"), float("nan"))
 
@@ -88,7 +96,7 @@ def _requirements(method: str) -> str:
 
 def _table1(results, letters, variant: str, sites: Mapping[str, str]) -> list[str]:
     lines = []
-    for metric, digits in (("dice", 1), ("hd95", 2), ("mhd", 2), ("assd", 2)):
+    for metric, digits in (("dice", 1), ("hd95", 2), ("mhd", 2), ("assd", 2), ("neighbour_difference", 2)):
         rows = table_rows(results, ("ceiling", *TABLE1_METHODS), metric, variant)
         head = "| method | SF | TA | UD | " + " | ".join(f"{x} ({sites[x]})" for x in letters) + " | average |"
         if metric == "dice":
@@ -118,6 +126,7 @@ def _table2(results, letters, variants: Sequence[str]) -> list[str]:
             ("adapted (min entropy)", "Harmonizing Flows (min entropy)"),
             ("adapted (source bpd + guard)", "Harmonizing Flows (source bpd + guard)"),
             ("adapted (min entropy + guard)", "Harmonizing Flows (min entropy + guard)"),
+            ("adapted (fixed steps)", "Harmonizing Flows (fixed steps)"),
         ):
             row = table_rows(results, (method,), "dice", variant)[method]
             cells = " | ".join(_cell(row[x], 1) for x in (*letters, "average"))
@@ -173,7 +182,7 @@ def _figures(
 
     order = ("none", "histogram matching", "Nyul", "WhiteStripe", "ComBat", "pre-trained harmonizer",
              "Harmonizing Flows")  # fmt: skip
-    rule = RULES[EXAMPLE_RULE][0]
+    rule = RULES[DEFAULT_RULE][0]
     written = []
     for letter, setting in results.items():
         examples, source = setting.examples, setting.source_example
@@ -209,7 +218,7 @@ def _figures(
                 axes[0, c].plot(steps, [r["target_bpd"] for r in result.curve], lw=1.2, color=colour, label=variant)
                 axes[0, c].axhline(result.source_bpd, color=colour, ls=":", lw=1)
                 axes[1, c].plot(steps, [r["dice"] for r in result.curve], lw=1.2, color=colour)
-                axes[1, c].axvline(result.kept[EXAMPLE_RULE].step, color=colour, ls="--", lw=0.8)
+                axes[1, c].axvline(result.kept[DEFAULT_RULE].step, color=colour, ls="--", lw=0.8)
             axes[0, c].set_title(f"{setting.source} -> {site}", fontsize=9)
             axes[1, c].set_xlabel("adaptation step", fontsize=8)
             for ax in axes[:, c]:
@@ -313,7 +322,7 @@ def render_summary(summary: Mapping[str, Any]) -> str:
     default = summary["default_method"]
     paired = {p["b"]: p for p in summary["paired"]}
     head = "| method | " + " | ".join(f"{x} ({summary['settings'][x]})" for x in letters)
-    head += " | mean over seeds | spread | default minus it (95 % CI) | Wilcoxon p |"
+    head += " | mean over seeds | spread | default minus it (95 % CI) | Wilcoxon p | neighbour difference |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
     def row(name: str, values: Mapping[str, Any], label: str) -> str:
@@ -326,7 +335,9 @@ def render_summary(summary: Mapping[str, Any]) -> str:
             versus = f"{p['mean']:+.2f} ({p['ci95'][0]:+.2f} to {p['ci95'][1]:+.2f}) | {p['p']:.2g}"
         else:
             versus = "— | —"
-        return f"| {label} | {cells} | {dice['mean']:.1f} | {spread} | {versus} |"
+        flicker = values.get("neighbour_difference", {}).get("mean", float("nan"))
+        flicker_cell = "n/a" if not np.isfinite(flicker) else f"{flicker:.2f}"
+        return f"| {label} | {cells} | {dice['mean']:.1f} | {spread} | {versus} | {flicker_cell} |"
 
     lines.append(row("ceiling", summary["ceiling"], "ceiling: segmenter on its source test volumes"))
     for name, values in summary["methods"].items():
@@ -338,7 +349,10 @@ def render_summary(summary: Mapping[str, Any]) -> str:
         "Per setting: mean over seeds of the mean over target test volumes. Spread: sample standard deviation "
         "of the seeds' means over settings. The last columns pair every test volume: the default method's Dice "
         "minus the row's, its mean with a bootstrap 95 % interval (volumes resampled within each setting and "
-        "seed) and the Wilcoxon signed-rank p. Rows marked * read the test labels."
+        "seed) and the Wilcoxon signed-rank p. Rows marked * read the test labels. Neighbour difference: the 3D "
+        "consistency of the images the segmenter saw, the mean absolute difference (grey levels) of neighbouring "
+        "slices over the brain (the ceiling's: the source's own); a method that flickers between slices exceeds "
+        "the level its contrast explains."
     )
     return "\n".join([notes, "", *lines, ""])
 

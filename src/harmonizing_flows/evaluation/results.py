@@ -16,7 +16,9 @@ import numpy as np
 __all__ = ["IMAGE_KEYS", "Kept", "Scores", "SettingResult", "TargetResult", "VariantResult"]
 
 Scores = dict[str, float]
-"""One test volume's metrics: ``dice`` (%), ``hd95``, ``mhd``, ``assd`` (mm), each the mean over its classes."""
+"""One test volume's metrics: ``dice`` (%), ``hd95``, ``mhd``, ``assd`` (mm), each the mean over its classes, and
+``neighbour_difference`` (grey levels; :func:`~harmonizing_flows.evaluation.metrics.neighbour_difference`) where
+the volume was scored after this change (older results lack it)."""
 
 IMAGE_KEYS = ("examples", "source_example", "source_mask")
 """The fields of a setting that hold images for the figures, not numbers (left out of results.json)."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from harmonizing_flows.evaluation.results import Scores, SettingResult
 from harmonizing_flows.evaluation.statistics import paired_comparison
-from harmonizing_flows.evaluation.variants import DEFAULT_VARIANT, EXAMPLE_RULE, RULES
+from harmonizing_flows.evaluation.variants import DEFAULT_RULE, DEFAULT_VARIANT, RULES
 
 __all__ = ["BASELINES", "DEFAULT_METHOD", "method_name", "methods", "summarize"]
 
@@ -30,9 +30,11 @@ def method_name(variant: str, rule: str) -> str:
     return f"Harmonizing Flows ({variant}, {rule})"
 
 
-DEFAULT_METHOD = method_name(DEFAULT_VARIANT, EXAMPLE_RULE)
-"""What the tool does by default: the default variant, kept by the minimum-entropy rule with the intensity guard
-(``hflow adapt --segmenter``)."""
+DEFAULT_METHOD = method_name(DEFAULT_VARIANT, DEFAULT_RULE)
+"""What the tool does by default: the default variant, kept by the default stopping rule."""
+
+METRICS = ("dice", "hd95", "neighbour_difference")
+"""The metrics of every row (``neighbour_difference``: the 3D consistency of the images the segmenter saw)."""
 
 Run = Mapping[str, SettingResult]
 """One seed's results: setting letter -> its results."""
@@ -52,11 +54,18 @@ def _volumes(run: Run, letter: str, key: str, variant: str) -> list[Scores]:
     return run[letter].method_scores(key, variant)
 
 
+def _mean(values: Sequence[float]) -> float:
+    """The mean over the finite values (NaN when none is: a metric that results of older code lack)."""
+    finite = np.asarray(values, float)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
 def _metric(runs: Mapping[int, Run], key: str, variant: str, metric: str) -> dict[str, Any]:
     seeds = list(runs)
     letters = list(next(iter(runs.values())))
     table = np.array(
-        [[np.nanmean([v[metric] for v in _volumes(runs[s], x, key, variant)]) for x in letters] for s in seeds]
+        [[_mean([v.get(metric, np.nan) for v in _volumes(runs[s], x, key, variant)]) for x in letters] for s in seeds]
     )  # seeds x settings
     per_seed = table.mean(axis=1)
     return {
@@ -104,10 +113,10 @@ def summarize(
         "seeds": list(runs),
         "test_volumes_per_target": min(counts),
         "settings": {x: sites[x] for x in letters[0]},
-        "ceiling": {m: _metric(runs, "ceiling", variants[0], m) for m in ("dice", "hd95")},
+        "ceiling": {m: _metric(runs, "ceiling", variants[0], m) for m in METRICS},
         "default_method": default_method,
         "methods": {
-            name: {"variant": variant, **{m: _metric(runs, key, source, m) for m in ("dice", "hd95")}}
+            name: {"variant": variant, **{m: _metric(runs, key, source, m) for m in METRICS}}
             for name, (variant, key, source) in rows.items()
         },
     }

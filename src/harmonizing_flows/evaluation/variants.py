@@ -7,7 +7,7 @@ from typing import Any
 
 from harmonizing_flows.config import AdaptConfig
 
-__all__ = ["ADAPT_ONLY", "DEFAULT_VARIANT", "EXAMPLE_RULE", "GUARD", "RULES", "VARIANTS"]
+__all__ = ["ADAPT_ONLY", "DEFAULT_RULE", "DEFAULT_VARIANT", "GUARD", "RULES", "VARIANTS"]
 
 _PAPER = ("harmonizer.positive_alpha=false", "adapt.brain_only=false", "negatives.collapse_modes=false")
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -29,9 +29,9 @@ variant's curve, at the fixed values of :data:`RULES` (a profile's own ``adapt.a
 ADAPT_ONLY = ("paper-faithful", "brain-only", "curve", "curve+jacobian")
 """The variants that adapt the paper-faithful fitted model (they change adaptation only)."""
 
-DEFAULT_VARIANT = "paper-faithful"
-"""The variant that the default profiles fit and adapt (the paper's linear alpha, no guard that changes the
-path; the stop-only intensity guard is on), and the one that ``hflow demo`` runs."""
+DEFAULT_VARIANT = "curve"
+"""The variant of the tool's default method, and the one that ``hflow demo`` runs: the curve harmonizer, chosen
+over the paper-faithful one on validation volumes (benchmarks/RESULTS.md, issue 20; no test volume was read)."""
 
 GUARD = AdaptConfig().intensity_guard
 """The intensity guard's tolerance in the replayed rules: the default's (see ``AdaptConfig.intensity_guard``)."""
@@ -48,5 +48,6 @@ RULES: dict[str, tuple[str, dict[str, Any]]] = {
 """Stopping rules of Table 3: name -> (label, the ``AdaptConfig`` fields it sets; every other guard is off).
 The oracle keeps the best Dice on the test slices, reading labels: analysis only."""
 
-EXAMPLE_RULE = "entropy+guard"
-"""The rule whose kept step the slice figures show: what ``hflow adapt --segmenter`` does by default."""
+DEFAULT_RULE = "steps"
+"""The stopping rule of the tool's default method (its variant adapted for the profile's steps, the last kept),
+chosen with its variant on validation volumes; the slice figures show its kept step."""
