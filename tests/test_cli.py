@@ -222,8 +222,10 @@ def test_fit_segmenter_then_adapt_with_the_entropy_rule(simulated, fitted, smoke
             "spgr-15t",
             "--out",
             str(out),
-            "--segmenter",  # without --stop: a segmenter makes the entropy rule the default
+            "--segmenter",  # without --stop: a segmenter makes the entropy rule the paper harmonizer's default
             str(seg),
+            "--set",
+            "adapt.harmonizer=paper",
             "--steps",
             "10",
             "-q",
@@ -249,14 +251,15 @@ def test_fit_segmenter_then_adapt_with_the_entropy_rule(simulated, fitted, smoke
         ],
     )
     assert result.exit_code == 2 and "needs a segmenter" in result.output
-    # a rule named in the settings is kept even with a segmenter
-    result = runner.invoke(
-        app,
-        ["adapt", str(fitted), str(simulated.manifest), "--site", "spgr-15t", "--out", str(tmp_path / "y"),
-         "--segmenter", str(seg), "--set", "adapt.stop=steps", "--steps", "3", "-q"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "y" / "model.json").read_text())["adaptation"]["stop"] == "steps"
+    # a rule named in the settings is kept even with a segmenter; the default curve harmonizer keeps its own
+    for name, family in (("y", ["--set", "adapt.harmonizer=paper", "--set", "adapt.stop=steps"]), ("z", [])):
+        result = runner.invoke(
+            app,
+            ["adapt", str(fitted), str(simulated.manifest), "--site", "spgr-15t", "--out", str(tmp_path / name),
+             "--segmenter", str(seg), *family, "--steps", "3", "-q"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / name / "model.json").read_text())["adaptation"]["stop"] == "steps"
 
 
 def test_adapt_to_a_target_without_brain_names_the_mask(fitted, tmp_path):

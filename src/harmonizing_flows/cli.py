@@ -271,8 +271,8 @@ def adapt(
     quiet: QuietOption = False,
 ) -> None:
     """Adapt a fitted model's harmonizer to a new site, without labels or source data."""
+    from harmonizing_flows.method.adaptation import HM_START, choose_settings
     from harmonizing_flows.method.adaptation import adapt as run
-    from harmonizing_flows.method.adaptation import choose_settings
     from harmonizing_flows.method.store import load_model
     from harmonizing_flows.profiles import update_profile
 
@@ -293,11 +293,16 @@ def adapt(
                              overwrite=overwrite, progress=not quiet)  # fmt: skip
     kept = result.summary["kept"]
     start = result.summary["start"]
-    colour = typer.colors.YELLOW if result.guard else None
+    colour = typer.colors.YELLOW if result.guard or result.chosen_step == 0 else None
     typer.secho(f"{result.reason}", fg=colour)
+    if result.chosen_step == 0:
+        typer.secho(f"kept step 0: the adapted model harmonizes as its start did ({result.summary['started_as']}); "
+                    "adaptation changed nothing, for the reason above", fg=colour)  # fmt: skip
+    moved = (f"alpha {start['alpha']:.3f} -> {kept['alpha']:.3f}" if result.summary["started_as"] != HM_START
+             else f"brain mean {start['brain_mean']:.1f} -> {kept['brain_mean']:.1f}")  # fmt: skip
     typer.echo(
         f"kept step {result.chosen_step}: target bpd {start['target_bpd']:.3f} -> {kept['target_bpd']:.3f} "
-        f"(source {result.summary['source_bpd']:.3f}), alpha {start['alpha']:.3f} -> {kept['alpha']:.3f}\n"
+        f"(source {result.summary['source_bpd']:.3f}), {moved}\n"
         f"  adapted model: {folder}\n  curve: {folder / 'adaptation.json'}"
     )
 
@@ -437,11 +442,11 @@ def benchmark(
     variants: Annotated[
         str,
         typer.Option(
-            help="Method variants: paper-faithful (the default method), positive-alpha, brain-only, "
-            "collapse-negatives, curve and curve+jacobian (issue 20's curve harmonizer, started at histogram "
-            "matching, without and with the change-of-variables term). Table 1 shows the first."
+            help="Method variants: curve (the default method: histogram matching, then one monotone curve for "
+            "the site), curve+jacobian (with the change-of-variables term), paper-faithful (the paper's "
+            "harmonizer), positive-alpha, brain-only, collapse-negatives. Table 1 shows the first."
         ),
-    ] = "paper-faithful,positive-alpha,brain-only,collapse-negatives",
+    ] = "curve,paper-faithful,curve+jacobian,positive-alpha,brain-only,collapse-negatives",
     profile: ProfileOption = "fast",
     config: ConfigOption = None,
     set_: SetOption = None,

@@ -319,10 +319,18 @@ HarmonizerFamily = Literal["paper", "curve"]
 class AdaptConfig:
     """Test-time adaptation of the harmonizer to one target site (paper Eq. 6).
 
+    The default is the tool's method: the curve harmonizer (histogram matching, then one monotone curve for the
+    site) adapted for ``steps`` steps, the last kept (chosen over the paper's harmonizer and its stopping rules
+    on validation volumes; benchmarks/RESULTS.md, issue 20). ``harmonizer="paper"`` with ``stop="source-bpd"``
+    is the paper's method (the ``paper`` profile's).
+
     Attributes:
-        lr: Adam learning rate. The authors used 4e-6, but on a network that takes and returns 0..255 values;
-            this harmonizer sees ``x / 255`` and scales its offset by 255, so the same number is not the same
-            step (Adam moves each weight by about ``lr``: the first layer moves 255x less, the last 255x more).
+        lr: Adam learning rate of the paper's harmonizer network. The authors used 4e-6, but on a network that
+            takes and returns 0..255 values; this harmonizer sees ``x / 255`` and scales its offset by 255, so the
+            same number is not the same step (Adam moves each weight by about ``lr``: the first layer moves 255x
+            less, the last 255x more).
+        curve_lr: Adam learning rate of the curve harmonizer's knots (free parameters of order 1, not a
+            network's weights, hence a rate far above ``lr``).
         batch_size: Target slices per step (the authors: 16).
         steps: Most steps to take.
         eval_every: Steps between evaluations of the stopping rule (target bpd on a fixed monitoring set).
@@ -342,35 +350,40 @@ class AdaptConfig:
             adaptation moved the mean by at most about a quarter and cut the spread by at most about a third, so
             the default, 0.3, lets it run and stops a collapse (benchmarks/HISTORY.md).
             On in every profile: it only ever stops a run earlier (0 gives the paper's exact procedure).
-        brain_only: Guard: measure the likelihood over the brain mask only (see ``FlowConfig.brain_only``).
+        brain_only: Measure the likelihood over the brain mask only (see ``FlowConfig.brain_only``): on by default,
+            as the curve harmonizer was validated; for the paper's harmonizer a guard (its Eq. 6 counts every
+            pixel: ``false``, as the ``paper`` profile sets).
         jacobian_weight: Weight of the change-of-variables term: the loss becomes ``bpd(h(x)) - w log2 |h'(x)|``
             per pixel, so that flattening the contrast is no longer rewarded (0: the paper's Eq. 6). The paper's
             harmonizer contributes ``log2 |alpha|`` (the offset map's own dependence on ``x`` left out); the curve
             harmonizer its curve's exact log-derivative.
-        harmonizer: What adaptation moves. ``"paper"``: the fitted harmonizer network (Eq. 6). ``"curve"``: a
-            curve harmonizer (:mod:`harmonizing_flows.method.curve_harmonizer`): each volume's histogram matched
-            onto the source's stored one, then one monotone curve for the site, starting at the identity (step 0
-            is histogram matching).
+        harmonizer: What adaptation moves. ``"curve"`` (the default): a curve harmonizer
+            (:mod:`harmonizing_flows.method.curve_harmonizer`): each volume's histogram matched onto the source's
+            stored one, then one monotone curve for the site, starting at the identity (step 0 is histogram
+            matching). ``"paper"``: the fitted harmonizer network (Eq. 6).
     """
 
     lr: float = 4e-6
+    curve_lr: float = 0.02
     batch_size: int = 16
-    steps: int = 2000
+    steps: int = 100
     eval_every: int = 10
     monitor_slices: int = 64
-    stop: StopRule = "source-bpd"
+    stop: StopRule = "steps"
     patience: int = 10
     alpha_guard: float = 0.0
     intensity_guard: float = 0.3
-    brain_only: bool = False
+    brain_only: bool = True
     jacobian_weight: float = 0.0
-    harmonizer: HarmonizerFamily = "paper"
+    harmonizer: HarmonizerFamily = "curve"
 
     def __post_init__(self) -> None:
         if self.stop not in ("source-bpd", "entropy", "steps"):
             raise ConfigError(f"stop must be source-bpd, entropy or steps, not {self.stop!r}")
-        if self.lr <= 0 or self.batch_size < 1 or self.steps < 0 or self.eval_every < 1:
-            raise ConfigError(f"lr, batch_size and eval_every must be positive and steps non-negative: {self}")
+        if self.lr <= 0 or self.curve_lr <= 0 or self.batch_size < 1 or self.steps < 0 or self.eval_every < 1:
+            raise ConfigError(
+                f"lr, curve_lr, batch_size and eval_every must be positive and steps non-negative: {self}"
+            )
         if not 0 <= self.alpha_guard < 1:
             raise ConfigError(f"alpha_guard must be in [0, 1), not {self.alpha_guard}")
         if not 0 <= self.intensity_guard < 1:

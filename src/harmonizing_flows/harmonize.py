@@ -13,7 +13,7 @@ Data at another voxel size than the model's is resampled to it first (:func:`har
 but the output is not the coarse image brought back: the harmonizer is ``alpha * x + beta``, so its gain (one
 per slice) and its offset map are interpolated back to the input's grid and applied to the input's own
 intensities. A 1 mm scan harmonized by a 2 mm model keeps its 1 mm detail; only the correction is coarse.
-A curve harmonizer (``hflow adapt --set adapt.harmonizer=curve``) is one intensity map per volume (its histogram
+A curve harmonizer (what ``hflow adapt`` adapts by default) is one intensity map per volume (its histogram
 matched onto the source's, then the site's curve), so it applies to the input's own intensities on any grid.
 Intensities follow the model's scaling (a high percentile inside the brain maps to 255), and the output stays on
 that 0..255 scale, as the source images the model learned from. Without a mask, the brain is every voxel above

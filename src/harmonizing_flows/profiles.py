@@ -1,14 +1,16 @@
 """Profiles: every setting of the method in one :class:`Profile`, three named presets, and overrides.
 
-* ``paper``: the paper's settings (224x224 coronal slices of 1 mm data, full-size networks and schedules). Meant
-  for a GPU: on two CPU cores one flow step takes seconds and the schedule weeks. Like every profile it runs
-  the paper's harmonizer (linear alpha: level best with the entropy rule, best with the source-bpd rule) with
-  the intensity guard, which only ever stops adaptation early; ``adapt.intensity_guard=0`` gives the paper's
-  method, and ``flow.margin_mode=absolute`` with ``flow.weighting=samples`` its Eq. 4 as written (the default
-  measures the margin from the source bpd and weighs the two terms alike, see
-  :class:`~harmonizing_flows.config.FlowConfig`).
+* ``paper``: the paper's method at the paper's settings (224x224 coronal slices of 1 mm data, full-size
+  networks and schedules; its harmonizer adapted with the source-bpd rule). Meant for a GPU: on two CPU cores
+  one flow step takes seconds and the schedule weeks. It keeps the intensity guard, which only ever stops
+  adaptation early; ``adapt.intensity_guard=0`` gives the paper's procedure exactly, and
+  ``flow.margin_mode=absolute`` with ``flow.weighting=samples`` its Eq. 4 as written (the default measures the
+  margin from the source bpd and weighs the two terms alike, see :class:`~harmonizing_flows.config.FlowConfig`).
+  ``--set adapt.harmonizer=curve --set adapt.stop=steps --set adapt.steps=100`` runs the tool's default method
+  on it (not yet validated at this scale).
 * ``fast``: the CPU default. 80x80 slices of 2 mm data (``hflow simulate --voxel-size 2``), narrower networks,
-  fewer couplings and short schedules; see ``benchmarks/RESULTS.md`` for what each step costs.
+  fewer couplings and short schedules; see ``benchmarks/RESULTS.md`` for what each step costs. Adapts with the
+  tool's default method (the curve harmonizer, see :class:`~harmonizing_flows.config.AdaptConfig`).
 * ``smoke``: tiny networks and a few steps, for tests: seconds, and no claim of quality.
 
 Any field can be overridden from a TOML file (tables named like the fields: ``[flow]``, ``[adapt]``, ...) or with
@@ -82,7 +84,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "paper": Profile(name="paper"),
+    "paper": Profile(
+        name="paper", adapt=AdaptConfig(harmonizer="paper", stop="source-bpd", steps=2000, brain_only=False)
+    ),
     "fast": Profile(
         name="fast",
         slices=SliceConfig(image_size=(80, 80), voxel_size=2.0),
@@ -92,8 +96,8 @@ PROFILES: dict[str, Profile] = {
             dequantization_couplings=2, couplings=(2, 3, 3), widths=(8, 16, 32), dequantization_widths=(8, 16)
         ),
         flow_training=TrainConfig(epochs=8, batch_size=16, lr=2e-3, halve_every=4, checkpoint_every=2),
-        # 100 steps: in the benchmark every practical rule kept a step near 100 or earlier (benchmarks/RESULTS.md),
-        # and later steps cost time.
+        # lr: the paper's harmonizer network's (adapt.harmonizer=paper), whose every practical rule kept a step
+        # near 100 or earlier in the benchmark (benchmarks/RESULTS.md); 100 steps suit the default curve too.
         adapt=AdaptConfig(lr=2e-5, batch_size=16, steps=100, eval_every=10, monitor_slices=48),
         segmenter=SegmenterConfig(channels=(16, 32, 64, 128)),
         segmenter_training=TrainConfig(epochs=40, batch_size=32, lr=4e-3, halve_every=15, checkpoint_every=5),

@@ -12,11 +12,16 @@ from harmonizing_flows.data.datasets import load_subjects
 from harmonizing_flows.data.prepare import read_volumes
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.errors import OutputExistsError
-from harmonizing_flows.method.adaptation import adapt, adapt_harmonizer, prediction_entropy
+from harmonizing_flows.method.adaptation import HM_START, adapt, adapt_harmonizer, prediction_entropy
 from harmonizing_flows.method.store import load_model
 
 # The rules' own tests run at learning rates that move intensities fast, so the intensity guard (tested on its own
-# below, on curves shaped like a measured collapse) is off in them.
+# below, on curves shaped like a measured collapse) is off in them. They adapt the paper's harmonizer network (the
+# curve harmonizer's own tests: test_curve_harmonizer.py).
+
+
+def _paper(model):
+    return replace(model.profile.adapt, harmonizer="paper", brain_only=False)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +33,7 @@ def target(simulated, fitted):
 
 def test_adaptation_lowers_the_target_bpd(fitted, target):
     model = load_model(fitted)
-    config = replace(model.profile.adapt, intensity_guard=0.0, stop="steps", steps=30, eval_every=10, lr=3e-4)
+    config = replace(_paper(model), intensity_guard=0.0, stop="steps", steps=30, eval_every=10, lr=3e-4)
     result = adapt_harmonizer(model, target, config, progress=False)
     bpd = [r["target_bpd"] for r in result.curve]
     assert [r["step"] for r in result.curve] == [0, 10, 20, 30]
@@ -43,12 +48,12 @@ def test_adaptation_lowers_the_target_bpd(fitted, target):
 def test_source_bpd_rule_stops_where_the_target_reaches_the_source(fitted, target):
     model = load_model(fitted)
     start = adapt_harmonizer(
-        model, target, replace(model.profile.adapt, intensity_guard=0.0, stop="steps", steps=0), progress=False
+        model, target, replace(_paper(model), intensity_guard=0.0, stop="steps", steps=0), progress=False
     )
     first = start.curve[0]["target_bpd"]
     # Place the source bpd just below the start, so the rule must move and then stop.
     model.metadata["source_bpd"]["all_pixels"] = first - 1e-3
-    config = replace(model.profile.adapt, intensity_guard=0.0, stop="source-bpd", steps=60, eval_every=5, lr=3e-4)
+    config = replace(_paper(model), intensity_guard=0.0, stop="source-bpd", steps=60, eval_every=5, lr=3e-4)
     result = adapt_harmonizer(model, target, config, progress=False)
     kept = result.curve[-1]
     if "reached the source bpd" in result.reason:
@@ -78,7 +83,7 @@ def test_alpha_guard_stops_a_collapse_and_keeps_an_earlier_step(fitted, target):
     model = load_model(fitted)
     model.flow = _DarkLovingFlow()
     config = replace(
-        model.profile.adapt, intensity_guard=0.0, stop="steps", steps=100, eval_every=2, lr=1e-2, alpha_guard=0.5
+        _paper(model), intensity_guard=0.0, stop="steps", steps=100, eval_every=2, lr=1e-2, alpha_guard=0.5
     )
     result = adapt_harmonizer(model, target, config, progress=False)
     assert result.guard is not None and "alpha guard" in result.reason
@@ -96,9 +101,7 @@ def test_entropy_rule_keeps_the_lowest_entropy_step(fitted, target):
     def segmenter(x):
         return conv(x / 255.0) * 4
 
-    config = replace(
-        model.profile.adapt, intensity_guard=0.0, stop="entropy", steps=20, eval_every=5, lr=3e-4, patience=100
-    )
+    config = replace(_paper(model), intensity_guard=0.0, stop="entropy", steps=20, eval_every=5, lr=3e-4, patience=100)
     result = adapt_harmonizer(model, target, config, segmenter=segmenter, progress=False)
     assert all("entropy" in r for r in result.curve)
     assert result.chosen_step == min(result.curve, key=lambda r: r["entropy"])["step"]
@@ -118,7 +121,9 @@ def test_adapt_writes_an_adapted_model_with_its_curve(fitted, simulated, tmp_pat
     assert model.metadata["adaptation"]["kept_step"] == result.chosen_step
     curve = json.loads((folder / "adaptation.json").read_text())["curve"]
     assert (folder / "adaptation.png").read_bytes().startswith(b"\x89PNG")
-    assert set(result.preview) == {"target", "pre-trained harmonizer", f"adapted (step {result.chosen_step})"}
+    # the default: the curve harmonizer, started at histogram matching, all its steps taken
+    assert set(result.preview) == {"histogram matching", f"adapted (step {result.chosen_step})"}
+    assert result.chosen_step == model.profile.adapt.steps and result.summary["started_as"] == HM_START
     assert curve[0]["step"] == 0 and {"target_bpd", "alpha", "seconds"} <= set(curve[0])
     with pytest.raises(OutputExistsError):
         adapt(fitted, simulated.manifest, out, site="spgr-15t", progress=False)
@@ -132,7 +137,7 @@ def test_a_rule_replayed_on_the_whole_curve_keeps_the_step_a_live_run_keeps(fitt
         return torch.cat([images / 255.0, 1.0 - images / 255.0, 0.5 * torch.ones_like(images)], 1) * 4.0
 
     model = load_model(fitted)
-    base = replace(model.profile.adapt, intensity_guard=0.0, steps=40, eval_every=5, lr=3e-4, patience=2)
+    base = replace(_paper(model), intensity_guard=0.0, steps=40, eval_every=5, lr=3e-4, patience=2)
     whole = adapt_harmonizer(model, target, replace(base, stop="steps"), segmenter=segmenter, progress=False)
     live = adapt_harmonizer(model, target, replace(base, stop=rule), segmenter=segmenter, progress=False)
     replayed = decide(whole.curve, replace(base, stop=rule), whole.summary["source_bpd"], final=True)

@@ -100,7 +100,7 @@ def test_adaptation_moves_the_site_curve_and_the_jacobian_term_steepens_it(fitte
     harmonizer, target = matched_target
     model = load_model(fitted)
     model.harmonizer = harmonizer
-    config = replace(model.profile.adapt, intensity_guard=0.0, stop="steps", steps=10, eval_every=5, lr=0.05)
+    config = replace(model.profile.adapt, intensity_guard=0.0, stop="steps", steps=10, eval_every=5, curve_lr=0.05)
     result = adapt_harmonizer(model, target, config, progress=False)
     assert isinstance(result.harmonizer, CurveHarmonizer) and [r["step"] for r in result.curve] == [0, 5, 10]
     assert result.curve[0]["alpha"] == 1.0
@@ -125,12 +125,15 @@ def test_a_curve_harmonizer_adapts_saves_and_harmonizes_from_the_command_line(fi
     adapted = tmp_path / "adapted"
     runner = CliRunner()
     done = runner.invoke(app, ["adapt", str(fitted), str(simulated.manifest), "--site", "spgr-15t", "--out",
-                               str(adapted), "--stop", "steps", "--steps", "4", "--set", "adapt.harmonizer=curve",
-                               "--set", "adapt.jacobian_weight=1", "--set", "adapt.lr=0.05", "--set",
-                               "adapt.eval_every=2", "--quiet"])  # fmt: skip
+                               str(adapted), "--steps", "4", "--set", "adapt.jacobian_weight=1",
+                               "--set", "adapt.curve_lr=0.05", "--set", "adapt.eval_every=2", "--quiet"])  # fmt: skip
     assert done.exit_code == 0, done.output
     meta = json.loads((adapted / "model.json").read_text())
+    # the curve is the default family and its rule fixed steps, whatever the profile's other settings
     assert meta["harmonizer"] == "curve" and meta["adaptation"]["settings"]["jacobian_weight"] == 1.0
+    assert meta["adaptation"]["stop"] == "steps" and meta["adaptation"]["kept_step"] == 4
+    assert meta["adaptation"]["summary"]["started_as"] == "histogram matching onto the source histogram"
+    assert "brain mean" in done.output and "alpha" not in done.output
     model = load_model(adapted)
     assert isinstance(model.harmonizer, CurveHarmonizer)
     # harmonizing applies one monotone intensity map per volume on the input's own grid
@@ -146,6 +149,14 @@ def test_a_curve_harmonizer_adapts_saves_and_harmonizes_from_the_command_line(fi
     order = np.argsort(x, kind="stable")
     assert np.all(np.diff(y[order]) >= -1e-4)  # monotone in the input's intensity
     assert not np.asarray(harmonized.dataobj)[~brain].any() and y.max() <= 255.0 and y.max() > 0
+    # a run that keeps step 0 says so, and why
+    done = runner.invoke(app, ["adapt", str(fitted), str(simulated.manifest), "--site", "spgr-15t", "--out",
+                               str(tmp_path / "unchanged"), "--steps", "0", "--quiet"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "took all 0 steps" in done.output
+    assert "kept step 0: the adapted model harmonizes as its start did (histogram matching onto the source" in (
+        " ".join(done.output.split())
+    )
 
 
 def test_a_model_without_a_source_histogram_cannot_start_a_curve(fitted):
@@ -154,8 +165,8 @@ def test_a_model_without_a_source_histogram_cannot_start_a_curve(fitted):
     from harmonizing_flows.method.adaptation import starting_harmonizer
 
     model = load_model(fitted)
-    assert starting_harmonizer(model, AdaptConfig()) is model.harmonizer  # the paper's: the fitted network
-    assert isinstance(starting_harmonizer(model, AdaptConfig(harmonizer="curve")), CurveHarmonizer)
+    assert starting_harmonizer(model, AdaptConfig(harmonizer="paper")) is model.harmonizer  # the fitted network
+    assert isinstance(starting_harmonizer(model, AdaptConfig()), CurveHarmonizer)  # the default family
     del model.metadata["source_histogram"]
     with pytest.raises(ConfigError, match="no source histogram"):
         starting_harmonizer(model, AdaptConfig(harmonizer="curve"))

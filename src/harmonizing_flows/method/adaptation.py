@@ -39,6 +39,8 @@ from harmonizing_flows.method.harmonizer import Harmonizer
 from harmonizing_flows.method.store import FORMAT, Model, load_model, save_model
 
 __all__ = [
+    "HM_START",
+    "PRETRAINED_START",
     "AdaptationResult",
     "Decision",
     "adapt",
@@ -49,6 +51,11 @@ __all__ = [
     "prediction_entropy",
     "starting_harmonizer",
 ]
+
+HM_START = "histogram matching onto the source histogram"
+PRETRAINED_START = "the pre-trained harmonizer"
+"""What an adaptation started from (its summary's ``started_as``): step 0 of the curve and of the paper's
+harmonizer."""
 
 Segmenter = Callable[[torch.Tensor], torch.Tensor]
 """Images ``(B, 1, H, W)`` on 0..255 -> class logits ``(B, C, H, W)``."""
@@ -173,16 +180,17 @@ def choose_settings(
 ) -> AdaptConfig:
     """The adaptation settings of a run: ``config`` with the caller's stopping rule and steps.
 
-    With a segmenter and no rule chosen (neither ``stop`` nor ``stop_chosen``, which says that a settings file or
-    an override named one), the rule is ``entropy``: it measured best in the benchmark. Without a segmenter the
-    entropy rule cannot run.
+    For the paper's harmonizer with a segmenter and no rule chosen (neither ``stop`` nor ``stop_chosen``, which
+    says that a settings file or an override named one), the rule is ``entropy``: it measured best for that
+    harmonizer in the benchmark. The curve harmonizer keeps its own rule (fixed steps, chosen on validation
+    volumes). Without a segmenter the entropy rule cannot run.
 
     Raises:
         ConfigError: The entropy rule without a segmenter.
     """
     if stop is not None:
         config = replace(config, stop=stop)
-    elif with_segmenter and not stop_chosen:
+    elif with_segmenter and not stop_chosen and config.harmonizer == "paper":
         config = replace(config, stop="entropy")
     if config.stop == "entropy" and not with_segmenter:
         raise ConfigError("the entropy rule needs a segmenter: pass --segmenter (see `hflow fit-segmenter`)")
@@ -258,7 +266,8 @@ def adapt_harmonizer(
     flow = channels_last(copy.deepcopy(model.flow).to(device)).eval().requires_grad_(False)
     start = starting_harmonizer(model, config)
     harmonizer = channels_last(copy.deepcopy(start).to(device)).train()
-    optimizer = torch.optim.Adam(harmonizer.parameters(), lr=config.lr)
+    lr = config.curve_lr if isinstance(start, CurveHarmonizer) else config.lr
+    optimizer = torch.optim.Adam(harmonizer.parameters(), lr=lr)
 
     n = len(target)
     monitor_index = torch.linspace(0, n - 1, min(config.monitor_slices, n)).round().long().unique()
@@ -321,7 +330,8 @@ def adapt_harmonizer(
     harmonizer.load_state_dict(best_state)
     preview = _preview(start, harmonizer.eval(), mx, mm, int(best["step"]))
     harmonizer.cpu()
-    summary = {"source_bpd": source_bpd, "start": curve[0], "kept": best, "steps_taken": curve[-1]["step"]}
+    summary = {"source_bpd": source_bpd, "start": curve[0], "kept": best, "steps_taken": curve[-1]["step"],
+               "started_as": HM_START if isinstance(start, CurveHarmonizer) else PRETRAINED_START}  # fmt: skip
     return AdaptationResult(harmonizer, curve, int(best["step"]), reason, guard, summary, preview)
 
 
