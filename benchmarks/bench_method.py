@@ -8,14 +8,16 @@ Measures, each case in a fresh child process (so its peak memory is its own):
   layers and parameters, in a default process and in one with the allocator setting ``hflow`` makes
   (``reference-tuned``), and ours as a ratio to it (the authors' model: about 9 s per step here);
 * harmonizer training step: paper (batch 32 at 224x224) and fast (80x80 at batch 32, and at its own batch, 8);
-* adaptation step (the harmonizer learning through the frozen flow): paper at batch 4 and at its own 16, fast;
+* adaptation step (the harmonizer learning through the frozen flow): the paper's harmonizer, paper profile at batch
+  4 and at its own 16, fast profile; the curve harmonizer (the default), fast profile, brain-only bpd;
 * end to end with the fast profile, through the CLI as a user runs it: ``hflow simulate`` (2 mm, and one 1 mm
-  site), ``hflow fit`` on one site, ``hflow adapt`` to another (the adaptation time, by the default rule and over
-  the whole schedule, 100 steps), and ``hflow harmonize`` of one 1 mm volume (target: under 10 s; the fast model
-  was fitted at 2 mm, so the volume is resampled to 2 mm and the harmonizer's correction carried back to 1 mm),
-  and the same volume with a paper-profile harmonizer (1 mm: no resampling).
+  site), ``hflow fit`` on one site, ``hflow adapt`` to another (the default, the curve harmonizer's 100 steps; the
+  paper's harmonizer by its source-bpd rule and over the whole schedule), and ``hflow harmonize`` of one 1 mm
+  volume (target: under 10 s) with each adapted model (the fast model was fitted at 2 mm, so the volume is
+  resampled to 2 mm and the correction carried back to 1 mm), and the same volume with a paper-profile harmonizer
+  (1 mm: no resampling).
 
-Usage: ``python benchmarks/bench_method.py [--skip-end-to-end] [--steps 3]``. Writes
+Usage: ``python benchmarks/bench_method.py [--skip-micro] [--skip-end-to-end] [--steps 3]``. Writes
 ``benchmarks/results/method.json``.
 """
 
@@ -51,6 +53,7 @@ def _child(case: str, steps: int) -> dict[str, Any]:
     import torch
 
     sys.path.insert(0, str(HERE))
+    from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
     from harmonizing_flows.method.distributed import channels_last
     from harmonizing_flows.method.flow import Flow
     from harmonizing_flows.method.harmonizer import Harmonizer
@@ -88,6 +91,15 @@ def _child(case: str, steps: int) -> dict[str, Any]:
 
         def loss():
             return flow.bpd(module(x, mask), mask, noise=noise).mean()
+    elif kind == "adapt-curve":  # the default: one site curve through the frozen flow, brain-only bpd
+        module = CurveHarmonizer(torch.ones(256))
+        flow = channels_last(Flow(profile.flow)).eval()
+        for p in flow.parameters():
+            p.requires_grad_(False)
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+
+        def loss():
+            return flow.bpd(module(x, mask), mask, noise=noise, brain_only=True).mean()
     else:
         module = channels_last(Harmonizer(profile.harmonizer))
         target = x.clone()
@@ -136,6 +148,7 @@ MICRO = [
     "adapt:paper:4",
     "adapt:paper:16",
     "adapt:fast:16",
+    "adapt-curve:fast:16",
 ]
 
 
@@ -170,18 +183,23 @@ def end_to_end(work: Path) -> dict[str, Any]:
     run("simulate 2 mm", ["simulate", "--out", str(work / "sim2"), "--voxel-size", "2", "--quiet"])
     run("fit fast", ["fit", str(work / "sim2" / "manifest.csv"), "--site", "mprage-3t", "--out", str(work / "model"),
                      "--profile", "fast", "--quiet"])  # fmt: skip
-    run("adapt fast", ["adapt", str(work / "model"), str(work / "sim2" / "manifest.csv"), "--site", "spgr-15t",
-                       "--out", str(work / "adapted"), "--quiet"])  # fmt: skip
+    target = [str(work / "model"), str(work / "sim2" / "manifest.csv"), "--site", "spgr-15t", "--quiet"]
+    run("adapt fast", ["adapt", *target, "--out", str(work / "adapted")])
+    paper = ["--set", "adapt.harmonizer=paper", "--set", "adapt.brain_only=false"]  # the paper's, as before
+    run("adapt fast, paper harmonizer", ["adapt", *target, *paper, "--stop", "source-bpd",
+                                         "--out", str(work / "adapted-paper")])  # fmt: skip
     # the whole schedule, as the entropy rule (which needs a segmenter) runs it unless it stops early
-    run("adapt fast, all steps", ["adapt", str(work / "model"), str(work / "sim2" / "manifest.csv"), "--site",
-                                  "spgr-15t", "--stop", "steps", "--out", str(work / "adapted-all"),
-                                  "--quiet"])  # fmt: skip
+    run("adapt fast, paper harmonizer, all steps", ["adapt", *target, *paper, "--stop", "steps",
+                                                    "--out", str(work / "adapted-paper-all")])  # fmt: skip
     run("simulate 1 mm site", ["simulate", "--out", str(work / "sim1"), "--voxel-size", "1", "--sites", "spgr-15t",
                                "--subjects-per-site", "3", "--quiet"])  # fmt: skip
     volume = sorted((work / "sim1" / "spgr-15t").glob("*_T1w.nii.gz"))[0]
     mask = volume.with_name(volume.name.replace("_T1w", "_mask"))
     run("harmonize 1 mm volume", ["harmonize", str(work / "adapted"), str(volume), "--mask", str(mask),
                                   "--out", str(work / "harmonized.nii.gz"), "--quiet"])  # fmt: skip
+    run("harmonize 1 mm, paper harmonizer adapted", ["harmonize", str(work / "adapted-paper"), str(volume), "--mask",
+                                                     str(mask), "--out", str(work / "harmonized-adapted-paper.nii.gz"),
+                                                     "--quiet"])  # fmt: skip
     # the paper profile's harmonizer on the same volume: an untrained one costs the same as a fitted one
     from harmonizing_flows.method.store import Model, save_model
     from harmonizing_flows.profiles import PROFILES
@@ -197,6 +215,7 @@ def end_to_end(work: Path) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per micro-benchmark (after one warm-up)")
+    parser.add_argument("--skip-micro", action="store_true")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=RESULTS / "method.json")
@@ -208,10 +227,12 @@ def main() -> int:
     machine, git = machine_info(), git_state()
     started = utc_now()
     print(f"{describe_machine(machine)}\ncommit {git.get('commit')}, {started}\nmicro-benchmarks:", flush=True)
-    results = micro(args.steps)
+    results = [] if args.skip_micro else micro(args.steps)
     by_case = {r["case"]: r for r in results}
-    ratio = by_case["reference:paper:4"]["step_s"] / by_case["flow:paper:4"]["step_s"]
-    print(f"  ours is {ratio:.2f}x the reference speed at the paper size (aim: 2x)")
+    ratio = None
+    if results:
+        ratio = by_case["reference:paper:4"]["step_s"] / by_case["flow:paper:4"]["step_s"]
+        print(f"  ours is {ratio:.2f}x the reference speed at the paper size (aim: 2x)")
     runs: dict[str, Any] = {}
     if not args.skip_end_to_end:
         print("end to end, fast profile:", flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from harmonizing_flows.evaluation.cache import SETTINGS_MODULES, key, module_closure
-from harmonizing_flows.evaluation.protocol import SEGMENTER_CODE, SEGMENTER_SETTINGS
+from harmonizing_flows.evaluation.protocol import MODEL_CODE, MODEL_SETTINGS, SEGMENTER_CODE, SEGMENTER_SETTINGS
 from harmonizing_flows.profiles import profile_to_dict
 
 
@@ -34,3 +34,19 @@ def test_a_key_over_some_modules_differs_from_one_over_the_package_and_ignores_o
     other = profile_to_dict(replace(smoke_profile, flow=replace(smoke_profile.flow, couplings=(3, 3, 3))))
     assert {k: settings[k] for k in SEGMENTER_SETTINGS} == {k: other[k] for k in SEGMENTER_SETTINGS}
     assert settings != other
+
+
+def test_fitted_models_do_not_depend_on_adaptation_or_the_evaluation(smoke_profile):
+    # Issue 20 changes adaptation often; the benchmark's flows must not be refitted for it. Fitting must still
+    # follow the flow, the harmonizer and their training.
+    closure = set(module_closure(MODEL_CODE))
+    assert {"harmonizing_flows.method.flow.model", "harmonizing_flows.method.harmonizer"} <= closure
+    assert not [m for m in closure if m.endswith(".adaptation") or ".evaluation." in m or m.endswith(".cli")]
+    settings = profile_to_dict(smoke_profile)
+    adapted = profile_to_dict(replace(smoke_profile, adapt=replace(smoke_profile.adapt, steps=7)))
+    refitted = profile_to_dict(replace(smoke_profile, flow_training=replace(smoke_profile.flow_training, epochs=9)))
+    assert {k: settings[k] for k in MODEL_SETTINGS} == {k: adapted[k] for k in MODEL_SETTINGS}
+    assert {k: settings[k] for k in MODEL_SETTINGS} != {k: refitted[k] for k in MODEL_SETTINGS}
+    # a new section of the profile must be placed on purpose: read by fitting, or known not to be
+    unread_by_fitting = {"name", "adapt", "segmenter", "segmenter_training", "evaluation"}
+    assert set(settings) == set(MODEL_SETTINGS) | unread_by_fitting

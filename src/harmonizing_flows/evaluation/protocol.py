@@ -43,12 +43,31 @@ from harmonizing_flows.harmonize import harmonize_slices
 from harmonizing_flows.method.store import Model
 from harmonizing_flows.profiles import Profile, apply_overrides, profile_to_dict
 
-__all__ = ["DEFAULT_VARIANT", "RULES", "SEGMENTER_CODE", "SEGMENTER_SETTINGS", "VARIANTS", "benchmark"]
+__all__ = [
+    "DEFAULT_VARIANT",
+    "MODEL_CODE",
+    "MODEL_SETTINGS",
+    "RULES",
+    "SEGMENTER_CODE",
+    "SEGMENTER_SETTINGS",
+    "VARIANTS",
+    "benchmark",
+]
 
 SEGMENTER_SETTINGS = ("seed", "slices", "segmenter", "segmenter_training")
 """The profile's sections that a segmenter's training reads (with its training files and device)."""
 SEGMENTER_CODE = ("harmonizing_flows.evaluation.segmenter",)
 """The modules that train a segmenter (BigAug's adds :mod:`.bigaug`), keying a stored one with what they import."""
+MODEL_SETTINGS = ("seed", "slices", "augment", "negatives", "harmonizer", "harmonizer_training", "flow",
+                  "flow_training")  # fmt: skip
+"""The profile's sections that fitting a model (flow and pre-trained harmonizer) reads; adaptation's are not."""
+MODEL_CODE = ("harmonizing_flows.method.training", "harmonizing_flows.method.store")
+"""The modules that fit, save and load a model, keying a stored one with what they import: a change of
+adaptation, of the evaluation or of the CLI keeps the fitted flows."""
+
+
+def _sections(profile: Profile, names: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in profile_to_dict(profile).items() if k in names}
 
 
 def _score(segmenter: torch.nn.Module, images: np.ndarray, volume: SlicedVolume, device: torch.device) -> Scores:
@@ -133,7 +152,7 @@ class _Setting:
                                  metadata=metadata, augment=stacked_augmentation if bigaug else None)  # fmt: skip
 
         # Keyed on what trains it alone, so that a change of the method's code or settings keeps it.
-        settings = {k: v for k, v in profile_to_dict(self.profile).items() if k in SEGMENTER_SETTINGS}
+        settings = _sections(self.profile, SEGMENTER_SETTINGS)
         code = SEGMENTER_CODE + (("harmonizing_flows.evaluation.bigaug",) if bigaug else ())
         made = self._fit_or_load("segmenter-bigaug" if bigaug else "segmenter", settings, fit,
                                  lambda s, f: save_segmenter(s, f, overwrite=True), load_segmenter, code)  # fmt: skip
@@ -169,7 +188,8 @@ class _Setting:
 
         @functools.cache
         def paper_model() -> Model:
-            return self._fit_or_load("model", profile_to_dict(paper), lambda: fit_whole(paper), save, load_model)
+            return self._fit_or_load("model", _sections(paper, MODEL_SETTINGS), lambda: fit_whole(paper), save,
+                                     load_model, MODEL_CODE)  # fmt: skip
 
         def refit(vprofile: Profile, part: str) -> Model:
             model = copy.deepcopy(paper_model())
@@ -197,7 +217,8 @@ class _Setting:
                 build = functools.partial(fit_whole, vprofile)
             else:
                 build = functools.partial(refit, vprofile, part)
-            models[variant] = self._fit_or_load(variant, profile_to_dict(vprofile), build, save, load_model)
+            models[variant] = self._fit_or_load(variant, _sections(vprofile, MODEL_SETTINGS), build, save,
+                                                load_model, MODEL_CODE)  # fmt: skip
         return models
 
     # ----------------------------------------------------------------------------------------- scoring
