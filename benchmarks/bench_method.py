@@ -17,7 +17,7 @@ Measures, each case in a fresh child process (so its peak memory is its own):
   resampled to 2 mm and the correction carried back to 1 mm), and the same volume with a paper-profile harmonizer
   (1 mm: no resampling).
 
-Usage: ``python benchmarks/bench_method.py [--skip-micro] [--skip-end-to-end] [--steps 3]``. Writes
+Usage: ``python benchmarks/bench_method.py [--micro CASE,...] [--skip-end-to-end] [--steps 3]``. Writes
 ``benchmarks/results/method.json``.
 """
 
@@ -152,9 +152,9 @@ MICRO = [
 ]
 
 
-def micro(steps: int) -> list[dict[str, Any]]:
+def micro(steps: int, cases: list[str]) -> list[dict[str, Any]]:
     results = []
-    for case in MICRO:
+    for case in cases:
         done = subprocess.run([sys.executable, __file__, "--child", case, "--steps", str(steps)],
                               capture_output=True, text=True, check=False)  # fmt: skip
         if done.returncode != 0:  # e.g. killed for lack of memory: recorded, not hidden
@@ -215,7 +215,7 @@ def end_to_end(work: Path) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per micro-benchmark (after one warm-up)")
-    parser.add_argument("--skip-micro", action="store_true")
+    parser.add_argument("--micro", default=",".join(MICRO), help="micro-benchmarks to run, comma-separated ('' none)")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=RESULTS / "method.json")
@@ -227,10 +227,13 @@ def main() -> int:
     machine, git = machine_info(), git_state()
     started = utc_now()
     print(f"{describe_machine(machine)}\ncommit {git.get('commit')}, {started}\nmicro-benchmarks:", flush=True)
-    results = [] if args.skip_micro else micro(args.steps)
-    by_case = {r["case"]: r for r in results}
+    cases = [c for c in args.micro.split(",") if c]
+    if unknown := sorted(set(cases) - set(MICRO)):
+        parser.error(f"unknown micro-benchmarks {unknown}; choose from {MICRO}")
+    results = micro(args.steps, cases)
+    by_case = {r["case"]: r for r in results if "step_s" in r}
     ratio = None
-    if results:
+    if {"reference:paper:4", "flow:paper:4"} <= set(by_case):
         ratio = by_case["reference:paper:4"]["step_s"] / by_case["flow:paper:4"]["step_s"]
         print(f"  ours is {ratio:.2f}x the reference speed at the paper size (aim: 2x)")
     runs: dict[str, Any] = {}
