@@ -15,6 +15,9 @@ Also the flow's adequacy (:mod:`harmonizing_flows.method.adequacy`) and, per tar
 bpd between source validation slices and the site's slices before and after matching.
 
     python benchmarks/explore_curve.py --setting-dir /work/bench19/seed-0 --source irspgr-3t
+
+``--model`` takes another model fitted on the same source (a longer flow schedule, say: the flow-adequacy
+ablation) in place of the setting's.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting-dir", type=Path, required=True, help="A seed folder of bench_evaluation.")
     parser.add_argument("--source", required=True, help="The setting's source site.")
+    parser.add_argument("--model", type=Path, help="A model folder to use instead of the setting's.")
+    parser.add_argument("--jacobian", default="0,1", help="Weights of the change-of-variables term to run.")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--lr", type=float, default=0.02)
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     folder = args.setting_dir / "report" / "models" / args.source
     manifest = args.setting_dir / "sim" / "manifest.csv"
-    model = load_model(folder / "model")
+    model = load_model(args.model or folder / "model")
     segmenter = load_segmenter(folder / "segmenter").eval()
     flow = model.flow.eval().requires_grad_(False)
     config, device = model.profile.slices, torch.device("cpu")
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"{site}: Dice none {entry['dice_none']:.1f}, HM {entry['dice_hm']:.1f}; AUROC source vs site "
               f"raw {entry['auroc_raw']:.3f}, matched {entry['auroc_matched']:.3f}", flush=True)  # fmt: skip
-        for jacobian in (0.0, 1.0):
+        for jacobian in [float(w) for w in args.jacobian.split(",")]:
             entry["runs"][f"jacobian={jacobian:g}"] = _adapt_curve(flow, segmenter, pool, matched, volumes, jacobian,
                                                                    args)  # fmt: skip
         results["sites"][site] = entry
