@@ -319,7 +319,10 @@ def adapt_harmonizer(
             if step % config.eval_every and step != config.steps:
                 continue
             curve.append(evaluate(step, started))
-            bar.set_postfix(bpd=f"{curve[-1]['target_bpd']:.3f}", alpha=f"{curve[-1]['alpha']:.3f}", refresh=False)
+            # the curve has no alpha: its brain mean shows what moves
+            moved = ("brain_mean", ".1f") if isinstance(harmonizer, CurveHarmonizer) else ("alpha", ".3f")
+            bar.set_postfix(bpd=f"{curve[-1]['target_bpd']:.3f}", **{moved[0]: format(curve[-1][moved[0]], moved[1])},
+                            refresh=False)  # fmt: skip
             decision = decide(curve, config, source_bpd, final=step >= config.steps)
             if decision.index == len(curve) - 1:
                 best_state = copy.deepcopy(harmonizer.state_dict())
