@@ -253,15 +253,10 @@ def adapt_harmonizer(
     """
     from harmonizing_flows.progress import progress_bar
 
-    if config.stop == "entropy" and segmenter is None:
-        raise ConfigError("the entropy stopping rule needs a segmenter")
+    source_bpd = _stopping_reference(model, config, segmenter)
     device = torch.device(device)
     if isinstance(segmenter, torch.nn.Module):
         segmenter = segmenter.to(device).eval()  # a loaded segmenter is on the CPU
-    bpd_key = "brain_only" if config.brain_only else "all_pixels"
-    source_bpd = float((model.metadata.get("source_bpd") or {}).get(bpd_key, float("nan")))
-    if config.stop == "source-bpd" and not source_bpd == source_bpd:  # NaN: the model has no stored source bpd
-        raise ConfigError("this model has no stored source bpd; fit it with `hflow fit` or use another stopping rule")
     # a copy, frozen: the caller's flow keeps its device and its trainable parameters
     flow = channels_last(copy.deepcopy(model.flow).to(device)).eval().requires_grad_(False)
     start = starting_harmonizer(model, config)
@@ -336,6 +331,18 @@ def adapt_harmonizer(
     summary = {"source_bpd": source_bpd, "start": curve[0], "kept": best, "steps_taken": curve[-1]["step"],
                "started_as": HM_START if isinstance(start, CurveHarmonizer) else PRETRAINED_START}  # fmt: skip
     return AdaptationResult(harmonizer, curve, int(best["step"]), reason, guard, summary, preview)
+
+
+def _stopping_reference(model: Model, config: AdaptConfig, segmenter: Segmenter | None) -> float:
+    """The model's stored source bpd for the configured likelihood (NaN when it has none), after checking that the
+    stopping rule has what it needs."""
+    if config.stop == "entropy" and segmenter is None:
+        raise ConfigError("the entropy stopping rule needs a segmenter")
+    bpd_key = "brain_only" if config.brain_only else "all_pixels"
+    source_bpd = float((model.metadata.get("source_bpd") or {}).get(bpd_key, float("nan")))
+    if config.stop == "source-bpd" and not source_bpd == source_bpd:  # NaN: the model has no stored source bpd
+        raise ConfigError("this model has no stored source bpd; fit it with `hflow fit` or use another stopping rule")
+    return source_bpd
 
 
 @torch.no_grad()
