@@ -115,7 +115,8 @@ def decide(
         return -record["step"]
 
     if rule == "source-bpd" and curve[0]["target_bpd"] <= source_bpd:
-        return Decision(0, True, f"the pre-trained harmonizer already reaches the source bpd ({source_bpd:.3f})")
+        start = "histogram matching" if config.harmonizer == "curve" else "the pre-trained harmonizer"
+        return Decision(0, True, f"{start} already reaches the source bpd ({source_bpd:.3f})")
     best, stale = 0, 0
     for i in range(1, len(curve)):
         record = curve[i]
