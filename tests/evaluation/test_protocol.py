@@ -20,6 +20,8 @@ from harmonizing_flows.errors import InputError, OutputExistsError
 from harmonizing_flows.evaluation.cache import load_setting, setting_key
 from harmonizing_flows.evaluation.protocol import RULES, VARIANTS, benchmark
 from harmonizing_flows.evaluation.report import TABLE1_METHODS
+from harmonizing_flows.evaluation.results import START
+from harmonizing_flows.method.adaptation import HM_START, PRETRAINED_START
 from harmonizing_flows.method.distributed import Context
 from harmonizing_flows.method.store import load_model
 from harmonizing_flows.method.training import fit_model
@@ -56,6 +58,8 @@ def test_tables_json_and_figures_are_written(report):
         assert heading in tables
     for method in TABLE1_METHODS:
         assert f"| {method} " in tables
+    assert f"| curve+jacobian | start (step 0): {HM_START} |" in tables
+    assert f"| paper-faithful | start (step 0): {PRETRAINED_START} |" in tables
     assert "ceiling: segmenter on its source test split" in tables
     # CPU results depend on the thread count, so the provenance names it
     threads = torch.get_num_threads()
@@ -97,6 +101,13 @@ def test_every_method_is_scored_on_every_test_volume_of_every_target(report, sim
         # the curve harmonizer has no per-slice gain, and it moved from histogram matching
         curve = target["variants"]["curve+jacobian"]["curve"]
         assert all(r["alpha"] == 1.0 for r in curve) and curve[-1]["brain_mean"] != curve[0]["brain_mean"]
+        # step 0 is scored as the start: the pre-trained harmonizer for the paper's family, histogram matching
+        # (not the pre-trained harmonizer) for the curve
+        paper, hm_start = target["variants"]["paper-faithful"], target["variants"]["curve+jacobian"]
+        assert paper["started_as"] == PRETRAINED_START and hm_start["started_as"] == HM_START
+        assert paper["scores"][START] == paper["scores"]["pre-trained harmonizer"]
+        assert len(hm_start["scores"][START]) == n
+        assert hm_start["scores"][START] != hm_start["scores"]["pre-trained harmonizer"]
 
 
 def test_an_interrupted_run_resumes_from_its_finished_settings(report, simulated, smoke_profile, tmp_path):

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from harmonizing_flows.config import AdaptConfig
 from harmonizing_flows.data.datasets import load_subjects
 from harmonizing_flows.data.prepare import read_volumes
 from harmonizing_flows.data.slices import Slices
@@ -135,8 +136,6 @@ def test_adapt_writes_an_adapted_model_with_its_curve(fitted, simulated, tmp_pat
 
 @pytest.mark.parametrize("rule", ["source-bpd", "entropy"])
 def test_a_rule_replayed_on_the_whole_curve_keeps_the_step_a_live_run_keeps(fitted, target, rule):
-    from harmonizing_flows.method.adaptation import decide
-
     def segmenter(images):  # any fixed segmenter will do: entropy just has to vary along the curve
         return torch.cat([images / 255.0, 1.0 - images / 255.0, 0.5 * torch.ones_like(images)], 1) * 4.0
 
@@ -168,18 +167,12 @@ COLLAPSE = [
 
 @pytest.mark.parametrize("rule", ["entropy", "source-bpd", "steps"])
 def test_without_a_guard_every_rule_keeps_a_collapsed_step(rule):
-    from harmonizing_flows.config import AdaptConfig
-    from harmonizing_flows.method.adaptation import decide
-
     decision = decide(COLLAPSE, AdaptConfig(stop=rule, intensity_guard=0.0), source_bpd=3.0, final=True)
     assert decision.index in (4, 5) and decision.guard is None
 
 
 @pytest.mark.parametrize("rule", ["entropy", "source-bpd", "steps"])
 def test_the_intensity_guard_stops_at_the_darkening_and_keeps_the_best_step_before(rule):
-    from harmonizing_flows.config import AdaptConfig
-    from harmonizing_flows.method.adaptation import decide
-
     decision = decide(COLLAPSE, AdaptConfig(stop=rule, intensity_guard=0.1), source_bpd=3.0, final=True)
     assert decision.stop and decision.guard is not None and "intensity guard" in decision.reason
     assert "step 30" in decision.guard
@@ -187,9 +180,6 @@ def test_the_intensity_guard_stops_at_the_darkening_and_keeps_the_best_step_befo
 
 
 def test_the_intensity_guard_sees_a_flattened_brain_at_the_same_mean():
-    from harmonizing_flows.config import AdaptConfig
-    from harmonizing_flows.method.adaptation import decide
-
     flat = [_record(0, 3.4, 0.3, 120.0, 40.0), _record(10, 3.3, 0.2, 121.0, 39.0), _record(20, 3.1, 0.1, 119.0, 20.0)]
     decision = decide(flat, AdaptConfig(stop="source-bpd", intensity_guard=0.1), source_bpd=2.0, final=True)
     assert decision.index == 1 and "spread fell" in (decision.guard or "")
@@ -199,9 +189,6 @@ def test_the_intensity_guard_sees_a_flattened_brain_at_the_same_mean():
 
 
 def test_the_alpha_guard_stops_when_alpha_falls():
-    from harmonizing_flows.config import AdaptConfig
-    from harmonizing_flows.method.adaptation import decide
-
     falling = [_record(0, 3.4, 0.3, 120.0, 40.0, alpha=0.9), _record(10, 3.3, 0.2, 120.0, 40.0, alpha=0.8),
                _record(20, 3.2, 0.1, 120.0, 40.0, alpha=0.3)]  # fmt: skip
     decision = decide(falling, AdaptConfig(stop="steps", alpha_guard=0.5), source_bpd=2.0, final=True)
@@ -209,7 +196,6 @@ def test_the_alpha_guard_stops_when_alpha_falls():
 
 
 def test_the_intensity_guard_is_on_by_default():
-    from harmonizing_flows.config import AdaptConfig
     from harmonizing_flows.profiles import PROFILES
 
     assert all(p.adapt.intensity_guard == AdaptConfig().intensity_guard > 0 for p in PROFILES.values())
@@ -226,9 +212,6 @@ GRADUAL_COLLAPSE = [
 
 
 def test_the_default_intensity_guard_catches_a_gradual_collapse_that_half_would_not():
-    from harmonizing_flows.config import AdaptConfig
-    from harmonizing_flows.method.adaptation import decide
-
     default = decide(GRADUAL_COLLAPSE, AdaptConfig(stop="entropy"), source_bpd=2.0, final=True)
     assert GRADUAL_COLLAPSE[default.index]["step"] == 60 and "intensity guard" in (default.guard or "")
     loose = decide(GRADUAL_COLLAPSE, AdaptConfig(stop="entropy", intensity_guard=0.5), source_bpd=2.0, final=True)

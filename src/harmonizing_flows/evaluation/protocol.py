@@ -37,7 +37,7 @@ from harmonizing_flows.data.volume import SlicedVolume
 from harmonizing_flows.errors import ConfigError, InputError, system_errors
 from harmonizing_flows.evaluation import cache
 from harmonizing_flows.evaluation.metrics import neighbour_difference, score_volume, subject_means
-from harmonizing_flows.evaluation.results import Kept, Scores, SettingResult, TargetResult, VariantResult
+from harmonizing_flows.evaluation.results import START, Kept, Scores, SettingResult, TargetResult, VariantResult
 from harmonizing_flows.evaluation.variants import ADAPT_ONLY, DEFAULT_RULE, DEFAULT_VARIANT, RULES, VARIANTS
 from harmonizing_flows.harmonize import harmonize_slices
 from harmonizing_flows.method.store import Model
@@ -281,8 +281,8 @@ class _Setting:
                 )
             results[variant].scores = {"pre-trained harmonizer": pretrained[id(model)], **results[variant].scores}
             self.log(
-                f"    {variant}: Dice none {_mean_dice(scores['none']):.1f} -> pre-trained "
-                f"{_mean_dice(pretrained[id(model)]):.1f} -> source-bpd "
+                f"    {variant}: Dice none {_mean_dice(scores['none']):.1f} -> start "
+                f"{_mean_dice(results[variant].scores[START]):.1f} -> source-bpd "
                 f"{_mean_dice(results[variant].scores['adapted (source-bpd)']):.1f} "
                 f"(kept step {results[variant].kept['source-bpd'].step})"
             )
@@ -380,9 +380,13 @@ class _Setting:
             scores[f"adapted ({rule})"] = [
                 _score(segmenter, imgs, v, self.device) for imgs, v in zip(images[k.step], test, strict=True)
             ]
+        if 0 not in images:  # step 0 is the start, whatever it is: Table 2's middle stage
+            harmonizer.load_state_dict(snapshots[0])
+            images[0] = [harmonize_slices(harmonizer, v, device=self.device) for v in test]
+        scores[START] = [_score(segmenter, imgs, v, self.device) for imgs, v in zip(images[0], test, strict=True)]
         if show:
             examples["pre-trained harmonizer"] = harmonize_slices(model.harmonizer, test[0], device=self.device)
-        return VariantResult(scores, curve, kept, source_value)
+        return VariantResult(scores, curve, kept, source_value, adapted.summary["started_as"])
 
 
 def _name(volume: SlicedVolume) -> str:

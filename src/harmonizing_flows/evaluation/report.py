@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from harmonizing_flows.evaluation.baselines import REQUIREMENTS
-from harmonizing_flows.evaluation.results import Scores, SettingResult
+from harmonizing_flows.evaluation.results import START, Scores, SettingResult
 from harmonizing_flows.evaluation.variants import DEFAULT_RULE, RULES
 
 __all__ = ["TABLE1_METHODS", "render_seeds", "render_tables", "table_rows", "write_report"]
@@ -119,9 +119,15 @@ def _table2(results, letters, variants: Sequence[str]) -> list[str]:
     head = "| variant | stage | " + " | ".join(letters) + " | average |"
     lines = ["**Dice (%)**", "", head, "|" + "---|" * (head.count("|") - 1)]
     for variant in variants:
+        targets = [t.variants[variant] for s in results.values() for t in s.targets.values()]
+        if all(START in t.scores for t in targets):
+            started_as = {t.started_as for t in targets}
+            middle = (f"start (step 0): {' / '.join(sorted(started_as))}", START)
+        else:  # results from before the start was scored: the paper's pre-trained harmonizer, whatever the start
+            middle = ("pre-trained harmonizer", "pre-trained harmonizer")
         for stage, method in (
             ("none", "none"),
-            ("pre-trained harmonizer", "pre-trained harmonizer"),
+            middle,
             ("adapted (source bpd)", "Harmonizing Flows (source bpd)"),
             ("adapted (min entropy)", "Harmonizing Flows (min entropy)"),
             ("adapted (source bpd + guard)", "Harmonizing Flows (source bpd + guard)"),
@@ -276,7 +282,7 @@ def render_tables(results: Mapping[str, SettingResult], meta: Mapping[str, Any])
         f"## Table 1: methods (Harmonizing Flows: variant `{variants[0]}`)",
         "",
         *_table1(results, letters, variants[0], sites),
-        "## Table 2: none -> pre-trained harmonizer -> adapted, for each variant",
+        "## Table 2: none -> start (step 0) -> adapted, for each variant",
         "",
         *_table2(results, letters, variants),
         "## Table 3: stopping rules",

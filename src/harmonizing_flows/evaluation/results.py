@@ -13,12 +13,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["IMAGE_KEYS", "Kept", "Scores", "SettingResult", "TargetResult", "VariantResult"]
+__all__ = ["IMAGE_KEYS", "START", "Kept", "Scores", "SettingResult", "TargetResult", "VariantResult"]
 
 Scores = dict[str, float]
 """One test volume's metrics: ``dice`` (%), ``hd95``, ``mhd``, ``assd`` (mm), each the mean over its classes, and
 ``neighbour_difference`` (grey levels; :func:`~harmonizing_flows.evaluation.metrics.neighbour_difference`) where
 the volume was scored after this change (older results lack it)."""
+
+START = "start (step 0)"
+"""A variant's scores at step 0 of its adaptation: the harmonizer it starts from, before the flow moves it."""
 
 IMAGE_KEYS = ("examples", "source_example", "source_mask")
 """The fields of a setting that hold images for the figures, not numbers (left out of results.json)."""
@@ -37,25 +40,31 @@ class VariantResult:
     """One variant of the method adapted to one target site.
 
     Attributes:
-        scores: ``"pre-trained harmonizer"`` and ``"adapted (RULE)"`` for each rule -> each test volume's scores.
+        scores: ``"pre-trained harmonizer"``, ``"start (step 0)"`` (the harmonizer adaptation starts from; older
+            results lack it) and ``"adapted (RULE)"`` for each rule -> each test volume's scores.
         curve: The adaptation's evaluations (step, target bpd, alpha, entropy, Dice of the curve slices, ...).
         kept: Rule -> the step it keeps.
         source_bpd: The source bpd the ``source-bpd`` rule aims for.
+        started_as: What step 0 is (the pre-trained harmonizer, or histogram matching for the curve); empty in
+            older results.
     """
 
     scores: dict[str, list[Scores]]
     curve: list[dict[str, float]]
     kept: dict[str, Kept]
     source_bpd: float
+    started_as: str = ""
 
     def to_json(self) -> dict[str, Any]:
         kept = {rule: {"step": k.step, "reason": k.reason} for rule, k in self.kept.items()}
-        return {"scores": self.scores, "curve": self.curve, "kept": kept, "source_bpd": self.source_bpd}
+        return {"scores": self.scores, "curve": self.curve, "kept": kept, "source_bpd": self.source_bpd,
+                "started_as": self.started_as}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VariantResult:
         kept = {rule: Kept(int(k["step"]), k["reason"]) for rule, k in data["kept"].items()}
-        return cls(dict(data["scores"]), list(data["curve"]), kept, float(data["source_bpd"]))
+        return cls(dict(data["scores"]), list(data["curve"]), kept, float(data["source_bpd"]),
+                   str(data.get("started_as", "")))  # fmt: skip
 
 
 @dataclass
