@@ -250,8 +250,8 @@ def adapt(
     stop: Annotated[
         str | None,
         typer.Option(
-            help="Stopping rule: source-bpd, entropy (needs --segmenter) or steps. Default: entropy with "
-            "--segmenter (it measured best, benchmarks/RESULTS.md), else the profile's (source-bpd)."
+            help="Stopping rule: source-bpd, entropy (needs --segmenter) or steps. Default: the profile's "
+            "(the curve: steps); for the paper's harmonizer with --segmenter, entropy (it measured best for it)."
         ),
     ] = None,
     segmenter: Annotated[
