@@ -13,7 +13,14 @@ from harmonizing_flows.data.datasets import load_subjects
 from harmonizing_flows.data.prepare import read_volumes
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.errors import OutputExistsError
-from harmonizing_flows.method.adaptation import HM_START, adapt, adapt_harmonizer, decide, prediction_entropy
+from harmonizing_flows.method.adaptation import (
+    HM_START,
+    PRETRAINED_START,
+    adapt,
+    adapt_harmonizer,
+    decide,
+    prediction_entropy,
+)
 from harmonizing_flows.method.store import load_model
 
 # The rules' own tests run at learning rates that move intensities fast, so the intensity guard (tested on its own
@@ -66,10 +73,10 @@ def test_source_bpd_rule_stops_where_the_target_reaches_the_source(fitted, targe
     model.metadata["source_bpd"]["all_pixels"] = first + 1.0
     result = adapt_harmonizer(model, target, config, progress=False)
     assert result.chosen_step == 0 and len(result.curve) == 1
-    assert result.reason.startswith("the pre-trained harmonizer already reaches")
+    assert result.reason.startswith(f"{PRETRAINED_START} already reaches")
     # The curve starts at histogram matching, and the reason names that start.
     curve_rule = decide([{"step": 0, "target_bpd": 1.0}], AdaptConfig(stop="source-bpd"), 2.0)
-    assert curve_rule.index == 0 and curve_rule.reason.startswith("histogram matching already reaches")
+    assert curve_rule.index == 0 and curve_rule.reason.startswith(f"{HM_START} already reaches")
 
 
 class _DarkLovingFlow(torch.nn.Module):

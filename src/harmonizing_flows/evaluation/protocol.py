@@ -280,6 +280,7 @@ class _Setting:
                     variant, model, site.volumes, slices, test, segmenter, site_examples, variant == variants[0]
                 )
             results[variant].scores = {"pre-trained harmonizer": pretrained[id(model)], **results[variant].scores}
+            results[variant].scores.setdefault(START, pretrained[id(model)])  # the paper's family starts there
             self.log(
                 f"    {variant}: Dice none {_mean_dice(scores['none']):.1f} -> start "
                 f"{_mean_dice(results[variant].scores[START]):.1f} -> source-bpd "
@@ -380,10 +381,11 @@ class _Setting:
             scores[f"adapted ({rule})"] = [
                 _score(segmenter, imgs, v, self.device) for imgs, v in zip(images[k.step], test, strict=True)
             ]
-        if 0 not in images:  # step 0 is the start, whatever it is: Table 2's middle stage
-            harmonizer.load_state_dict(snapshots[0])
-            images[0] = [harmonize_slices(harmonizer, v, device=self.device) for v in test]
-        scores[START] = [_score(segmenter, imgs, v, self.device) for imgs, v in zip(images[0], test, strict=True)]
+        if start is not model.harmonizer:  # Table 2's start; the pre-trained one the caller scores once per model
+            if 0 not in images:
+                harmonizer.load_state_dict(snapshots[0])
+                images[0] = [harmonize_slices(harmonizer, v, device=self.device) for v in test]
+            scores[START] = [_score(segmenter, x, v, self.device) for x, v in zip(images[0], test, strict=True)]
         if show:
             examples["pre-trained harmonizer"] = harmonize_slices(model.harmonizer, test[0], device=self.device)
         return VariantResult(scores, curve, kept, source_value, adapted.summary["started_as"])

@@ -115,7 +115,7 @@ def decide(
         return -record["step"]
 
     if rule == "source-bpd" and curve[0]["target_bpd"] <= source_bpd:
-        start = "histogram matching" if config.harmonizer == "curve" else "the pre-trained harmonizer"
+        start = HM_START if config.harmonizer == "curve" else PRETRAINED_START
         return Decision(0, True, f"{start} already reaches the source bpd ({source_bpd:.3f})")
     best, stale = 0, 0
     for i in range(1, len(curve)):
@@ -315,10 +315,10 @@ def adapt_harmonizer(
             if step % config.eval_every and step != config.steps:
                 continue
             curve.append(evaluate(step, started))
-            # the curve has no alpha: its brain mean shows what moves
-            moved = ("brain_mean", ".1f") if isinstance(harmonizer, CurveHarmonizer) else ("alpha", ".3f")
-            bar.set_postfix(bpd=f"{curve[-1]['target_bpd']:.3f}", **{moved[0]: format(curve[-1][moved[0]], moved[1])},
-                            refresh=False)  # fmt: skip
+            last = curve[-1]  # the curve has no alpha: its brain mean shows what moves
+            moved = ({"brain_mean": f"{last['brain_mean']:.1f}"} if isinstance(harmonizer, CurveHarmonizer)
+                     else {"alpha": f"{last['alpha']:.3f}"})  # fmt: skip
+            bar.set_postfix(bpd=f"{last['target_bpd']:.3f}", **moved, refresh=False)
             decision = decide(curve, config, source_bpd, final=step >= config.steps)
             if decision.index == len(curve) - 1:
                 best_state = copy.deepcopy(harmonizer.state_dict())
