@@ -226,9 +226,11 @@ def fit(
         meta = json.loads((folder / "model.json").read_text())
         bpd = meta["source_bpd"]
         adequacy = meta["flow_adequacy"]
+        training = meta["training"]
         typer.echo(
-            f"fitted on site {meta['source_site']} in {meta['training']['seconds']:.0f} s; "
+            f"fitted on site {meta['source_site']} in {training['seconds']:.0f} s; "
             f"source validation bpd {bpd['all_pixels']:.3f} (brain only {bpd['brain_only']:.3f})\n"
+            f"  flow: the weights of epoch {training['flow_kept_epoch']} of {len(training['flow'])}\n"
             f"  flow adequacy: brain bpd {adequacy['brain_bpd']:.2f}, AUROC source vs augmented "
             f"{adequacy['auroc_augmented']:.2f}\n  model: {folder}"
         )

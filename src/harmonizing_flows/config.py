@@ -294,6 +294,9 @@ class TrainConfig:
         max_steps_per_epoch: Cap on steps per epoch (0: no cap), to bound an epoch on large data sets.
         clip_grad_norm: Largest norm of all the gradients together before a step; larger ones are scaled down
             (0: no clipping). The authors clip the flow's at 1.0.
+        keep: Which weights training ends with: the ``"last"`` epoch's, or the ``"best"`` epoch's on the
+            validation score (lower is better; only for a network that has one, the flow: its validation bpd
+            over the brain), so that a schedule longer than the data supports cannot end overfitted.
     """
 
     epochs: int = 200
@@ -303,12 +306,15 @@ class TrainConfig:
     checkpoint_every: int = 10
     max_steps_per_epoch: int = 0
     clip_grad_norm: float = 0.0
+    keep: Literal["last", "best"] = "last"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.halve_every < 1:
             raise ConfigError(f"epochs, batch_size, lr and halve_every must be positive: {self}")
         if self.clip_grad_norm < 0:
             raise ConfigError(f"clip_grad_norm must be 0 (off) or positive, not {self.clip_grad_norm}")
+        if self.keep not in ("last", "best"):
+            raise ConfigError(f"keep must be last or best, not {self.keep!r}")
 
 
 StopRule = Literal["source-bpd", "entropy", "steps"]

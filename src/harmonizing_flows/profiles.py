@@ -72,7 +72,13 @@ class Profile:
     flow: FlowConfig = field(default_factory=FlowConfig)
     flow_training: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            epochs=1600, batch_size=32, lr=1e-3, halve_every=200, checkpoint_every=50, clip_grad_norm=1.0
+            epochs=1600,
+            batch_size=32,
+            lr=1e-3,
+            halve_every=200,
+            checkpoint_every=50,
+            clip_grad_norm=1.0,
+            keep="best",
         )
     )
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
@@ -95,7 +101,7 @@ PROFILES: dict[str, Profile] = {
         flow=FlowConfig(
             dequantization_couplings=2, couplings=(2, 3, 3), widths=(8, 16, 32), dequantization_widths=(8, 16)
         ),
-        flow_training=TrainConfig(epochs=8, batch_size=16, lr=2e-3, halve_every=4, checkpoint_every=2),
+        flow_training=TrainConfig(epochs=8, batch_size=16, lr=2e-3, halve_every=4, checkpoint_every=2, keep="best"),
         # lr: the paper's harmonizer network's (adapt.harmonizer=paper), whose every practical rule kept a step
         # near 100 or earlier in the benchmark (benchmarks/RESULTS.md); 100 steps suit the default curve too.
         adapt=AdaptConfig(lr=2e-5, batch_size=16, steps=100, eval_every=10, monitor_slices=48),
@@ -108,7 +114,7 @@ PROFILES: dict[str, Profile] = {
         harmonizer=HarmonizerConfig(widths=(4, 8, 8), blocks=1),
         harmonizer_training=TrainConfig(epochs=2, batch_size=8, lr=3e-3, halve_every=1, checkpoint_every=1),
         flow=FlowConfig(dequantization_couplings=1, couplings=(1, 1, 1), widths=(4, 8), dequantization_widths=(4,)),
-        flow_training=TrainConfig(epochs=2, batch_size=8, lr=3e-3, halve_every=1, checkpoint_every=1),
+        flow_training=TrainConfig(epochs=2, batch_size=8, lr=3e-3, halve_every=1, checkpoint_every=1, keep="best"),
         adapt=AdaptConfig(lr=1e-4, batch_size=8, steps=20, eval_every=5, monitor_slices=16),
         segmenter=SegmenterConfig(channels=(4, 8, 8), res_units=1),
         segmenter_training=TrainConfig(epochs=3, batch_size=8, lr=4e-3, halve_every=2, checkpoint_every=1),

@@ -11,12 +11,12 @@ from harmonizing_flows.config import NegativeConfig, TrainConfig
 from harmonizing_flows.data.datasets import load_subjects
 from harmonizing_flows.data.prepare import read_volumes
 from harmonizing_flows.data.slices import Slices
-from harmonizing_flows.errors import InputError, OutputExistsError, TrainingError
+from harmonizing_flows.errors import ConfigError, InputError, OutputExistsError, TrainingError
 from harmonizing_flows.method.augment import FlowNegatives
 from harmonizing_flows.method.distributed import Context
 from harmonizing_flows.method.flow import Flow
 from harmonizing_flows.method.harmonizer import Harmonizer
-from harmonizing_flows.method.loop import prepare_checkpoints, run_training
+from harmonizing_flows.method.loop import Validation, kept_epoch, prepare_checkpoints, run_training
 from harmonizing_flows.method.store import load_model
 from harmonizing_flows.method.training import (
     _FlowBpd,
@@ -44,6 +44,8 @@ def test_fit_writes_a_complete_model(fitted):
     assert len(doc["training"]["harmonizer"]) == 6 and len(doc["training"]["flow"]) == 6
     assert doc["training"]["flow"][-1]["bpd"] < doc["training"]["flow"][0]["bpd"]
     assert doc["training"]["harmonizer"][-1]["mse"] < doc["training"]["harmonizer"][0]["mse"]
+    val = [r["val_brain_bpd"] for r in doc["training"]["flow"]]  # the flow is validated after every epoch
+    assert doc["training"]["flow_kept_epoch"] == 1 + val.index(min(val))
     assert (fitted.parent / "model.checkpoints" / "flow.safetensors").is_file()
     assert not any(p.name.startswith(".") for p in fitted.parent.iterdir())
 
@@ -178,6 +180,56 @@ def test_non_finite_gradients_stop_training_before_the_weights_change():
     with pytest.raises(TrainingError, match=r"the gradients became NaN or infinite at epoch 1, step 1"):
         run_training(module, step, 4, config, name="demo", seed=0, ctx=Context(), progress=False)
     assert all(torch.equal(value, before[key]) for key, value in module.state_dict().items())
+
+
+def _drifting_training(scores, keep, tmp_path=None, epochs=None, resume=False):
+    """A one-weight module that Adam moves by about 1 per epoch (one step of lr 1), validated by
+    ``scores[epoch - 1]`` read off the weight itself, so that a resumed run scores the same epochs alike."""
+    module = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(module.weight)
+
+    def step(model, index, generator):
+        return -model.weight.sum(), {}
+
+    def score():
+        return scores[round(float(module.weight.detach())) - 1]
+
+    config = TrainConfig(epochs=epochs or len(scores), batch_size=1, lr=1.0, halve_every=100, keep=keep,
+                         checkpoint_every=1)  # fmt: skip
+    checkpoint = tmp_path / "demo.safetensors" if tmp_path is not None else None
+    history = run_training(module, step, 1, config, name="demo", seed=0, ctx=Context(), progress=False,
+                           validation=Validation("val", score), checkpoint=checkpoint, resume=resume)  # fmt: skip
+    return module, history
+
+
+def test_keep_best_ends_with_the_lowest_validation_epochs_weights(tmp_path):
+    scores = [5.0, 3.0, 4.0, 6.0]
+    last, history = _drifting_training(scores, "last")
+    best, _ = _drifting_training(scores, "best")
+    assert [r["val"] for r in history] == scores
+    assert kept_epoch(history, TrainConfig(keep="best"), "val") == 2
+    assert kept_epoch(history, TrainConfig(keep="last"), "val") == 4
+    # the weight counts the epochs: it tells which epoch's weights each run ended with
+    w_last, w_best = float(last.weight.detach()), float(best.weight.detach())
+    assert w_best == pytest.approx(2.0, abs=0.05) and w_last == pytest.approx(4.0, abs=0.05)
+
+
+def test_keep_best_survives_a_resume(tmp_path):
+    scores = [5.0, 3.0, 4.0, 6.0]
+    straight, _ = _drifting_training(scores, "best")
+    _drifting_training(scores, "best", tmp_path, epochs=3)  # stopped after epoch 3, the best (2) in the checkpoint
+    resumed, history = _drifting_training(scores, "best", tmp_path, resume=True)
+    assert [r["val"] for r in history] == scores
+    assert torch.equal(straight.weight, resumed.weight)
+
+
+def test_keep_best_needs_a_validation_score():
+    config = TrainConfig(epochs=1, batch_size=1, lr=1.0, keep="best")
+    with pytest.raises(ConfigError, match=r"demo_training\.keep=best needs a validation"):
+        run_training(torch.nn.Linear(1, 1), lambda m, i, g: (m.weight.sum(), {}), 1, config, name="demo",
+                     seed=0, ctx=Context(), progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="keep must be last or best"):
+        TrainConfig(keep="first")
 
 
 @pytest.mark.parametrize("clip", [0.0, 1e-3])

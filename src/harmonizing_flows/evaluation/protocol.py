@@ -201,7 +201,7 @@ class _Setting:
                 model.metadata["training"] = {**model.metadata["training"], "harmonizer": history}
             else:
                 model.flow = Flow(vprofile.flow)
-                fit_flow(model.flow, self.train_slices, vprofile, ctx, progress=self.progress)
+                fit_flow(model.flow, self.train_slices, vprofile, ctx, val=self.val_slices, progress=self.progress)
                 model.metadata["source_bpd"] = source_bpd(model.flow.eval(), self.val_slices, self.device,
                                                           seed=vprofile.seed)  # fmt: skip
             return model.to("cpu")

@@ -9,9 +9,11 @@ it valid.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -20,13 +22,29 @@ from torch.nn.parallel import DistributedDataParallel
 
 from harmonizing_flows.config import TrainConfig
 from harmonizing_flows.data.datasets import Subject, file_fingerprint
-from harmonizing_flows.errors import InputError, TrainingError
+from harmonizing_flows.errors import ConfigError, InputError, TrainingError
 from harmonizing_flows.method.distributed import Context, channels_last, stable_seed
 from harmonizing_flows.profiles import Profile, profile_to_dict
 
-__all__ = ["StepFn", "prepare_checkpoints", "run_training"]
+__all__ = ["StepFn", "Validation", "kept_epoch", "prepare_checkpoints", "run_training"]
 
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+
+
+class Validation(NamedTuple):
+    """A score measured after every epoch (lower is better), recorded in the history under ``name``; with
+    ``TrainConfig.keep = "best"`` training ends with the weights of the epoch that scored lowest."""
+
+    name: str
+    score: Callable[[], float]
+
+
+def kept_epoch(history: Sequence[dict[str, float]], config: TrainConfig, name: str | None) -> int:
+    """The epoch whose weights a training with this ``history`` ended with (1-based)."""
+    scores = [(r[name], int(r["epoch"])) for r in history if name and math.isfinite(r.get(name, math.nan))]
+    if config.keep == "best" and scores:
+        return min(scores)[1]
+    return int(history[-1]["epoch"]) if history else 0
 
 
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
@@ -47,9 +65,15 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 
 
 def _save_checkpoint(
-    path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list
+    path: Path,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    history: list,
+    best: dict[str, torch.Tensor] | None,
 ) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tensors.update({f"best.{k}": v.contiguous() for k, v in (best or {}).items()})
     opt, groups = _optimizer_state(optimizer)
     tensors.update({f"optim.{k}": v for k, v in opt.items()})
     tmp = path.with_name(path.name + ".tmp")
@@ -57,7 +81,9 @@ def _save_checkpoint(
     tmp.replace(path)
 
 
-def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list]:
+def _load_checkpoint(
+    path: Path, module: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, list, dict[str, torch.Tensor] | None]:
     from safetensors import safe_open
 
     try:
@@ -70,7 +96,8 @@ def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optim
         )
     except Exception as exc:  # any damage to the checkpoint is the same problem for the user
         raise InputError(path, f"cannot resume from this checkpoint ({exc})") from exc
-    return int(meta["epoch"]), json.loads(meta["history"])
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    return int(meta["epoch"]), json.loads(meta["history"]), best or None
 
 
 def prepare_checkpoints(
@@ -127,6 +154,46 @@ def _diverged(what: str, name: str, epoch: int, step: int, lr: float) -> Trainin
     )
 
 
+def _train_epoch(
+    module: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: StepFn,
+    order: torch.Tensor,
+    batch: int,
+    steps: int,
+    config: TrainConfig,
+    where: tuple[str, int, int],
+    ctx: Context,
+    bar,
+) -> dict[str, float]:
+    """One epoch's steps; returns the sums of the step stats. ``where`` is (name, seed, epoch)."""
+    name, seed, epoch = where
+    sums: dict[str, float] = {}
+    for k in range(steps):
+        index = order[k * batch : (k + 1) * batch]
+        generator = torch.Generator().manual_seed(stable_seed(seed, name, epoch, k))
+        loss, stats = step(model, index, generator)
+        place = (name, epoch + 1, k + 1, optimizer.param_groups[0]["lr"])
+        # Stop before the optimizer spreads a NaN to every weight. Every process takes the same decision
+        # (the loss's flag is summed over processes, the gradients are already), so none waits alone.
+        if ctx.all_sum((~torch.isfinite(loss.detach())).float()).item():
+            raise _diverged("the loss", *place)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if grads and not torch.stack([g.norm() for g in grads]).isfinite().all():
+            raise _diverged("the gradients", *place)
+        if config.clip_grad_norm > 0:  # after DDP's all-reduce: every process clips the same gradients
+            torch.nn.utils.clip_grad_norm_(module.parameters(), config.clip_grad_norm)
+        optimizer.step()
+        for key, value in stats.items():
+            sums[key] = sums.get(key, 0.0) + value
+        bar.set_postfix({key: f"{value:.3g}" for key, value in stats.items()}, refresh=False)
+        bar.update()
+    return sums
+
+
 def run_training(
     module: nn.Module,
     step: StepFn,
@@ -139,19 +206,27 @@ def run_training(
     checkpoint: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    validation: Validation | None = None,
 ) -> list[dict[str, float]]:
     """Adam with the learning rate halved every ``config.halve_every`` epochs; returns per-epoch means of the stats.
 
     ``step(model, index, generator)`` gets the global batch's row indices and the step's generator, and returns
-    this process's loss and the stats to report.
+    this process's loss and the stats to report. ``validation`` is scored after every epoch (on every process, so
+    that all keep the same weights) and, with ``config.keep = "best"``, decides which epoch's weights training
+    ends with (:func:`kept_epoch`).
+
+    Raises:
+        ConfigError: ``config.keep = "best"`` without a ``validation``.
     """
     from harmonizing_flows.progress import progress_bar
 
+    if config.keep == "best" and validation is None:
+        raise ConfigError(f"{name}_training.keep=best needs a validation score, and {name} training has none")
     channels_last(module.to(ctx.device))
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
-    start, history = 0, []
+    start, history, best = 0, [], None
     if resume and checkpoint is not None and checkpoint.is_file():
-        start, history = _load_checkpoint(checkpoint, module, optimizer)
+        start, history, best = _load_checkpoint(checkpoint, module, optimizer)
     model: nn.Module = DistributedDataParallel(module) if ctx.world > 1 else module
     batch = min(config.batch_size, n_items - n_items % ctx.world) if n_items >= ctx.world else n_items
     steps = max(n_items // batch, 1)
@@ -165,35 +240,22 @@ def run_training(
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * 0.5 ** (epoch // config.halve_every)
             order = torch.randperm(n_items, generator=torch.Generator().manual_seed(stable_seed(seed, name, epoch)))
-            sums: dict[str, float] = {}
             started = time.perf_counter()
-            for k in range(steps):
-                index = order[k * batch : (k + 1) * batch]
-                generator = torch.Generator().manual_seed(stable_seed(seed, name, epoch, k))
-                loss, stats = step(model, index, generator)
-                where = (name, epoch + 1, k + 1, optimizer.param_groups[0]["lr"])
-                # Stop before the optimizer spreads a NaN to every weight. Every process takes the same decision
-                # (the loss's flag is summed over processes, the gradients are already), so none waits alone.
-                if ctx.all_sum((~torch.isfinite(loss.detach())).float()).item():
-                    raise _diverged("the loss", *where)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grads = [p.grad for p in module.parameters() if p.grad is not None]
-                if grads and not torch.stack([g.norm() for g in grads]).isfinite().all():
-                    raise _diverged("the gradients", *where)
-                if config.clip_grad_norm > 0:  # after DDP's all-reduce: every process clips the same gradients
-                    torch.nn.utils.clip_grad_norm_(module.parameters(), config.clip_grad_norm)
-                optimizer.step()
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                bar.set_postfix({key: f"{value:.3g}" for key, value in stats.items()}, refresh=False)
-                bar.update()
+            sums = _train_epoch(
+                module, model, optimizer, step, order, batch, steps, config, (name, seed, epoch), ctx, bar
+            )
             record = {
                 "epoch": epoch + 1,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
             }
             record.update({key: value / steps for key, value in sums.items()})
+            if validation is not None:
+                training = module.training
+                record[validation.name] = float(validation.score())
+                module.train(training)
+                if config.keep == "best" and kept_epoch([*history, record], config, validation.name) == epoch + 1:
+                    best = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             history.append(record)
             last = epoch + 1 == config.epochs
             if (
@@ -201,8 +263,10 @@ def run_training(
                 and ctx.main
                 and (last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0))
             ):
-                _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history)
+                _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history, best)
             ctx.barrier()
     finally:
         bar.close()
+    if config.keep == "best" and best is not None:
+        module.load_state_dict(best)
     return history

@@ -24,11 +24,12 @@ from harmonizing_flows.method.augment import FlowNegatives, HarmonizerAugmentati
 from harmonizing_flows.method.distributed import Context, setup, stable_seed
 from harmonizing_flows.method.flow import Flow, guided_loss
 from harmonizing_flows.method.harmonizer import Harmonizer, pretraining_error
-from harmonizing_flows.method.loop import StepFn, prepare_checkpoints, run_training
+from harmonizing_flows.method.loop import StepFn, Validation, kept_epoch, prepare_checkpoints, run_training
 from harmonizing_flows.method.store import Model, save_model
 from harmonizing_flows.profiles import Profile
 
 __all__ = [
+    "VALIDATION",
     "fit",
     "fit_flow",
     "fit_harmonizer",
@@ -134,19 +135,34 @@ def fit_harmonizer(
     )
 
 
+VALIDATION = "val_brain_bpd"
+"""The flow's validation score in its training history: the bpd of the source validation slices' brains."""
+
+
 def fit_flow(
     flow: Flow,
     data: Slices,
     profile: Profile,
     ctx: Context,
     *,
+    val: Slices | None = None,
     checkpoint: Path | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train the flow on the source slices with guiding negatives (paper Eq. 4)."""
+    """Train the flow on the source slices with guiding negatives (paper Eq. 4).
+
+    With ``val``, every epoch records :data:`VALIDATION`, and ``flow_training.keep = "best"`` ends with the epoch
+    that scored lowest (a brain the flow has not seen is what it must judge at test time, so held-out brain bpd is
+    the measure of what it has learnt).
+    """
     _check_size(data, flow.factor, "flow")
     wrapper = _FlowBpd(flow)
+    validation = None
+    if val is not None and len(val):
+        validation = Validation(
+            VALIDATION, lambda: measure_bpd(flow, val, ctx.device, brain_only=True, seed=profile.seed)
+        )
     return run_training(
         wrapper,
         flow_step(profile, data, ctx),
@@ -158,6 +174,7 @@ def fit_flow(
         checkpoint=checkpoint,
         resume=resume,
         progress=progress,
+        validation=validation,
     )
 
 
@@ -214,7 +231,7 @@ def fit_model(
         model.harmonizer, train, profile, ctx, checkpoint=checkpoint("harmonizer"), resume=resume, progress=progress
     )
     flow_history = fit_flow(
-        model.flow, train, profile, ctx, checkpoint=checkpoint("flow"), resume=resume, progress=progress
+        model.flow, train, profile, ctx, val=val, checkpoint=checkpoint("flow"), resume=resume, progress=progress
     )
     if not ctx.main:
         return None
@@ -234,6 +251,7 @@ def fit_model(
         "training": {
             "harmonizer": harmonizer_history,
             "flow": flow_history,
+            "flow_kept_epoch": kept_epoch(flow_history, profile.flow_training, VALIDATION),
             "processes": ctx.world,
             "device": str(ctx.device),
             "seconds": round(time.perf_counter() - started, 1),
