@@ -30,6 +30,14 @@ def test_a_batch_is_float_with_a_channel_on_the_device():
         _slices().batch_labels([0], "cpu")
 
 
+def test_a_spread_takes_evenly_spaced_slices_with_their_masks_and_labels():
+    data = _slices(9, labels=True)
+    spread = data.spread(3)
+    assert np.array_equal(spread.images, data.images[[0, 4, 8]])
+    assert np.array_equal(spread.mask, data.mask[[0, 4, 8]]) and np.array_equal(spread.labels, data.labels[[0, 4, 8]])
+    assert data.spread(9) is data and data.spread(20) is data
+
+
 def test_pooling_keeps_the_brain_slices_of_each_volume_in_order():
     a, b = _slices(4, labels=True), _slices(5, labels=True)
     pooled = Slices.pool([a, b], labels=True)

@@ -47,6 +47,14 @@ class Slices:
         m = torch.from_numpy(self.mask[rows])[:, None]
         return x.to(device).float(), m.to(device).float()
 
+    def spread(self, count: int) -> Slices:
+        """At most ``count`` slices spaced evenly through these (all of them when there are no more)."""
+        if len(self) <= count:
+            return self
+        rows = np.linspace(0, len(self) - 1, count).round().astype(np.int64)
+        labels = None if self.labels is None else self.labels[rows]
+        return Slices(images=self.images[rows], mask=self.mask[rows], labels=labels)
+
     def batch_labels(self, index: torch.Tensor | np.ndarray, device: torch.device | str) -> torch.Tensor:
         """Class labels ``(B, H, W)`` (int64) of the rows ``index``, on ``device``."""
         if self.labels is None:
