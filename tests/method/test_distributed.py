@@ -37,7 +37,7 @@ WORKER = textwrap.dedent(
     flow, harmonizer = Flow(profile.flow), Harmonizer(profile.harmonizer)
     init = {"flow." + k: v.clone() for k, v in flow.state_dict().items()}
     init.update({"harmonizer." + k: v.clone() for k, v in harmonizer.state_dict().items()})
-    fit_flow(flow, data, profile, ctx, progress=False)
+    fit_flow(flow, data, profile, ctx, val=data.spread(8), progress=False)  # every process keeps the same best
     fit_harmonizer(harmonizer, data, profile, ctx, progress=False)
     if ctx.main:
         state = {"flow." + k: v for k, v in flow.state_dict().items()}

@@ -203,7 +203,7 @@ class _Setting:
                 model.flow = Flow(vprofile.flow)
                 fit_flow(model.flow, self.train_slices, vprofile, ctx, val=self.val_slices, progress=self.progress)
                 model.metadata["source_bpd"] = source_bpd(model.flow.eval(), self.val_slices, self.device,
-                                                          seed=vprofile.seed)  # fmt: skip
+                                                          model.harmonizer, seed=vprofile.seed)  # fmt: skip
             return model.to("cpu")
 
         models: dict[str, Model] = {}

@@ -191,15 +191,27 @@ def _check_size(data: Slices, factor: int, what: str) -> None:
 
 @torch.no_grad()
 def measure_bpd(
-    flow: Flow, data: Slices, device: torch.device, *, brain_only: bool = False, seed: int = 0, batch_size: int = 32
+    flow: Flow,
+    data: Slices,
+    device: torch.device,
+    *,
+    brain_only: bool = False,
+    seed: int = 0,
+    batch_size: int = 32,
+    harmonizer: Harmonizer | None = None,
 ) -> float:
-    """Mean bpd of ``data`` under ``flow`` with fixed dequantization noise (all pixels, or the brain's)."""
+    """Mean bpd of ``data`` (through ``harmonizer`` when given) under ``flow`` with fixed dequantization noise, over
+    all pixels or the brain's."""
     flow.eval()
+    if harmonizer is not None:
+        harmonizer = harmonizer.to(device).eval()
     generator = torch.Generator().manual_seed(stable_seed(seed, "measure"))
     total = 0.0
     for start in range(0, len(data), batch_size):
         index = torch.arange(start, min(start + batch_size, len(data)))
         x, m = data.batch(index, device)
+        if harmonizer is not None:
+            x = harmonizer(x, m)
         noise = torch.randn(x.shape, generator=generator).to(device)
         total += float(flow.bpd(x, m, noise=noise, brain_only=brain_only).sum())
     return total / len(data)
@@ -249,7 +261,7 @@ def fit_model(
             "levels": profile.slices.levels,
             "axis": profile.slices.axis,
         },
-        "source_bpd": source_bpd(model.flow, val, ctx.device, seed=profile.seed),
+        "source_bpd": source_bpd(model.flow, val, ctx.device, model.harmonizer, seed=profile.seed),
         # the source's one summary that adaptation may keep (source-free): where histogram matching maps to
         "source_histogram": train.brain_counts().tolist(),
         "flow_adequacy": flow_adequacy(model.flow, val, profile.augment, ctx.device, seed=profile.seed).to_json(),
@@ -268,11 +280,17 @@ def fit_model(
     return model.to("cpu")
 
 
-def source_bpd(flow: Flow, val: Slices, device: torch.device, *, seed: int = 0) -> dict[str, float]:
-    """The source validation bpd that the ``source-bpd`` stopping rule aims for, over all pixels and the brain's."""
+def source_bpd(
+    flow: Flow, val: Slices, device: torch.device, harmonizer: Harmonizer, *, seed: int = 0
+) -> dict[str, float]:
+    """The source validation bpd that the ``source-bpd`` stopping rule aims for, over all pixels and the brain's.
+
+    Measured through the pre-trained ``harmonizer``, as the target's bpd is measured through the adapted one: the
+    rule then compares like with like (a harmonizer's output is smoother than a raw slice, so a raw reference
+    would sit above what any harmonized target reaches)."""
     return {
-        "all_pixels": measure_bpd(flow, val, device, seed=seed),
-        "brain_only": measure_bpd(flow, val, device, brain_only=True, seed=seed),
+        "all_pixels": measure_bpd(flow, val, device, seed=seed, harmonizer=harmonizer),
+        "brain_only": measure_bpd(flow, val, device, brain_only=True, seed=seed, harmonizer=harmonizer),
     }
 
 

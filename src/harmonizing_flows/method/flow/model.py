@@ -8,6 +8,9 @@ none offers image couplings with U-Net conditioners, variational dequantization 
 that can be weighted by a brain mask.
 
 :meth:`Flow.log_prob` is the dequantization lower bound of ``log p(x)`` for the discrete image, in nats;
+every image it scores is first rounded to the 256 levels the source slices have (with a straight-through
+gradient, so a harmonizer's float output is scored as the integer image it stands for and still learns): one
+quantization convention for the source, the negatives, the harmonized targets and every reference bpd.
 :meth:`Flow.bpd` divides by ``log 2`` times the number of pixels (``bpd = -log p(x) / (D log 2)``). With
 ``brain_only`` each term is weighted by the share of brain in the pixels it covers and ``D`` counts brain pixels.
 
@@ -63,7 +66,9 @@ class Flow(nn.Module):
             raise ConfigError(f"image size {h}x{w}: the flow needs height and width multiples of {self.factor}")
 
     def _preprocess(self, x: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dequantize and take the logit: ``z`` and the per-pixel map of ``log |dz/dx| - log q(u | x)``."""
+        """Round (straight through), dequantize and take the logit: ``z`` and the per-pixel map of
+        ``log |dz/dx| - log q(u | x)``."""
+        x = x + (x.round() - x).detach()
         u, log_q = self.dequantization(x, noise)
         a = self.config.logit_alpha
         y = a + (1 - 2 * a) * (x + u) / _LEVELS
