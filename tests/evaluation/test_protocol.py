@@ -53,8 +53,8 @@ def test_tables_json_and_figures_are_written(report):
     out, written, _ = report
     assert set(written) == {"tables.md", "results.json", "figures"}
     tables = (out / "tables.md").read_text()
-    for heading in ("Table 1", "Table 2", "Table 3", "Dice (%)", "HD95 (mm)", "modified Hausdorff distance (mm)",
-                    "3D consistency"):  # fmt: skip
+    for heading in ("Table 1", "Table 2", "Table 3", "Table 4: the flow", "Dice (%)", "HD95 (mm)",
+                    "modified Hausdorff distance (mm)", "3D consistency"):  # fmt: skip
         assert heading in tables
     for method in TABLE1_METHODS:
         assert f"| {method} " in tables
@@ -108,6 +108,11 @@ def test_every_method_is_scored_on_every_test_volume_of_every_target(report, sim
         assert paper["scores"][START] == paper["scores"]["pre-trained harmonizer"]
         assert len(hm_start["scores"][START]) == n
         assert hm_start["scores"][START] != hm_start["scores"]["pre-trained harmonizer"]
+        # the flow each variant adapted with: its stored adequacy, and an AUROC against this target
+        for variant in target["variants"].values():
+            assert set(variant["flow"]) == {"brain_bpd", "auroc_augmented", "auroc_target"}
+            assert 0 <= variant["flow"]["auroc_target"] <= 1 and variant["flow"]["brain_bpd"] > 0
+        assert paper["flow"] == hm_start["flow"]  # they share one fitted model
 
 
 def test_an_interrupted_run_resumes_from_its_finished_settings(report, simulated, smoke_profile, tmp_path):
@@ -217,7 +222,9 @@ def test_a_second_run_needs_overwrite_and_then_reuses_the_fitted_networks(report
     for expected, module in ((whole.harmonizer, stored.harmonizer), (whole.flow, stored.flow)):
         assert all(torch.equal(v, module.state_dict()[k]) for k, v in expected.state_dict().items())
     assert all(torch.equal(v, paper_flow[k]) for k, v in stored.flow.state_dict().items())
-    assert stored.metadata["source_bpd"] == whole.metadata["source_bpd"]
+    # the same weights; the stored flow was loaded from disk in the default memory format, the whole fit's is
+    # channels-last from training, so their convolutions round differently in the last digits
+    assert stored.metadata["source_bpd"] == pytest.approx(whole.metadata["source_bpd"], rel=1e-6)
 
 
 def _copy_site_data(simulated, tmp_path: Path, *, sites=None, relabel=None, drop_test=None) -> Path:

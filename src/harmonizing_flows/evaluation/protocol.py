@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -61,6 +62,9 @@ SEGMENTER_CODE = ("harmonizing_flows.evaluation.segmenter",)
 MODEL_SETTINGS = ("seed", "slices", "augment", "negatives", "harmonizer", "harmonizer_training", "flow",
                   "flow_training")  # fmt: skip
 """The profile's sections that fitting a model (flow and pre-trained harmonizer) reads; adaptation's are not."""
+SEPARATION_SLICES = 128
+"""Slices of the source validation split and of each target, spread evenly, on which the flow's AUROC between
+them is measured (enough for a stable AUROC, a few seconds per target on the CPU)."""
 MODEL_CODE = ("harmonizing_flows.method.training", "harmonizing_flows.method.store")
 """The modules that fit, save and load a model, keying a stored one with what they import: a change of
 adaptation, of the evaluation or of the CLI keeps the fitted flows."""
@@ -117,6 +121,7 @@ class _Setting:
             raise InputError(self.source.source, f"site {self.source.name} has no subject in its test split")
         self.train_slices = Slices.pool(self.train, labels=True)
         self.val_slices = Slices.pool(self.val)
+        self._flows: dict[int, tuple[torch.nn.Module, np.ndarray]] = {}  # model -> its flow, source slices' bpd
 
     @contextmanager
     def timed(self, part: str) -> Iterator[None]:
@@ -166,11 +171,13 @@ class _Setting:
         own harmonizer (fit_model draws the same initial weights and batches; tested), so when the paper-faithful
         model is fitted anyway, positive-alpha refits only the harmonizer; alone it is fitted whole.
         """
+        from harmonizing_flows.method.adequacy import flow_adequacy
         from harmonizing_flows.method.distributed import Context
         from harmonizing_flows.method.flow import Flow
         from harmonizing_flows.method.harmonizer import Harmonizer
+        from harmonizing_flows.method.loop import kept_epoch
         from harmonizing_flows.method.store import load_model, save_model
-        from harmonizing_flows.method.training import fit_flow, fit_harmonizer, fit_model, source_bpd
+        from harmonizing_flows.method.training import VALIDATION, fit_flow, fit_harmonizer, fit_model, source_bpd
 
         ctx = Context(device=self.device)
 
@@ -201,9 +208,16 @@ class _Setting:
                 model.metadata["training"] = {**model.metadata["training"], "harmonizer": history}
             else:
                 model.flow = Flow(vprofile.flow)
-                fit_flow(model.flow, self.train_slices, vprofile, ctx, val=self.val_slices, progress=self.progress)
-                model.metadata["source_bpd"] = source_bpd(model.flow.eval(), self.val_slices, self.device,
-                                                          model.harmonizer, seed=vprofile.seed)  # fmt: skip
+                history = fit_flow(model.flow, self.train_slices, vprofile, ctx, val=self.val_slices,
+                                   progress=self.progress)  # fmt: skip
+                model.metadata["training"] = {**model.metadata["training"], "flow": history,
+                                              "flow_kept_epoch": kept_epoch(history, vprofile.flow_training,
+                                                                            VALIDATION)}  # fmt: skip
+                model.metadata["flow_adequacy"] = flow_adequacy(model.flow, self.val_slices, vprofile.augment,
+                                                                self.device, seed=vprofile.seed).to_json()  # fmt: skip
+            # measured through the pre-trained harmonizer: a new harmonizer or a new flow changes it
+            model.metadata["source_bpd"] = source_bpd(model.flow.eval(), self.val_slices, self.device,
+                                                      model.harmonizer, seed=vprofile.seed)  # fmt: skip
             return model.to("cpu")
 
         models: dict[str, Model] = {}
@@ -281,6 +295,8 @@ class _Setting:
                 )
             results[variant].scores = {"pre-trained harmonizer": pretrained[id(model)], **results[variant].scores}
             results[variant].scores.setdefault(START, pretrained[id(model)])  # the paper's family starts there
+            with self.timed("flow adequacy"):
+                results[variant].flow = self.flow_measures(model, slices)
             self.log(
                 f"    {variant}: Dice none {_mean_dice(scores['none']):.1f} -> start "
                 f"{_mean_dice(results[variant].scores[START]):.1f} -> source-bpd "
@@ -290,6 +306,23 @@ class _Setting:
         for name in ("none", "histogram matching", "Nyul", "WhiteStripe", "ComBat"):
             site_examples[name] = harmonized[name][0]
         return TargetResult([_name(v) for v in test], scores, results)
+
+    def flow_measures(self, model: Model, slices: Slices) -> dict[str, float]:
+        """The model's stored flow adequacy, and its flow's AUROC of per-slice brain bpd between the source
+        validation slices and ``slices`` (a target's, before adaptation), on at most :data:`SEPARATION_SLICES`
+        of each."""
+        from harmonizing_flows.method.adequacy import auroc, slice_bpd
+
+        if id(model) not in self._flows:
+            flow = copy.deepcopy(model.flow).to(self.device)
+            source = slice_bpd(flow, self.val_slices.spread(SEPARATION_SLICES), self.device, seed=self.profile.seed)
+            self._flows[id(model)] = flow, source
+        flow, source = self._flows[id(model)]
+        target = slice_bpd(flow, slices.spread(SEPARATION_SLICES), self.device, seed=self.profile.seed)
+        stored = model.metadata.get("flow_adequacy") or {}
+        return {"brain_bpd": float(stored.get("brain_bpd", math.nan)),
+                "auroc_augmented": float(stored.get("auroc_augmented", math.nan)),
+                "auroc_target": auroc(source, target)}  # fmt: skip
 
     def baselines(
         self, site: Site, test: list[SlicedVolume], slices: Slices, segmenter: torch.nn.Module

@@ -6,6 +6,7 @@ place at the end, so a failure never leaves half a report beside an older, compl
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -153,6 +154,22 @@ def _table3(results, letters, variants: Sequence[str]) -> list[str]:
     return [*lines, ""]
 
 
+def _table4(results, letters, variants: Sequence[str]) -> list[str]:
+    """The flow each variant adapted with: adequacy on the source, and how well it tells each target from it."""
+    head = "| setting | variant | source brain bpd | AUROC vs augmented | AUROC vs each target, before adaptation |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for letter in letters:
+        for variant in variants:
+            flows = {name: t.variants[variant].flow for name, t in results[letter].targets.items()}
+            if not any(flows.values()):  # results from before the flow was measured
+                continue
+            first = next(iter(flows.values()))
+            targets = ", ".join(f"{name} {f.get('auroc_target', math.nan):.2f}" for name, f in flows.items())
+            lines.append(f"| {letter} | {variant} | {first.get('brain_bpd', math.nan):.2f} | "
+                         f"{first.get('auroc_augmented', math.nan):.2f} | {targets} |")  # fmt: skip
+    return [*lines, ""] if len(lines) > 2 else []
+
+
 def render_seeds(runs: Mapping[int, Mapping[str, SettingResult]], variants: Sequence[str]) -> str:
     """Average Dice over settings of each method, per seed and as mean ± sample std over the seeds, as Markdown.
 
@@ -289,6 +306,10 @@ def render_tables(results: Mapping[str, SettingResult], meta: Mapping[str, Any])
         "",
         *_table3(results, letters, variants),
     ]
+    flows = _table4(results, letters, variants)
+    if flows:
+        lines += ["## Table 4: the flow (adequacy limits: brain bpd below 7, AUROC above 0.75; 0.5 is chance)", "",
+                  *flows]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

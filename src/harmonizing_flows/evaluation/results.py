@@ -47,6 +47,10 @@ class VariantResult:
         source_bpd: The source bpd the ``source-bpd`` rule aims for.
         started_as: What step 0 is (the pre-trained harmonizer, or histogram matching for the curve); empty in
             older results.
+        flow: The variant's flow: its ``flow_adequacy`` from ``model.json`` (source validation brain bpd, AUROC
+            against augmented slices) and ``auroc_target``, the AUROC of per-slice brain bpd between source
+            validation slices and this target's slices before adaptation (0.5: the flow cannot tell the site
+            from the source); empty in older results.
     """
 
     scores: dict[str, list[Scores]]
@@ -54,17 +58,18 @@ class VariantResult:
     kept: dict[str, Kept]
     source_bpd: float
     started_as: str = ""
+    flow: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         kept = {rule: {"step": k.step, "reason": k.reason} for rule, k in self.kept.items()}
         return {"scores": self.scores, "curve": self.curve, "kept": kept, "source_bpd": self.source_bpd,
-                "started_as": self.started_as}  # fmt: skip
+                "started_as": self.started_as, "flow": self.flow}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VariantResult:
         kept = {rule: Kept(int(k["step"]), k["reason"]) for rule, k in data["kept"].items()}
         return cls(dict(data["scores"]), list(data["curve"]), kept, float(data["source_bpd"]),
-                   str(data.get("started_as", "")))  # fmt: skip
+                   str(data.get("started_as", "")), dict(data.get("flow", {})))  # fmt: skip
 
 
 @dataclass
