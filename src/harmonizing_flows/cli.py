@@ -445,10 +445,11 @@ def benchmark(
         str,
         typer.Option(
             help="Method variants: curve (the default method: histogram matching, then one monotone curve for "
-            "the site), curve+jacobian (with the change-of-variables term), paper-faithful (the paper's "
-            "harmonizer), positive-alpha, brain-only, collapse-negatives. Table 1 shows the first."
+            "the site), curve+jacobian (with the change-of-variables term), curve+likelihood-flow (that, steered by a "
+            "flow fitted without guiding negatives), paper-faithful (the paper's harmonizer), positive-alpha, "
+            "brain-only, collapse-negatives. Table 1 shows the first."
         ),
-    ] = "curve,paper-faithful,curve+jacobian,positive-alpha,brain-only,collapse-negatives",
+    ] = "curve,paper-faithful,curve+jacobian,curve+likelihood-flow,positive-alpha,brain-only,collapse-negatives",
     profile: ProfileOption = "fast",
     config: ConfigOption = None,
     set_: SetOption = None,
