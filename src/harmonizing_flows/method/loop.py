@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -165,9 +165,10 @@ def _train_epoch(
     config: TrainConfig,
     where: tuple[str, int, int],
     ctx: Context,
-    bar,
+    bar: Any,
 ) -> dict[str, float]:
-    """One epoch's steps; returns the sums of the step stats. ``where`` is (name, seed, epoch)."""
+    """One epoch's steps; returns the sums of the step stats. ``where`` is (name, seed, epoch); ``bar`` is a
+    :func:`~harmonizing_flows.progress.progress_bar`."""
     name, seed, epoch = where
     sums: dict[str, float] = {}
     for k in range(steps):

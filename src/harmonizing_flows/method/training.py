@@ -285,9 +285,8 @@ def source_bpd(
 ) -> dict[str, float]:
     """The source validation bpd that the ``source-bpd`` stopping rule aims for, over all pixels and the brain's.
 
-    Measured through the pre-trained ``harmonizer``, as the target's bpd is measured through the adapted one: the
-    rule then compares like with like (a harmonizer's output is smoother than a raw slice, so a raw reference
-    would sit above what any harmonized target reaches)."""
+    Measured through the pre-trained ``harmonizer``, as the target's bpd is measured through the adapted one, so
+    that the rule compares images that went through the same kind of network."""
     return {
         "all_pixels": measure_bpd(flow, val, device, seed=seed, harmonizer=harmonizer),
         "brain_only": measure_bpd(flow, val, device, brain_only=True, seed=seed, harmonizer=harmonizer),
