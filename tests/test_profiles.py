@@ -45,6 +45,8 @@ def test_overrides_and_toml(tmp_path):
         ("fast", "[flow\n", [], "invalid settings"),
         ("fast", "[flow]\nmargin_mode = 'sideways'\n", [], "margin_mode"),
         ("fast", None, ["slices.levels=128"], "levels must be 256"),
+        ("fast", None, ["flow_training.keep=first"], "keep must be last or best"),
+        ("fast", None, ["segmenter_training.keep=best"], r"segmenter_training\.keep must be last: only the flow"),
     ],
 )
 def test_bad_settings_are_clear_errors(tmp_path, name, file_text, overrides, message):

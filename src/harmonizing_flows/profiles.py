@@ -88,6 +88,12 @@ class Profile:
     )
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
+    def __post_init__(self) -> None:
+        for name in ("harmonizer_training", "segmenter_training"):
+            if getattr(self, name).keep != "last":
+                raise ConfigError(f"{name}.keep must be last: only the flow has a validation score to choose an "
+                                  "epoch by (flow_training.keep)")  # fmt: skip
+
 
 PROFILES: dict[str, Profile] = {
     "paper": Profile(

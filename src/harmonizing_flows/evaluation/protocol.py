@@ -138,9 +138,9 @@ class _Setting:
         self, name: str, settings: dict, build: Callable[[], Any], save, load, code: Sequence[str] = ()
     ) -> Any:
         """Fit once and keep the result under OUT/models/SOURCE/NAME, reused when fitted with the same settings
-        and code (all of the package's, or the modules ``code`` and what they import) on the same training
-        files."""
-        files = file_fingerprint([v.path for v in self.train])
+        and code (all of the package's, or the modules ``code`` and what they import) on the same training and
+        validation files (a flow keeps its best epoch on the validation split)."""
+        files = file_fingerprint([v.path for v in (*self.train, *self.val)])
         fit_key = cache.key(settings, files, str(self.device), code=code)
         folder = self.out / "models" / self.source.name / name
         return cache.fit_or_load(folder, fit_key, build, save, load, self.log)
@@ -216,6 +216,7 @@ class _Setting:
                 model.metadata["flow_adequacy"] = flow_adequacy(model.flow, self.val_slices, vprofile.augment,
                                                                 self.device, seed=vprofile.seed).to_json()  # fmt: skip
             # measured through the pre-trained harmonizer: a new harmonizer or a new flow changes it
+            model.to(self.device)  # the copied flow of a harmonizer refit is still on the CPU
             model.metadata["source_bpd"] = source_bpd(model.flow.eval(), self.val_slices, self.device,
                                                       model.harmonizer, seed=vprofile.seed)  # fmt: skip
             return model.to("cpu")

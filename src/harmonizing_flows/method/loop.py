@@ -109,7 +109,7 @@ def prepare_checkpoints(
     main: bool,
     overwrite: bool = False,
 ) -> None:
-    """Bind a checkpoints folder to the settings and training files of its fit, so that a resume never continues
+    """Bind a checkpoints folder to the settings and data files of its fit, so that a resume never continues
     another fit's weights (after a change of settings, seed, site or data) and a new fit never mixes with old
     checkpoints. A new fit deletes earlier checkpoints only with ``overwrite``: they may be hours of training.
 
@@ -212,9 +212,9 @@ def run_training(
     """Adam with the learning rate halved every ``config.halve_every`` epochs; returns per-epoch means of the stats.
 
     ``step(model, index, generator)`` gets the global batch's row indices and the step's generator, and returns
-    this process's loss and the stats to report. ``validation`` is scored after every epoch (on every process, so
-    that all keep the same weights) and, with ``config.keep = "best"``, decides which epoch's weights training
-    ends with (:func:`kept_epoch`).
+    this process's loss and the stats to report. ``validation`` is scored after every epoch (on every process,
+    averaged over them, so that all keep the same weights) and, with ``config.keep = "best"``, decides which
+    epoch's weights training ends with (:func:`kept_epoch`).
 
     Raises:
         ConfigError: ``config.keep = "best"`` without a ``validation``.
@@ -253,7 +253,9 @@ def run_training(
             record.update({key: value / steps for key, value in sums.items()})
             if validation is not None:
                 training = module.training
-                record[validation.name] = float(validation.score())
+                # averaged over processes, so that all keep the same epoch even if their kernels round apart
+                score = torch.tensor(float(validation.score()), device=ctx.device)
+                record[validation.name] = float(ctx.all_sum(score)) / ctx.world
                 module.train(training)
                 if config.keep == "best" and kept_epoch([*history, record], config, validation.name) == epoch + 1:
                     best = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}

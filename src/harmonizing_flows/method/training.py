@@ -331,7 +331,9 @@ def fit(
     del data, train, val  # the pooled brain slices are all that training needs
 
     checkpoints = out.with_name(out.name + ".checkpoints")
-    prepare_checkpoints(checkpoints, profile, train_subjects, resume=resume, main=ctx.main, overwrite=overwrite)
+    # keyed on the validation files too: the flow's kept epoch is chosen on them
+    prepare_checkpoints(checkpoints, profile, [*train_subjects, *val_subjects], resume=resume, main=ctx.main,
+                        overwrite=overwrite)  # fmt: skip
     model = fit_model(train_slices, val_slices, profile, ctx, checkpoints=checkpoints, resume=resume, progress=progress)
     if model is None:
         return None
