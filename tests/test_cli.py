@@ -328,6 +328,11 @@ def test_demo_runs_end_to_end_and_prints_the_tables(tmp_path):
     results = json.loads((out / "results" / "results.json").read_text())
     assert list(results["results"]) == ["A"] and results["meta"]["profile"]["name"] == "smoke"
     assert sorted(p.name for p in (out / "results" / "figures").iterdir())  # figures written
+    # the demo adapts the curve alone: the paper's harmonizer network is not pre-trained, nor has it a row
+    assert not any(line.startswith("harmonizer: ") for line in result.output.splitlines())
+    model = json.loads(next((out / "results" / "models").glob("*/model/model.json")).read_text())
+    assert model["pretrained_harmonizer"] is False and model["training"]["harmonizer"] is None
+    assert "pre-trained harmonizer" not in tables and "| histogram matching |" in tables
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "already exists" in again.output
 

@@ -173,3 +173,27 @@ def test_a_model_without_a_source_histogram_cannot_start_a_curve(fitted):
         starting_harmonizer(model, AdaptConfig(harmonizer="curve"))
     with pytest.raises(ConfigError, match="paper or curve"):
         AdaptConfig(harmonizer="spline")
+
+
+def test_each_family_stops_on_its_own_source_reference(fitted, simulated):
+    from harmonizing_flows.errors import ConfigError
+
+    model = load_model(fitted)
+    subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t"]
+    volumes = read_volumes(subjects, model.profile.slices)
+    start = CurveHarmonizer(model.metadata["source_histogram"])
+    curve_target = Slices.pool([start.prepare(v) for v in volumes])
+    config = replace(model.profile.adapt, stop="source-bpd", steps=0, intensity_guard=0.0)
+    # the curve compares with the source matched onto its own histogram, the network with the source through it
+    model.metadata["source_bpd_curve"] = {"all_pixels": 1.25, "brain_only": 1.25}
+    model.metadata["source_bpd"] = {"all_pixels": 2.5, "brain_only": 2.5}
+    assert adapt_harmonizer(model, curve_target, config, progress=False).summary["source_bpd"] == 1.25
+    paper = replace(config, harmonizer="paper")
+    assert adapt_harmonizer(model, Slices.pool(volumes), paper, progress=False).summary["source_bpd"] == 2.5
+    del model.metadata["source_bpd_curve"]
+    with pytest.raises(ConfigError, match="no source bpd for the curve harmonizer"):
+        adapt_harmonizer(model, curve_target, config, progress=False)
+    # a model fitted for the curve alone has no network to adapt
+    model.metadata["pretrained_harmonizer"] = False
+    with pytest.raises(ConfigError, match="not pre-trained"):
+        adapt_harmonizer(model, Slices.pool(volumes), paper, progress=False)

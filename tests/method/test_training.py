@@ -13,6 +13,7 @@ from harmonizing_flows.data.prepare import read_volumes
 from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.errors import ConfigError, InputError, OutputExistsError, TrainingError
 from harmonizing_flows.method.augment import FlowNegatives
+from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
 from harmonizing_flows.method.distributed import Context
 from harmonizing_flows.method.flow import Flow
 from harmonizing_flows.method.harmonizer import Harmonizer
@@ -64,6 +65,11 @@ def test_source_bpd_is_below_that_of_dissimilar_augmentations(fitted, simulated)
     # the stopping rule's reference is measured through the pre-trained harmonizer, as targets are
     through = measure_bpd(model.flow, val, torch.device("cpu"), harmonizer=model.harmonizer)
     assert stored == pytest.approx(through, rel=1e-5) and through != pytest.approx(source, rel=1e-3)
+    # the curve's reference: through its start, the validation slices matched onto the source histogram
+    curve = CurveHarmonizer(model.metadata["source_histogram"])
+    matched = measure_bpd(model.flow, curve.prepare(val), torch.device("cpu"), harmonizer=curve)
+    stored_curve = json.loads((fitted / "model.json").read_text())["source_bpd_curve"]["all_pixels"]
+    assert stored_curve == pytest.approx(matched, rel=1e-5) and matched != pytest.approx(through, rel=1e-3)
 
 
 def test_resuming_continues_exactly(simulated, smoke_profile):
@@ -133,6 +139,23 @@ def test_fit_model_depends_on_the_seed_not_on_earlier_draws(simulated, smoke_pro
     for net in ("harmonizer", "flow"):
         first, second = (getattr(m, net).state_dict() for m in models)
         assert all(torch.equal(first[k], second[k]) for k in first), net
+
+
+def test_a_model_for_the_curve_alone_skips_the_harmonizer_network_and_keeps_the_same_flow(simulated, smoke_profile):
+    # The demo runs the curve alone and skips pre-training the network it would never use.
+    subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t" and s.split == "train"]
+    data = _slices(subjects, smoke_profile.slices, 16)
+    profile = apply_overrides(smoke_profile, ["harmonizer_training.epochs=1", "flow_training.epochs=1"])
+    whole = fit_model(data, data, profile, Context(), progress=False)
+    curve_only = fit_model(data, data, profile, Context(), progress=False, pretrain_harmonizer=False)
+    assert whole is not None and curve_only is not None
+    assert all(torch.equal(v, curve_only.flow.state_dict()[k]) for k, v in whole.flow.state_dict().items())
+    assert whole.metadata["pretrained_harmonizer"] and not curve_only.metadata["pretrained_harmonizer"]
+    assert curve_only.metadata["training"]["harmonizer"] is None and curve_only.metadata["source_bpd"] is None
+    assert curve_only.metadata["source_bpd_curve"] == whole.metadata["source_bpd_curve"]
+    torch.manual_seed(profile.seed)  # the network is left as initialised
+    untrained = Harmonizer(profile.harmonizer).state_dict()
+    assert all(torch.equal(v, untrained[k]) for k, v in curve_only.harmonizer.state_dict().items())
 
 
 def test_alpha_parametrization_changes_only_the_harmonizer(simulated, smoke_profile):

@@ -169,7 +169,9 @@ class _Setting:
         The paper-faithful model is fitted when a variant first needs it: brain-only adapts it as it is, and
         collapse-negatives refits its flow. A whole fit of positive-alpha equals the paper-faithful flow with its
         own harmonizer (fit_model draws the same initial weights and batches; tested), so when the paper-faithful
-        model is fitted anyway, positive-alpha refits only the harmonizer; alone it is fitted whole.
+        model is fitted anyway, positive-alpha refits only the harmonizer; alone it is fitted whole. When no variant
+        adapts the paper's harmonizer (the demo runs the curve alone), it is not pre-trained, and the tables lack the
+        pre-trained harmonizer's row.
         """
         from harmonizing_flows.method.adequacy import flow_adequacy
         from harmonizing_flows.method.distributed import Context
@@ -177,12 +179,19 @@ class _Setting:
         from harmonizing_flows.method.harmonizer import Harmonizer
         from harmonizing_flows.method.loop import kept_epoch
         from harmonizing_flows.method.store import load_model, save_model
-        from harmonizing_flows.method.training import VALIDATION, fit_flow, fit_harmonizer, fit_model, source_bpd
+        from harmonizing_flows.method.training import (
+            VALIDATION,
+            fit_flow,
+            fit_harmonizer,
+            fit_model,
+            source_references,
+        )
 
         ctx = Context(device=self.device)
 
-        def fit_whole(vprofile: Profile) -> Model:
-            model = fit_model(self.train_slices, self.val_slices, vprofile, ctx, progress=self.progress)
+        def fit_whole(vprofile: Profile, pretrain_harmonizer: bool = True) -> Model:
+            model = fit_model(self.train_slices, self.val_slices, vprofile, ctx, progress=self.progress,
+                              pretrain_harmonizer=pretrain_harmonizer)  # fmt: skip
             assert model is not None
             model.metadata.update(source_site=self.source.name, source_subjects=[_name(v) for v in self.train])
             return model
@@ -192,11 +201,13 @@ class _Setting:
 
         paper = apply_overrides(self.profile, VARIANTS["paper-faithful"])
         paper_needed = any(v != "positive-alpha" for v in variants)
+        network = any(apply_overrides(self.profile, VARIANTS[v]).adapt.harmonizer == "paper" for v in variants)
+        model_settings = {**_sections(paper, MODEL_SETTINGS), "pretrained_harmonizer": network}
 
         @functools.cache
         def paper_model() -> Model:
-            return self._fit_or_load("model", _sections(paper, MODEL_SETTINGS), lambda: fit_whole(paper), save,
-                                     load_model, MODEL_CODE)  # fmt: skip
+            return self._fit_or_load("model", model_settings, lambda: fit_whole(paper, network), save, load_model,
+                                     MODEL_CODE)  # fmt: skip
 
         def refit(vprofile: Profile, part: str) -> Model:
             model = copy.deepcopy(paper_model())
@@ -206,6 +217,7 @@ class _Setting:
                 model.harmonizer = Harmonizer(vprofile.harmonizer)
                 history = fit_harmonizer(model.harmonizer, self.train_slices, vprofile, ctx, progress=self.progress)
                 model.metadata["training"] = {**model.metadata["training"], "harmonizer": history}
+                model.metadata["pretrained_harmonizer"] = True
             else:
                 model.flow = Flow(vprofile.flow)
                 history = fit_flow(model.flow, self.train_slices, vprofile, ctx, val=self.val_slices,
@@ -215,10 +227,12 @@ class _Setting:
                                                                             VALIDATION)}  # fmt: skip
                 model.metadata["flow_adequacy"] = flow_adequacy(model.flow, self.val_slices, vprofile.augment,
                                                                 self.device, seed=vprofile.seed).to_json()  # fmt: skip
-            # measured through the pre-trained harmonizer: a new harmonizer or a new flow changes it
+            # measured through the harmonizers: a new harmonizer or a new flow changes them
             model.to(self.device)  # the copied flow of a harmonizer refit is still on the CPU
-            model.metadata["source_bpd"] = source_bpd(model.flow.eval(), self.val_slices, self.device,
-                                                      model.harmonizer, seed=vprofile.seed)  # fmt: skip
+            pretrained = model.harmonizer.eval() if model.metadata.get("pretrained_harmonizer", True) else None
+            histogram = model.metadata["source_histogram"]
+            model.metadata.update(source_references(model.flow.eval(), self.val_slices, self.device, pretrained,
+                                                    histogram, seed=vprofile.seed))  # fmt: skip
             return model.to("cpu")
 
         models: dict[str, Model] = {}
@@ -287,15 +301,17 @@ class _Setting:
         pretrained: dict[int, list[Scores]] = {}  # variants that share a model share its pre-trained harmonizer
         for variant in variants:
             model = models[variant]
-            if id(model) not in pretrained:
+            network = model.metadata.get("pretrained_harmonizer", True)
+            if network and id(model) not in pretrained:
                 with self.timed("pre-trained harmonizer"):
                     pretrained[id(model)] = [self._harmonized_score(segmenter, model.harmonizer, v) for v in test]
             with self.timed(f"adapt and score {variant}"):
                 results[variant] = self.variant(
                     variant, model, site.volumes, slices, test, segmenter, site_examples, variant == variants[0]
                 )
-            results[variant].scores = {"pre-trained harmonizer": pretrained[id(model)], **results[variant].scores}
-            results[variant].scores.setdefault(START, pretrained[id(model)])  # the paper's family starts there
+            if network:
+                results[variant].scores = {"pre-trained harmonizer": pretrained[id(model)], **results[variant].scores}
+                results[variant].scores.setdefault(START, pretrained[id(model)])  # the paper's family starts there
             with self.timed("flow adequacy"):
                 results[variant].flow = self.flow_measures(model, slices)
             self.log(
@@ -420,7 +436,7 @@ class _Setting:
                 harmonizer.load_state_dict(snapshots[0])
                 images[0] = [harmonize_slices(harmonizer, v, device=self.device) for v in test]
             scores[START] = [_score(segmenter, x, v, self.device) for x, v in zip(images[0], test, strict=True)]
-        if show:
+        if show and model.metadata.get("pretrained_harmonizer", True):
             examples["pre-trained harmonizer"] = harmonize_slices(model.harmonizer, test[0], device=self.device)
         return VariantResult(scores, curve, kept, source_value, adapted.summary["started_as"])
 

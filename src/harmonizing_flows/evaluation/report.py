@@ -77,6 +77,11 @@ def table_rows(
     return rows
 
 
+def _scored(results: Mapping[str, SettingResult], methods: Sequence[str], variant: str) -> tuple[str, ...]:
+    """The ``methods`` that every setting scored (a run without the paper's harmonizer lacks its row)."""
+    return tuple(m for m in methods if all(s.scored(_FROM_VARIANT.get(m, m), variant) for s in results.values()))
+
+
 def _cell(value: tuple[float, float], digits: int) -> str:
     mean, std = value
     return "n/a" if not np.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -98,7 +103,7 @@ def _requirements(method: str) -> str:
 def _table1(results, letters, variant: str, sites: Mapping[str, str]) -> list[str]:
     lines = []
     for metric, digits in (("dice", 1), ("hd95", 2), ("mhd", 2), ("assd", 2), ("neighbour_difference", 2)):
-        rows = table_rows(results, ("ceiling", *TABLE1_METHODS), metric, variant)
+        rows = table_rows(results, _scored(results, ("ceiling", *TABLE1_METHODS), variant), metric, variant)
         head = "| method | SF | TA | UD | " + " | ".join(f"{x} ({sites[x]})" for x in letters) + " | average |"
         if metric == "dice":
             head += " gap closed |"
@@ -183,6 +188,7 @@ def render_seeds(runs: Mapping[int, Mapping[str, SettingResult]], variants: Sequ
     lines = [title, "", head, "|" + "---|" * (head.count("|") - 1)]
     for i, variant in enumerate(variants):
         methods = ("ceiling", *TABLE1_METHODS) if i == 0 else tuple(_FROM_VARIANT)
+        methods = tuple(m for m in methods if all(m in _scored(runs[x], (m,), variant) for x in seeds))
         rows = {x: table_rows(runs[x], methods, "dice", variant) for x in seeds}
         for method in methods:
             values = [rows[x][method]["average"][0] for x in seeds]
@@ -399,7 +405,8 @@ def summary_figure(runs: Mapping[int, Mapping[str, SettingResult]], summary: Map
     variant = summary["methods"][default]["variant"]
     rows = methods([variant])
     oracle = default.rsplit(",", 1)[0] + ", oracle)"
-    shown = [*SUMMARY_ROWS, default, *([oracle] if oracle in rows else [])]
+    shown = [name for name in (*SUMMARY_ROWS, default, *([oracle] if oracle in rows else []))
+             if name in summary["methods"]]  # fmt: skip
     letters = list(summary["settings"])
     fig, axes = plt.subplots(1, len(letters), figsize=(4.2 * len(letters), 4.6), dpi=100, squeeze=False, sharey=True)
     colours = plt.get_cmap("tab10")

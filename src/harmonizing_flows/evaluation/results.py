@@ -129,6 +129,13 @@ class SettingResult:
     seconds: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
+    def scored(self, method: str, variant: str) -> bool:
+        """Whether every target has scores under ``method`` (a model fitted without pre-training its harmonizer
+        network has no pre-trained harmonizer to score)."""
+        if method == "ceiling":
+            return True
+        return all(method in t.scores or method in t.variants[variant].scores for t in self.targets.values())
+
     def method_scores(self, method: str, variant: str) -> list[Scores]:
         """Every test volume's scores under ``method`` over all targets (``"ceiling"``: the source's own)."""
         if method == "ceiling":

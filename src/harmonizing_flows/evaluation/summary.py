@@ -105,7 +105,8 @@ def summarize(
     letters = [list(run) for run in runs.values()]
     if any(x != letters[0] for x in letters):
         raise ValueError(f"every seed must hold the same settings, not {letters}")
-    rows = methods(variants)
+    rows = {name: row for name, row in methods(variants).items()
+            if all(s.scored(row[1], row[2]) for run in runs.values() for s in run.values())}  # fmt: skip
     if default_method not in rows:
         raise ValueError(f"default method {default_method!r} is not among the rows run ({', '.join(rows)})")
     counts = [len(t.test_subjects) for run in runs.values() for s in run.values() for t in s.targets.values()]

@@ -206,9 +206,15 @@ def starting_harmonizer(model: Model, config: AdaptConfig) -> Harmonizer | Curve
     (:meth:`~harmonizing_flows.method.curve_harmonizer.CurveHarmonizer.prepare`, volume by volume).
 
     Raises:
-        ConfigError: A curve harmonizer for a model without a stored source histogram.
+        ConfigError: A curve harmonizer for a model without a stored source histogram; the paper's harmonizer for
+            a model fitted without pre-training it.
     """
-    if config.harmonizer != "curve" or isinstance(model.harmonizer, CurveHarmonizer):
+    if isinstance(model.harmonizer, CurveHarmonizer):
+        return model.harmonizer
+    if config.harmonizer != "curve":
+        if not model.metadata.get("pretrained_harmonizer", True):
+            raise ConfigError("this model's harmonizer network was not pre-trained (fitted for the curve harmonizer "
+                              "only): adapt it with adapt.harmonizer=curve, or fit it again")  # fmt: skip
         return model.harmonizer
     histogram = model.metadata.get("source_histogram")
     if histogram is None:
@@ -254,13 +260,13 @@ def adapt_harmonizer(
     """
     from harmonizing_flows.progress import progress_bar
 
-    source_bpd = _stopping_reference(model, config, segmenter)
+    start = starting_harmonizer(model, config)
+    source_bpd = _stopping_reference(model, config, segmenter, curve=isinstance(start, CurveHarmonizer))
     device = torch.device(device)
     if isinstance(segmenter, torch.nn.Module):
         segmenter = segmenter.to(device).eval()  # a loaded segmenter is on the CPU
     # a copy, frozen: the caller's flow keeps its device and its trainable parameters
     flow = channels_last(copy.deepcopy(model.flow).to(device)).eval().requires_grad_(False)
-    start = starting_harmonizer(model, config)
     harmonizer = channels_last(copy.deepcopy(start).to(device)).train()
     lr = config.curve_lr if isinstance(start, CurveHarmonizer) else config.lr
     optimizer = torch.optim.Adam(harmonizer.parameters(), lr=lr)
@@ -334,15 +340,20 @@ def adapt_harmonizer(
     return AdaptationResult(harmonizer, curve, int(best["step"]), reason, guard, summary, preview)
 
 
-def _stopping_reference(model: Model, config: AdaptConfig, segmenter: Segmenter | None) -> float:
-    """The model's stored source bpd for the configured likelihood (NaN when it has none), after checking that the
-    stopping rule has what it needs."""
+def _stopping_reference(model: Model, config: AdaptConfig, segmenter: Segmenter | None, *, curve: bool) -> float:
+    """The model's stored source bpd for the harmonizer family adapted (``curve`` or the paper's) and the configured
+    likelihood (NaN when it has none), after checking that the stopping rule has what it needs: the curve's
+    reference was measured through histogram matching, the paper harmonizer's through the pre-trained network
+    (``training.source_references``)."""
     if config.stop == "entropy" and segmenter is None:
         raise ConfigError("the entropy stopping rule needs a segmenter")
     bpd_key = "brain_only" if config.brain_only else "all_pixels"
-    source_bpd = float((model.metadata.get("source_bpd") or {}).get(bpd_key, float("nan")))
+    family = "source_bpd_curve" if curve else "source_bpd"
+    source_bpd = float((model.metadata.get(family) or {}).get(bpd_key, float("nan")))
     if config.stop == "source-bpd" and not source_bpd == source_bpd:  # NaN: the model has no stored source bpd
-        raise ConfigError("this model has no stored source bpd; fit it with `hflow fit` or use another stopping rule")
+        family = "curve" if curve else "paper"
+        raise ConfigError(f"this model stores no source bpd for the {family} harmonizer (fitted by an older "
+                          "version?); fit it again with `hflow fit` or use another stopping rule")  # fmt: skip
     return source_bpd
 
 

@@ -21,6 +21,7 @@ from harmonizing_flows.data.slices import Slices
 from harmonizing_flows.errors import ConfigError, system_errors
 from harmonizing_flows.method.adequacy import flow_adequacy
 from harmonizing_flows.method.augment import FlowNegatives, HarmonizerAugmentation
+from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
 from harmonizing_flows.method.distributed import Context, setup, stable_seed
 from harmonizing_flows.method.flow import Flow, guided_loss
 from harmonizing_flows.method.harmonizer import Harmonizer, pretraining_error
@@ -36,6 +37,7 @@ __all__ = [
     "fit_model",
     "measure_bpd",
     "source_bpd",
+    "source_references",
 ]
 
 # --------------------------------------------------------------------------------------------- the two networks
@@ -198,7 +200,7 @@ def measure_bpd(
     brain_only: bool = False,
     seed: int = 0,
     batch_size: int = 32,
-    harmonizer: Harmonizer | None = None,
+    harmonizer: Harmonizer | CurveHarmonizer | None = None,
 ) -> float:
     """Mean bpd of ``data`` (through ``harmonizer`` when given) under ``flow`` with fixed dequantization noise, over
     all pixels or the brain's."""
@@ -226,11 +228,14 @@ def fit_model(
     checkpoints: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    pretrain_harmonizer: bool = True,
 ) -> Model | None:
     """Pre-train a harmonizer and train a flow on ``train``; measure the source bpd on ``val``.
 
     Returns the model on the CPU with its metadata (image size, scaling, source bpd, training history), or None on
     processes other than the first under torchrun. Checkpoints go to the folder ``checkpoints`` when given.
+    Without ``pretrain_harmonizer`` the paper's harmonizer is left untrained (``metadata["pretrained_harmonizer"]``
+    is false): such a model adapts with the curve harmonizer only, which starts from histogram matching.
     """
     # The initial weights come from the seed alone, not from whatever drew from the global generator before
     # (a simulation run in the same process, an earlier setting of a benchmark).
@@ -244,9 +249,10 @@ def fit_model(
     def checkpoint(name: str) -> Path | None:
         return checkpoints / f"{name}.safetensors" if checkpoints is not None else None
 
-    harmonizer_history = fit_harmonizer(
-        model.harmonizer, train, profile, ctx, checkpoint=checkpoint("harmonizer"), resume=resume, progress=progress
-    )
+    harmonizer_history = None
+    if pretrain_harmonizer:
+        harmonizer_history = fit_harmonizer(model.harmonizer, train, profile, ctx, checkpoint=checkpoint("harmonizer"),
+                                            resume=resume, progress=progress)  # fmt: skip
     flow_history = fit_flow(
         model.flow, train, profile, ctx, val=val, checkpoint=checkpoint("flow"), resume=resume, progress=progress
     )
@@ -254,6 +260,10 @@ def fit_model(
         return None
     model.flow.eval()
     model.harmonizer.eval()
+    # the source's one summary that adaptation may keep (source-free): where histogram matching maps to
+    histogram = train.brain_counts().tolist()
+    pretrained = model.harmonizer if pretrain_harmonizer else None
+    references = source_references(model.flow, val, ctx.device, pretrained, histogram, seed=profile.seed)
     model.metadata = {
         "image_size": list(profile.slices.image_size),
         "intensity_scaling": {
@@ -261,9 +271,9 @@ def fit_model(
             "levels": profile.slices.levels,
             "axis": profile.slices.axis,
         },
-        "source_bpd": source_bpd(model.flow, val, ctx.device, model.harmonizer, seed=profile.seed),
-        # the source's one summary that adaptation may keep (source-free): where histogram matching maps to
-        "source_histogram": train.brain_counts().tolist(),
+        "pretrained_harmonizer": pretrain_harmonizer,
+        **references,
+        "source_histogram": histogram,
         "flow_adequacy": flow_adequacy(model.flow, val, profile.augment, ctx.device, seed=profile.seed).to_json(),
         "training": {
             "harmonizer": harmonizer_history,
@@ -281,15 +291,35 @@ def fit_model(
 
 
 def source_bpd(
-    flow: Flow, val: Slices, device: torch.device, harmonizer: Harmonizer, *, seed: int = 0
+    flow: Flow, val: Slices, device: torch.device, harmonizer: Harmonizer | CurveHarmonizer, *, seed: int = 0
 ) -> dict[str, float]:
-    """The source validation bpd that the ``source-bpd`` stopping rule aims for, over all pixels and the brain's.
-
-    Measured through the pre-trained ``harmonizer``, as the target's bpd is measured through the adapted one, so
-    that the rule compares images that went through the same kind of network."""
+    """The source validation bpd that the ``source-bpd`` stopping rule aims for, over all pixels and the brain's,
+    measured through ``harmonizer`` (as the target's bpd is measured through the adapted one, so that the rule
+    compares images that went through the same kind of map)."""
     return {
         "all_pixels": measure_bpd(flow, val, device, seed=seed, harmonizer=harmonizer),
         "brain_only": measure_bpd(flow, val, device, brain_only=True, seed=seed, harmonizer=harmonizer),
+    }
+
+
+def source_references(
+    flow: Flow,
+    val: Slices,
+    device: torch.device,
+    harmonizer: Harmonizer | None,
+    histogram: list[float],
+    *,
+    seed: int = 0,
+) -> dict[str, dict[str, float] | None]:
+    """The stopping rule's two references, one per harmonizer family, as ``model.json`` stores them.
+
+    ``source_bpd``: through the pre-trained ``harmonizer`` (None without one). ``source_bpd_curve``: through the
+    curve harmonizer's start, the validation slices histogram-matched onto the source ``histogram`` (matched as
+    one pool: the source's own volumes barely move)."""
+    curve = CurveHarmonizer(histogram)
+    return {
+        "source_bpd": None if harmonizer is None else source_bpd(flow, val, device, harmonizer, seed=seed),
+        "source_bpd_curve": source_bpd(flow, curve.prepare(val), device, curve, seed=seed),
     }
 
 
