@@ -44,6 +44,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--residual", type=int, default=0,
+                        help="Channels of a local residual network on top of the curve (0: none): three 3x3 "
+                             "convolutions whose last starts at zero, adapted with the curve.")  # fmt: skip
+    parser.add_argument("--residual-lr", type=float, default=1e-3)
     parser.add_argument("--output", type=Path, default=RESULTS / "explore-curve" / "explore-curve.json")
     return parser.parse_args(argv)
 
@@ -62,6 +66,22 @@ def _dice(segmenter, images: np.ndarray, volume) -> float:
     return 100.0 * float(np.nanmean(values))
 
 
+def _residual(channels: int) -> torch.nn.Module | None:
+    """A small local network whose output starts at zero (so step 0 is still histogram matching)."""
+    if not channels:
+        return None
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, channels, 3, padding=1),
+        torch.nn.ELU(),
+        torch.nn.Conv2d(channels, channels, 3, padding=1),
+        torch.nn.ELU(),
+        torch.nn.Conv2d(channels, 1, 3, padding=1),
+    )
+    torch.nn.init.zeros_(net[-1].weight)
+    torch.nn.init.zeros_(net[-1].bias)
+    return net
+
+
 def _adapt_curve(flow, segmenter, pool, matched, volumes, jacobian: float, args: argparse.Namespace) -> list[dict]:
     """Adapt one site-level curve on the matched slices ``pool``; the record of each evaluation."""
     from harmonizing_flows.method.curve import MonotoneCurve
@@ -69,14 +89,21 @@ def _adapt_curve(flow, segmenter, pool, matched, volumes, jacobian: float, args:
 
     torch.manual_seed(0)
     curve = MonotoneCurve(1)
-    optimizer = torch.optim.Adam(curve.parameters(), lr=args.lr)
+    groups = [{"params": curve.parameters(), "lr": args.lr}]
+    residual = _residual(args.residual)
+    if residual is not None:
+        groups.append({"params": residual.parameters(), "lr": args.residual_lr})
+    optimizer = torch.optim.Adam(groups)
     monitor = pool.brain_rows()[:: max(1, len(pool) // 64)]
     mx, mm = pool.batch(monitor, "cpu")
     monitor_noise = torch.randn(mx.shape, generator=torch.Generator().manual_seed(1))
     record: list[dict] = []
 
     def harmonized(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return curve(x).clamp(0.0, 255.0) * m  # the flow reads 0..255 only
+        y = curve(x)
+        if residual is not None:  # a local correction, in grey levels, of the curve's output
+            y = y + 255.0 * residual(y / 255.0)
+        return y.clamp(0.0, 255.0) * m  # the flow reads 0..255 only
 
     def evaluate(step: int) -> None:
         with torch.no_grad():

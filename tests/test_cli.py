@@ -332,6 +332,7 @@ def test_demo_runs_end_to_end_and_prints_the_tables(tmp_path):
     assert not any(line.startswith("harmonizer: ") for line in result.output.splitlines())
     model = json.loads(next((out / "results" / "models").glob("*/model/model.json")).read_text())
     assert model["pretrained_harmonizer"] is False and model["training"]["harmonizer"] is None
+    assert model["profile"]["adapt"]["harmonizer"] == "curve"  # so that `hflow adapt` on it adapts the curve
     assert "pre-trained harmonizer" not in tables and "| histogram matching |" in tables
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "already exists" in again.output

@@ -201,12 +201,16 @@ class _Setting:
 
         paper = apply_overrides(self.profile, VARIANTS["paper-faithful"])
         paper_needed = any(v != "positive-alpha" for v in variants)
-        network = any(apply_overrides(self.profile, VARIANTS[v]).adapt.harmonizer == "paper" for v in variants)
+        adapts = [apply_overrides(self.profile, VARIANTS[v]).adapt for v in variants]
+        network = any(a.harmonizer == "paper" for a in adapts)
         model_settings = {**_sections(paper, MODEL_SETTINGS), "pretrained_harmonizer": network}
+        # a model without the network stores the first variant's adaptation settings (a curve's), so that
+        # `hflow adapt` on it adapts what it can; adaptation settings do not change the fit
+        stored = paper if network else replace(paper, adapt=adapts[0])
 
         @functools.cache
         def paper_model() -> Model:
-            return self._fit_or_load("model", model_settings, lambda: fit_whole(paper, network), save, load_model,
+            return self._fit_or_load("model", model_settings, lambda: fit_whole(stored, network), save, load_model,
                                      MODEL_CODE)  # fmt: skip
 
         def refit(vprofile: Profile, part: str) -> Model:
