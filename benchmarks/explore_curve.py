@@ -48,6 +48,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="Channels of a local residual network on top of the curve (0: none): three 3x3 "
                              "convolutions whose last starts at zero, adapted with the curve.")  # fmt: skip
     parser.add_argument("--residual-lr", type=float, default=1e-3)
+    parser.add_argument("--restoration", action="store_true",
+                        help="Also score each step with explore_restoration's network (fitted on the source "
+                             "training slices first) applied after the curve: a fixed post-processing.")  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS / "explore-curve" / "explore-curve.json")
     return parser.parse_args(argv)
 
@@ -82,7 +85,9 @@ def _residual(channels: int) -> torch.nn.Module | None:
     return net
 
 
-def _adapt_curve(flow, segmenter, pool, matched, volumes, jacobian: float, args: argparse.Namespace) -> list[dict]:
+def _adapt_curve(
+    flow, segmenter, pool, matched, volumes, jacobian: float, args: argparse.Namespace, restorer=None
+) -> list[dict]:
     """Adapt one site-level curve on the matched slices ``pool``; the record of each evaluation."""
     from harmonizing_flows.method.curve import MonotoneCurve
     from harmonizing_flows.method.distributed import stable_seed
@@ -108,16 +113,22 @@ def _adapt_curve(flow, segmenter, pool, matched, volumes, jacobian: float, args:
     def evaluate(step: int) -> None:
         with torch.no_grad():
             bpd = float(flow.bpd(harmonized(mx, mm), mm, noise=monitor_noise, brain_only=True).mean())
-            dice = []
+            dice, restored = [], []
             for m, v in zip(matched, volumes, strict=True):
                 x = torch.from_numpy(m).float()[:, None]
-                y = harmonized(x, torch.from_numpy(v.mask).float()[:, None])[:, 0].numpy()
-                dice.append(_dice(segmenter, y, v))
+                mask = torch.from_numpy(v.mask).float()[:, None]
+                y = harmonized(x, mask)
+                dice.append(_dice(segmenter, y[:, 0].numpy(), v))
+                if restorer is not None:
+                    restored.append(_dice(segmenter, restorer(y.round(), mask)[:, 0].round().numpy(), v))
             knots = curve.knots()[0]
         record.append({"step": step, "bpd": bpd, "dice": float(np.mean(dice)),
                        "knots": [round(float(knots[k]), 2) for k in (0, 64, 128, 192, 255)]})  # fmt: skip
-        print(f"  jacobian {jacobian:g} step {step}: bpd {bpd:.3f}, Dice {record[-1]['dice']:.1f}, "
-              f"knots {record[-1]['knots']}", flush=True)  # fmt: skip
+        if restored:
+            record[-1]["dice_restored"] = float(np.mean(restored))
+        print(f"  jacobian {jacobian:g} step {step}: bpd {bpd:.3f}, Dice {record[-1]['dice']:.1f}"
+              + (f" (restored {record[-1]['dice_restored']:.1f})" if restored else "")
+              + f", knots {record[-1]['knots']}", flush=True)  # fmt: skip
 
     evaluate(0)
     rows = pool.brain_rows()
@@ -157,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
 
     source = read_site(manifest, config, site=args.source, splits=("train", "val"))
     train = [v for v in source.volumes if v.subject.split == "train"]
+    restorer = None
+    if args.restoration:
+        import explore_restoration
+
+        plan = explore_restoration._parse(["--setting-dir", str(args.setting_dir), "--source", args.source])
+        restorer, _ = explore_restoration._fit(Slices.pool(train), plan)
     val = Slices.pool([v for v in source.volumes if v.subject.split == "val"])
     source_counts = sum(level_counts(v.images[v.mask.astype(bool)]) for v in train)
     adequacy = flow_adequacy(flow, val, model.profile.augment, device, seed=0)
@@ -183,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
               f"raw {entry['auroc_raw']:.3f}, matched {entry['auroc_matched']:.3f}", flush=True)  # fmt: skip
         for jacobian in [float(w) for w in args.jacobian.split(",")]:
             entry["runs"][f"jacobian={jacobian:g}"] = _adapt_curve(flow, segmenter, pool, matched, volumes, jacobian,
-                                                                   args)  # fmt: skip
+                                                                   args, restorer)  # fmt: skip
         results["sites"][site] = entry
     args.output.parent.mkdir(parents=True, exist_ok=True)
     plan = {k: str(v) for k, v in vars(args).items()}
