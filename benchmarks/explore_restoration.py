@@ -6,10 +6,11 @@ and loses 4-5 on the clean 3 T one: a fixed filter cannot know a site's noise. A
 degradation strength, some samples left clean) could. Source-free: it is fitted at ``hflow fit`` time on the source
 training slices, and the target needs nothing but its own images.
 
-1. Fit a small residual CNN (its last layer starts at zero: it starts as the identity) on the source training
-   slices: each batch degraded by Rician noise of a random level, an in-plane Gaussian blur of random width (one
-   axis blurred more in some: thick slices), a smooth bias field, and 15 % left clean; the loss is the squared
-   error to the clean slice over the brain.
+1. Fit :class:`~harmonizing_flows.method.restoration.Restorer` (its last layer starts at zero: it starts as the
+   identity) on the source training slices: each batch degraded by Rician noise of a random level, an in-plane
+   Gaussian blur of random width (one axis blurred more in some: thick slices), a smooth bias field, and 15 % left
+   clean (:func:`~harmonizing_flows.method.restoration.draw_degradation`); the loss is the squared error to the
+   clean slice over the brain.
 2. Per target site, on its **non-test** volumes (train and validation splits; the benchmark never scores their
    labels): the setting's segmenter's Dice after histogram matching, and after histogram matching then the network.
    The source's own validation volumes too (the network must not hurt a clean source).
@@ -26,12 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from _common import RESULTS, git_state, utc_now, write_json
-
-CLEAN_SHARE = 0.15
+from harmonizing_flows.config import RestorationConfig
+from harmonizing_flows.method.restoration import Restorer, apply_degradation, draw_degradation
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -48,61 +47,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class Restorer(nn.Module):
-    """Five 3x3 convolutions; the output is added to the input, and the last layer starts at zero."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, padding=1), nn.ELU()]
-        for _ in range(3):
-            layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ELU()]
-        layers.append(nn.Conv2d(channels, 1, 3, padding=1))
-        nn.init.zeros_(layers[-1].weight)
-        nn.init.zeros_(layers[-1].bias)
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return (x + 255.0 * self.net(x / 255.0)).clamp(0.0, 255.0) * mask
-
-
-def _gaussian(x: torch.Tensor, sigma_rows: torch.Tensor, sigma_cols: torch.Tensor) -> torch.Tensor:
-    """Per-image separable Gaussian blur (widths in pixels; 0 leaves the image as it is)."""
-    radius = 3
-    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype)
-
-    def kernels(sigma: torch.Tensor) -> torch.Tensor:
-        s = sigma.clamp_min(1e-3).view(-1, 1)
-        k = torch.exp(-0.5 * (offsets.view(1, -1) / s) ** 2)
-        return k / k.sum(1, keepdim=True)
-
-    b = x.shape[0]
-    rows, cols = kernels(sigma_rows), kernels(sigma_cols)
-    y = F.conv2d(x.transpose(0, 1), rows.view(b, 1, -1, 1), padding=(radius, 0), groups=b)
-    y = F.conv2d(y, cols.view(b, 1, 1, -1), padding=(0, radius), groups=b)
-    return y.transpose(0, 1)
-
-
-def degrade(x: torch.Tensor, mask: torch.Tensor, g: torch.Generator, max_noise: float, max_blur: float) -> torch.Tensor:
-    """A random mix of bias field, blur (anisotropic in some images) and Rician noise; some images left clean."""
-    from harmonizing_flows.method.augment import apply_bias, draw_bias
-
-    b = x.shape[0]
-    clean = torch.rand(b, generator=g) < CLEAN_SHARE
-    y = apply_bias(x, draw_bias(b, 0.3, g), mask)
-    blur = max_blur * torch.rand(b, generator=g)
-    thick = torch.rand(b, generator=g) < 0.3  # one axis blurred more: a thicker slice seen in-plane
-    extra = torch.where(thick, 0.6 * torch.rand(b, generator=g), torch.zeros(b))
-    y = _gaussian(y, blur + extra, blur) * mask
-    sd = (max_noise * torch.rand(b, generator=g)).view(-1, 1, 1, 1)
-    n1, n2 = torch.randn(y.shape, generator=g), torch.randn(y.shape, generator=g)
-    y = torch.sqrt((y + sd * n1) ** 2 + (sd * n2) ** 2).clamp(0, 255) * mask
-    y = torch.where(clean.view(-1, 1, 1, 1), x, y)
-    return y.round()
-
-
 def _fit(train, args: argparse.Namespace) -> tuple[Restorer, list[float]]:
     torch.manual_seed(0)
-    net = Restorer(args.channels)
+    config = RestorationConfig(channels=args.channels, max_noise=args.max_noise, max_blur=args.max_blur)
+    net = Restorer(config)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     rows = train.brain_rows()
     history = []
@@ -112,12 +60,12 @@ def _fit(train, args: argparse.Namespace) -> tuple[Restorer, list[float]]:
         total, count = 0.0, 0
         for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
             x, m = train.batch(order[start : start + args.batch_size], "cpu")
-            y = degrade(x, m, g, args.max_noise, args.max_blur)
+            y = apply_degradation(x, m, draw_degradation(len(x), tuple(x.shape[-2:]), config, g))
             loss = ((net(y, m) - x) ** 2 * m).sum() / m.sum().clamp_min(1.0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, count = total + float(loss), count + 1
+            total, count = total + float(loss.detach()), count + 1
         if epoch == args.epochs // 2:
             for group in optimizer.param_groups:
                 group["lr"] *= 0.3

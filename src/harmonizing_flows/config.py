@@ -18,6 +18,7 @@ __all__ = [
     "FlowConfig",
     "HarmonizerConfig",
     "NegativeConfig",
+    "RestorationConfig",
     "SegmenterConfig",
     "SimulationConfig",
     "SliceAxis",
@@ -184,6 +185,44 @@ class AugmentConfig:
             raise ConfigError("factor and gamma ranges must be positive")
         if len(self.mix) != 3 or min(self.mix) < 0 or abs(sum(self.mix) - 1) > 1e-6:
             raise ConfigError(f"mix must be three non-negative shares summing to 1, not {self.mix}")
+
+
+@dataclass(frozen=True)
+class RestorationConfig:
+    """A blind restoration network and the degradations it learns to undo on the source's slices (not in the
+    paper; :mod:`harmonizing_flows.method.restoration`). Not yet part of a profile: explored on validation volumes
+    (``benchmarks/explore_restoration.py``).
+
+    Attributes:
+        channels: Width of the network's convolutions.
+        layers: 3x3 convolutions in the network (the last one starts at zero: the network starts as the identity).
+        max_noise: Largest standard deviation of the Rician noise, in grey levels (0..255), drawn uniformly.
+        max_blur: Largest in-plane Gaussian width in pixels, drawn uniformly.
+        thick_share: Share of images whose first in-plane axis is blurred more (a thicker slice seen in-plane).
+        max_thick: Largest extra width along that axis, in pixels.
+        bias_field: Largest peak-to-peak amplitude of a smooth multiplicative field (0.3: +-15 %).
+        clean_share: Share of images left as they are, so that a clean image is left clean.
+    """
+
+    channels: int = 32
+    layers: int = 5
+    max_noise: float = 14.0
+    max_blur: float = 0.8
+    thick_share: float = 0.3
+    max_thick: float = 0.6
+    bias_field: float = 0.3
+    clean_share: float = 0.15
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.layers < 2:
+            raise ConfigError(f"restoration needs channels >= 1 and layers >= 2, not {self.channels}, {self.layers}")
+        if min(self.max_noise, self.max_blur, self.max_thick) < 0:
+            raise ConfigError("max_noise, max_blur and max_thick must not be negative")
+        if not 0 <= self.bias_field < 2:
+            raise ConfigError(f"bias_field must be in [0, 2), not {self.bias_field}")
+        for name in ("thick_share", "clean_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], not {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
