@@ -102,3 +102,26 @@ def test_seeds_with_other_settings_are_refused():
     runs[2] = {"A": runs[2]["A"]}
     with pytest.raises(ValueError, match="same settings"):
         summarize(runs, {"A": "a", "C": "c"}, list(DEFAULT_RUN))
+
+
+def test_a_row_that_no_run_scored_is_left_out_of_the_summary_its_table_and_figure(tmp_path):
+    # a run of curve variants alone never pre-trains the paper's network: no "pre-trained harmonizer" scores
+    runs = _runs(("curve+jacobian", "curve"))
+    for run in runs.values():
+        for setting in run.values():
+            for target in setting.targets.values():
+                del target.variants["curve"].scores["pre-trained harmonizer"]
+    # the first variant still has the row: the figure reads the default's variant, which has not
+    summary = summarize(runs, {"A": "a", "C": "c"}, ["curve+jacobian", "curve"], resamples=200)
+    assert "pre-trained harmonizer" in summary["methods"]
+    written = write_summary(runs, summary, tmp_path)  # the figure skips the row it cannot read
+    assert written["summary.png"].stat().st_size > 10_000
+    for run in runs.values():
+        for setting in run.values():
+            for target in setting.targets.values():
+                del target.variants["curve+jacobian"].scores["pre-trained harmonizer"]
+    summary = summarize(runs, {"A": "a", "C": "c"}, ["curve+jacobian", "curve"], resamples=200)
+    assert "pre-trained harmonizer" not in summary["methods"]
+    assert all(p["b"] != "pre-trained harmonizer" for p in summary["paired"])
+    assert "pre-trained harmonizer" not in render_summary(summary)
+    assert write_summary(runs, summary, tmp_path / "again")["summary.png"].is_file()

@@ -103,3 +103,19 @@ def test_a_model_folder_has_the_permissions_the_umask_gives(tmp_path, umask):
         os.umask(old)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
     assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o666 & ~umask}
+
+
+def test_a_model_fitted_for_the_curve_alone_has_nothing_to_harmonize_until_adapted(tmp_path):
+    from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
+    from harmonizing_flows.method.store import load_harmonizer
+
+    histogram = [0.0] + [1.0] * 255
+    model = Model.create(PROFILES["smoke"], {"pretrained_harmonizer": False, "source_histogram": histogram})
+    folder = save_model(model, tmp_path / "model")
+    with pytest.raises(InputError, match=r"curve harmonizer alone .* adapt it to a site first") as info:
+        load_harmonizer(folder)
+    assert str(folder) in str(info.value)
+    model.harmonizer = CurveHarmonizer(histogram)  # once adapted, its curve is what it applies
+    model.metadata["harmonizer"] = "curve"
+    adapted = save_model(model, tmp_path / "adapted")
+    assert isinstance(load_harmonizer(adapted)[0], CurveHarmonizer)

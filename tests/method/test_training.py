@@ -158,6 +158,20 @@ def test_a_model_for_the_curve_alone_skips_the_harmonizer_network_and_keeps_the_
     assert all(torch.equal(v, untrained[k]) for k, v in curve_only.harmonizer.state_dict().items())
 
 
+def test_a_validation_brain_that_cannot_be_matched_is_refused_before_training(simulated, smoke_profile, tmp_path):
+    import numpy as np
+
+    subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t" and s.split == "train"]
+    data = _slices(subjects, smoke_profile.slices, 16)
+    mask = np.zeros_like(data.mask)
+    mask[:, 20:24, 20:24] = 1  # 16 slices x 16 brain pixels: no histogram worth matching
+    tiny = Slices(images=data.images, mask=mask)
+    profile = apply_overrides(smoke_profile, ["harmonizer_training.epochs=1", "flow_training.epochs=1"])
+    with pytest.raises(InputError, match="the source validation slices: has 256 brain pixels"):
+        fit_model(data, tiny, profile, Context(), progress=False, checkpoints=tmp_path / "checkpoints")
+    assert not (tmp_path / "checkpoints").exists()  # refused before any training
+
+
 def test_alpha_parametrization_changes_only_the_harmonizer(simulated, smoke_profile):
     # The benchmark fits the positive-alpha variant whole and counts on its flow being the paper-faithful one,
     # and on its harmonizer being what a refit from the seed alone gives.

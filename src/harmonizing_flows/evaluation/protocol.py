@@ -250,8 +250,9 @@ class _Setting:
                 build = functools.partial(fit_whole, vprofile)
             else:
                 build = functools.partial(refit, vprofile, part)
-            models[variant] = self._fit_or_load(variant, _sections(vprofile, MODEL_SETTINGS), build, save,
-                                                load_model, MODEL_CODE)  # fmt: skip
+            # a refit copies the shared model, with or without its network: keyed on that too
+            settings = {**_sections(vprofile, MODEL_SETTINGS), "pretrained_harmonizer": network}
+            models[variant] = self._fit_or_load(variant, settings, build, save, load_model, MODEL_CODE)
         return models
 
     # ----------------------------------------------------------------------------------------- scoring

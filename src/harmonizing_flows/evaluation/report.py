@@ -188,7 +188,7 @@ def render_seeds(runs: Mapping[int, Mapping[str, SettingResult]], variants: Sequ
     lines = [title, "", head, "|" + "---|" * (head.count("|") - 1)]
     for i, variant in enumerate(variants):
         methods = ("ceiling", *TABLE1_METHODS) if i == 0 else tuple(_FROM_VARIANT)
-        methods = tuple(m for m in methods if all(m in _scored(runs[x], (m,), variant) for x in seeds))
+        methods = tuple(m for m in methods if all(_scored(runs[x], (m,), variant) for x in seeds))
         rows = {x: table_rows(runs[x], methods, "dice", variant) for x in seeds}
         for method in methods:
             values = [rows[x][method]["average"][0] for x in seeds]
@@ -405,9 +405,10 @@ def summary_figure(runs: Mapping[int, Mapping[str, SettingResult]], summary: Map
     variant = summary["methods"][default]["variant"]
     rows = methods([variant])
     oracle = default.rsplit(",", 1)[0] + ", oracle)"
-    shown = [name for name in (*SUMMARY_ROWS, default, *([oracle] if oracle in rows else []))
-             if name in summary["methods"]]  # fmt: skip
     letters = list(summary["settings"])
+    shown = [name for name in (*SUMMARY_ROWS, default, *([oracle] if oracle in rows else []))
+             if name in summary["methods"]
+             and all(run[x].scored(*rows[name][1:]) for run in runs.values() for x in letters)]  # fmt: skip
     fig, axes = plt.subplots(1, len(letters), figsize=(4.2 * len(letters), 4.6), dpi=100, squeeze=False, sharey=True)
     colours = plt.get_cmap("tab10")
     rng = np.random.default_rng(0)  # jitter only

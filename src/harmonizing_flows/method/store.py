@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from harmonizing_flows import __version__
+from harmonizing_flows.errors import InputError
 from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
 from harmonizing_flows.method.flow import Flow
 from harmonizing_flows.method.folders import load_weights, read_document, save_weights, write_document, write_folder
@@ -103,10 +104,14 @@ def load_harmonizer(folder: str | Path) -> tuple[Harmonizer | CurveHarmonizer, P
     needs only the harmonizer; the paper's flow is much the larger).
 
     Raises:
-        InputError: As :func:`load_model`, for ``model.json`` and the harmonizer's weights.
+        InputError: As :func:`load_model`, for ``model.json`` and the harmonizer's weights; a model whose
+            harmonizer network was never pre-trained and that was not adapted (it would harmonize nothing).
     """
     folder = Path(folder)
     profile, metadata = read_document(folder, FORMAT, "model folder", "fit one with `hflow fit`")
+    if metadata.get("harmonizer", "paper") == "paper" and not metadata.get("pretrained_harmonizer", True):
+        raise InputError(folder, "was fitted for the curve harmonizer alone and has no harmonizer to apply yet: "
+                                 "adapt it to a site first (`hflow adapt`)")  # fmt: skip
     harmonizer = new_harmonizer(profile, metadata)
     load_weights(harmonizer, folder / "harmonizer.safetensors")
     return harmonizer, profile, metadata

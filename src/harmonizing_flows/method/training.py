@@ -10,6 +10,7 @@ global batch and computes its share (see :mod:`harmonizing_flows.method.distribu
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from harmonizing_flows.data.prepare import read_site
 from harmonizing_flows.data.slices import Slices
-from harmonizing_flows.errors import ConfigError, system_errors
+from harmonizing_flows.errors import ConfigError, InputError, system_errors
 from harmonizing_flows.method.adequacy import flow_adequacy
 from harmonizing_flows.method.augment import FlowNegatives, HarmonizerAugmentation
 from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
@@ -236,9 +237,19 @@ def fit_model(
     processes other than the first under torchrun. Checkpoints go to the folder ``checkpoints`` when given.
     Without ``pretrain_harmonizer`` the paper's harmonizer is left untrained (``metadata["pretrained_harmonizer"]``
     is false): such a model adapts with the curve harmonizer only, which starts from histogram matching.
+
+    Raises:
+        InputError: A validation brain that histogram matching cannot map (almost empty, or of one intensity),
+            before any training.
     """
     # The initial weights come from the seed alone, not from whatever drew from the global generator before
     # (a simulation run in the same process, an earlier setting of a benchmark).
+    # the source's one summary that adaptation may keep (source-free): where histogram matching maps to
+    histogram = train.brain_counts().tolist()
+    try:  # the curve's reference matches the validation brain: refuse one that cannot be, before any training
+        CurveHarmonizer(histogram).volume_lut(val)
+    except InputError as error:
+        raise InputError(None, f"the source validation slices: {error.problem}") from None
     torch.manual_seed(profile.seed)
     model = Model.create(profile)
     if checkpoints is not None and ctx.main:
@@ -260,8 +271,6 @@ def fit_model(
         return None
     model.flow.eval()
     model.harmonizer.eval()
-    # the source's one summary that adaptation may keep (source-free): where histogram matching maps to
-    histogram = train.brain_counts().tolist()
     pretrained = model.harmonizer if pretrain_harmonizer else None
     references = source_references(model.flow, val, ctx.device, pretrained, histogram, seed=profile.seed)
     model.metadata = {
@@ -307,7 +316,7 @@ def source_references(
     val: Slices,
     device: torch.device,
     harmonizer: Harmonizer | None,
-    histogram: list[float],
+    histogram: Sequence[float],
     *,
     seed: int = 0,
 ) -> dict[str, dict[str, float] | None]:
@@ -341,7 +350,8 @@ def fit(
     Returns the model folder (None on processes other than the first under torchrun).
 
     Raises:
-        InputError: Unreadable data, an ambiguous or unknown site, too few subjects to split.
+        InputError: Unreadable data, an ambiguous or unknown site, too few subjects to split, a validation brain
+            that cannot be histogram-matched.
         OutputExistsError: ``out`` exists and ``overwrite`` is not set.
     """
     from harmonizing_flows.method.folders import check_output_folder
