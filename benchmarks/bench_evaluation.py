@@ -15,9 +15,12 @@ commit, the machine, the dates) into the output folder. The fitted networks stay
 
 Resuming: run the same command again. A seed's simulation is reused once written; ``hflow benchmark`` reuses every
 setting that finished with the same code, settings and data, so a run killed anywhere loses at most the setting
-it was in, and its segmenters survive changes of the method's code. ``WORK/study.json`` records the first run's
-settings; a later run with settings that change results is refused, naming the difference (use another
-``--work``). Seeds and settings may differ: a full run in the folder of a ``--quick`` run reuses its cells.
+it was in, and its segmenters survive changes of the method's code. The benchmark runs one setting per call, and
+each finished setting (a few hundred kB) is copied into ``--cells`` (in git, ``benchmarks/results/cells/``) and
+back into a new ``WORK``: a run longer than one machine's life resumes on another one, from a checkout of the same
+commit (the simulator writes the same bytes again, and data is keyed by its content). ``WORK/study.json`` records
+the first run's settings; a later run with settings that change results is refused, naming the difference (use
+another ``--work``). Seeds and settings may differ: a full run in the folder of a ``--quick`` run reuses its cells.
 
     python benchmarks/bench_evaluation.py --work /data/hflow-eval            # seeds 0,1,2, settings A-D
     python benchmarks/bench_evaluation.py --work /data/hflow-quick --quick   # seed 0, settings A and C
@@ -35,10 +38,10 @@ from typing import Any
 
 from _common import RESULTS, describe_machine, git_state, hflow_command, machine_info, run_timed, utc_now, write_json
 
-# The default method's variant first (summary.json's default row), then the paper's method and the ablation's open
-# step: the likelihood-only flow with the Jacobian term (curve+jacobian alone, measured in the quick run at
-# 62c8103, lost 0.8 Dice to the curve; `--variants` still runs it)
-DEFAULT_VARIANTS = "curve,paper-faithful,curve+likelihood-flow"
+# The default method's variant first (summary.json's default row), then the paper's method. Ablations (the Jacobian
+# term, the likelihood-only flow) are left to `--variants`: each costs a setting minutes to an extra flow fit, and
+# the full run needs all of a machine's three hours per four settings.
+DEFAULT_VARIANTS = "curve,paper-faithful"
 # The segmenter is the instrument: twice as wide as the fast profile's (which keeps `hflow demo` quick), it scores
 # 86.8 Dice instead of 82.5 on its source's held-out volumes, for about twice the training time (calibrate_ceiling.py
 # on calibration data, seed 100; results/ceiling/ceiling.json).
@@ -57,6 +60,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", default="0.5,0.125,0.375", help="Train,val,test shares (default: 8/2/6 of 16).")
     parser.add_argument("--min-test-volumes", type=int, default=6, help="Test volumes each target needs (6).")
     parser.add_argument("--output", type=Path, help="Report folder (default: benchmarks/results/benchmark-P[-quick]).")
+    parser.add_argument("--cells", type=Path, help="Finished settings kept across machines (default: results/cells/P).")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -137,6 +141,24 @@ def _run(command: list[str]) -> dict[str, Any]:
     return run.summary()
 
 
+def carry_cell(source: Path, into: Path, letter: str) -> bool:
+    """Copy a finished setting (``LETTER.npz`` then ``LETTER.json``, the file that marks it finished) from one
+    ``settings`` folder to another, unless ``into`` holds the same; True when copied. Whether it is reused stays
+    the benchmark's decision: it compares the cell's key with the code, settings and data of the run."""
+    files = [source / f"{letter}.npz", source / f"{letter}.json"]
+    if not all(f.is_file() for f in files):
+        return False
+    if all((into / f.name).is_file() and (into / f.name).read_bytes() == f.read_bytes() for f in files):
+        return False
+    into.mkdir(parents=True, exist_ok=True)
+    (into / files[1].name).unlink(missing_ok=True)  # never an old JSON beside a new archive
+    for f in files:
+        tmp = into / f".{f.name}.partial"
+        shutil.copyfile(f, tmp)
+        tmp.replace(into / f.name)
+    return True
+
+
 def _load(report: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from harmonizing_flows.evaluation.results import SettingResult
 
@@ -150,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     check_split(plan, args.min_test_volumes)
     check_plan(args.work, plan)
     output = args.output or RESULTS / f"benchmark-{args.profile}{'-quick' if args.quick else ''}"
+    cells = args.cells or RESULTS / "cells" / args.profile
     hflow = hflow_command()
     state, machine, started = git_state(), machine_info(), utc_now()
     print(f"commit {state['commit']}{' (with uncommitted changes)' if state['src_modified'] else ''}; "
@@ -162,10 +185,16 @@ def main(argv: list[str] | None = None) -> int:
                               "--subjects-per-site",
                               str(plan["subjects_per_site"]), "--split", args.split, "--seed", str(seed),
                               "--overwrite", "--quiet"]))  # fmt: skip
-        runs.append(_run([*hflow, "benchmark", str(sim / "manifest.csv"), "--out", str(reports[seed]), "--overwrite",
-                          "--variants", args.variants, "--settings", args.settings, "--profile", args.profile,
-                          "--seed", str(seed), *[a for o in plan["overrides"] for a in ("--set", o)],
-                          "--quiet"]))  # fmt: skip
+        benchmark = [*hflow, "benchmark", str(sim / "manifest.csv"), "--out", str(reports[seed]), "--overwrite",
+                     "--variants", args.variants, "--profile", args.profile, "--seed", str(seed),
+                     *[a for o in plan["overrides"] for a in ("--set", o)], "--quiet"]  # fmt: skip
+        kept, finished = cells / f"seed-{seed}", reports[seed] / "settings"
+        for letter in plan["settings"]:  # one call per setting: each finished one is kept before the next starts
+            carry_cell(kept, finished, letter)
+            runs.append(_run([*benchmark, "--settings", letter]))
+            if carry_cell(finished, kept, letter):
+                print(f"  kept {kept / letter}.json", flush=True)
+        runs.append(_run([*benchmark, "--settings", ",".join(plan["settings"])]))  # the seed's report, all reused
     from harmonizing_flows.evaluation.report import write_summary
     from harmonizing_flows.evaluation.summary import summarize
 

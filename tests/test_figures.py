@@ -170,7 +170,9 @@ def test_the_benchmark_figures_are_written_and_labelled(tmp_path, drawn):
     curve = [{"step": s, "target_bpd": 3.0 - 0.01 * s, "dice": 60 + s / 10} for s in range(0, 40, 10)]
     variant = VariantResult({}, curve, {DEFAULT_RULE: Kept(20, "x")}, 2.8)
     targets = {site: TargetResult([], {}, {"default": variant}) for site in examples}
-    setting = SettingResult("a", [], [], targets, examples, source, mask)
+    setting = SettingResult("a", [], [], targets)
+    setting.keep_examples(source, mask, examples)
+    assert setting.source_example.shape == (24, 24) and setting.source_levels.sum() == mask.sum()
     written = _figures({"A": setting}, tmp_path, ["default"])
     assert sorted(p.name for p in written) == ["curves_A.png", "histograms_A.png", "slices_A.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)

@@ -175,9 +175,14 @@ def test_the_setting_key_changes_with_whatever_changes_the_results(simulated, sm
     key = setting_key(smoke_profile, ["paper-faithful"], "mprage-3t", subjects, cpu)
     assert key == setting_key(smoke_profile, ["paper-faithful"], "mprage-3t", load_subjects(simulated.manifest), cpu)
     moved = [replace(s, split="val") if i == 0 else s for i, s in enumerate(subjects)]
-    copied = tmp_path / subjects[0].image.name
-    shutil.copy2(subjects[0].image, copied)
-    other_file = [replace(s, image=copied) if i == 0 else s for i, s in enumerate(subjects)]
+    copied = tmp_path / "copy" / subjects[0].image.name
+    copied.parent.mkdir()
+    shutil.copyfile(subjects[0].image, copied)  # the same bytes elsewhere, written later: the same data
+    elsewhere = [replace(s, image=copied) if i == 0 else s for i, s in enumerate(subjects)]
+    assert setting_key(smoke_profile, ["paper-faithful"], "mprage-3t", elsewhere, cpu) == key
+    changed_bytes = tmp_path / subjects[0].image.name
+    changed_bytes.write_bytes(subjects[0].labels.read_bytes())
+    other_file = [replace(s, image=changed_bytes) if i == 0 else s for i, s in enumerate(subjects)]
     for changed in (
         setting_key(replace(smoke_profile, seed=1), ["paper-faithful"], "mprage-3t", subjects, cpu),
         setting_key(smoke_profile, ["paper-faithful", "brain-only"], "mprage-3t", subjects, cpu),

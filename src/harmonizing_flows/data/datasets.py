@@ -611,7 +611,19 @@ def split_subjects(
     return [out[(s.site, s.subject)] for s in subjects]
 
 
-def file_fingerprint(paths: Iterable[Path | None]) -> list[tuple[str, int, int]]:
-    """Path, size and modification time of each file: what says that data is the same data (for keys of stored
-    results: fitted networks, checkpoints)."""
-    return sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p is not None)
+def file_fingerprint(paths: Iterable[Path | None]) -> list[tuple[str, int, str]]:
+    """Name, size and SHA-256 of each file: what says that data is the same data (for keys of stored results:
+    fitted networks, checkpoints, finished benchmark settings).
+
+    The content, not the path or the modification time: the simulator writes the same bytes for the same seed, so a
+    result stored by an earlier run, in another folder or on another machine, is reused for data written again."""
+    found = []
+    for path in paths:
+        if path is None:
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        found.append((path.name, path.stat().st_size, digest.hexdigest()))
+    return sorted(found)

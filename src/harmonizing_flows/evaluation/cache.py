@@ -1,7 +1,7 @@
 """What lets a benchmark run resume: fitted networks and finished settings, stored with the key of what made them.
 
 A stored result is reused only when its key matches: the source code that made it, torch's version, the settings
-it depends on, the data files (path, size and modification time) and the device. New code or new data is never
+it depends on, the data files (by name, size and content) and the device. New code or new data is never
 judged by a stale network or table. A setting's results depend on all of the package; the benchmark's segmenters
 only on their own modules and what those import, so changing the method keeps them.
 """
@@ -108,10 +108,11 @@ def save_setting(folder: Path, letter: str, setting_key: str, result: SettingRes
     """
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{letter}.json").unlink(missing_ok=True)
-    arrays = {"source_example": result.source_example, "source_mask": result.source_mask}
+    arrays = {"source_example": result.source_example, "source_levels": result.source_levels}
     for target, images in result.examples.items():
         for name, image in images.items():
             arrays[f"examples/{target}/{name}"] = image
+            arrays[f"levels/{target}/{name}"] = result.levels[target][name]
     document = {
         "key": setting_key,
         "examples": {t: list(images) for t, images in result.examples.items()},
@@ -136,11 +137,12 @@ def load_setting(folder: Path, letter: str, setting_key: str) -> SettingResult |
         result = SettingResult.from_json(document["result"])
         with np.load(folder / f"{letter}.npz", allow_pickle=False) as arrays:
             result.source_example = arrays["source_example"]
-            result.source_mask = arrays["source_mask"]
-            result.examples = {
-                target: {name: arrays[f"examples/{target}/{name}"] for name in names}
-                for target, names in document["examples"].items()
-            }
+            result.source_levels = arrays["source_levels"]
+            for kind in ("examples", "levels"):
+                setattr(result, kind, {
+                    target: {name: arrays[f"{kind}/{target}/{name}"] for name in names}
+                    for target, names in document["examples"].items()
+                })  # fmt: skip
     except Exception:  # a damaged cache (truncated zip, bad zlib stream, JSON of another shape) is recomputed
         return None
     return result

@@ -276,13 +276,12 @@ class _Setting:
             self.nyul = NyulStandardization().fit(*stored)
         with self.timed("WhiteStripe"):
             self.whitestripe = WhiteStripe().fit(*stored)
-        result = SettingResult(
-            self.source.name, ceiling, [_name(v) for v in self.test], {},
-            source_example=self.test[0].images, source_mask=self.test[0].mask,
-        )  # fmt: skip
+        result = SettingResult(self.source.name, ceiling, [_name(v) for v in self.test], {})
+        volumes: dict[str, dict[str, np.ndarray]] = {}  # each target's harmonized example volume per method
         for site in sites:
             if site.name != self.source.name:
-                result.targets[site.name] = self.target(site, segmenter, models, variants, result.examples)
+                result.targets[site.name] = self.target(site, segmenter, models, variants, volumes)
+        result.keep_examples(self.test[0].images, self.test[0].mask, volumes)
         result.timings = dict(self.timings)
         return result
 

@@ -207,26 +207,24 @@ def _figures(
     ``curves_X.png`` (each variant's adaptation curves). Conventions: :mod:`harmonizing_flows.figures`."""
     from matplotlib.ticker import MaxNLocator
 
-    from harmonizing_flows.figures import _pyplot, _save, _title, histogram_panels, level_counts, slice_table
+    from harmonizing_flows.figures import _pyplot, _save, _title, histogram_panels, slice_table
 
     order = ("none", "histogram matching", "Nyul", "WhiteStripe", "ComBat", "pre-trained harmonizer",
              "Harmonizing Flows")  # fmt: skip
     rule = RULES[DEFAULT_RULE][0]
     written = []
     for letter, setting in results.items():
-        examples, source = setting.examples, setting.source_example
+        examples = setting.examples
         methods = [m for m in order if m in next(iter(examples.values()))]
-        k = int(setting.source_mask.reshape(len(source), -1).sum(1).argmax())  # the source slice with most brain
-        rows = {site: {m: images[m][min(k, len(images[m]) - 1)] for m in methods} for site, images in examples.items()}
+        rows = {site: {m: images[m] for m in methods} for site, images in examples.items()}
         written.append(slice_table(
-            rows, folder / f"slices_{letter}.png", first=(f"source {setting.source}", source[k]),
+            rows, folder / f"slices_{letter}.png", first=(f"source {setting.source}", setting.source_example),
             title=f"Setting {letter}: one test slice per target site (rows), before and after each method (columns; "
             f"Harmonizing Flows: {rule})", plane=plane,
         ))  # fmt: skip
 
-        src = level_counts(source[setting.source_mask])
         panels = {
-            m: {setting.source: src, **{site: level_counts(im[m][im[m] > 0]) for site, im in examples.items()}}
+            m: {setting.source: setting.source_levels, **{site: counts[m] for site, counts in setting.levels.items()}}
             for m in methods
         }
         written.append(histogram_panels(

@@ -23,7 +23,7 @@ the volume was scored after this change (older results lack it)."""
 START = "start (step 0)"
 """A variant's scores at step 0 of its adaptation: the harmonizer it starts from, before the flow moves it."""
 
-IMAGE_KEYS = ("examples", "source_example", "source_mask")
+IMAGE_KEYS = ("examples", "levels", "source_example", "source_levels")
 """The fields of a setting that hold images for the figures, not numbers (left out of results.json)."""
 
 
@@ -112,8 +112,10 @@ class SettingResult:
         ceiling: The segmenter on the source's own test volumes.
         test_subjects: The source's test volumes.
         targets: Target site -> its results.
-        examples: Target site -> method -> one harmonized test volume's slices (for the figures).
-        source_example, source_mask: One source test volume's slices and mask (for the figures).
+        examples: Target site -> method -> one slice of a harmonized test volume (for the figures; see
+            :meth:`keep_examples`).
+        levels: Target site -> method -> that volume's brain voxels counted on the 8-bit levels 0..255.
+        source_example, source_levels: The same slice and counts of one source test volume.
         seconds: Wall time of the setting, when it was computed in this run.
         timings: Seconds spent in each part of the setting (fitting each network, each baseline, adapting each
             variant, scoring), summed over targets.
@@ -124,10 +126,24 @@ class SettingResult:
     test_subjects: list[str]
     targets: dict[str, TargetResult]
     examples: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    source_example: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))
-    source_mask: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), bool))
+    levels: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    source_example: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint8))
+    source_levels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     seconds: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    def keep_examples(
+        self, source: np.ndarray, source_mask: np.ndarray, volumes: Mapping[str, Mapping[str, np.ndarray]]
+    ) -> None:
+        """Keep what the figures show of example volumes (slices first): the source slice with most brain and the
+        same slice of each harmonized target volume, and each volume's brain (non-zero) voxels on 8-bit levels.
+        Not the volumes: a finished setting stays small enough to carry between machines."""
+        from harmonizing_flows.figures import level_counts
+
+        k = int(source_mask.reshape(len(source), -1).sum(1).argmax())
+        self.source_example, self.source_levels = source[k], level_counts(source[source_mask])
+        self.examples = {t: {m: v[min(k, len(v) - 1)] for m, v in images.items()} for t, images in volumes.items()}
+        self.levels = {t: {m: level_counts(v[v > 0]) for m, v in images.items()} for t, images in volumes.items()}
 
     def scored(self, method: str, variant: str) -> bool:
         """Whether every target has scores under ``method`` (a model fitted without pre-training its harmonizer
