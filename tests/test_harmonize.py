@@ -309,3 +309,38 @@ def test_names_that_cannot_be_told_apart_or_written_are_refused(simulated, fitte
     with pytest.raises(OutputExistsError, match="is an input"):
         harmonize(fitted, subject.image, labels, overwrite=True, progress=False)
     assert not (tmp_path / "x.mgz").exists() and not (tmp_path / "y.nii.gz").exists()
+
+
+@pytest.mark.parametrize("voxel_size", [4.0, 8.0])  # the input's own grid; a coarser model's
+def test_a_restorer_corrects_the_curves_output_and_the_file_holds_what_is_scored(simulated, voxel_size):
+    from harmonizing_flows.config import RestorationConfig
+    from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
+    from harmonizing_flows.method.restoration import Restored, Restorer
+
+    config = SliceConfig(image_size=(64, 64) if voxel_size == 4.0 else (32, 32), voxel_size=voxel_size)
+    source = next(s for s in simulated.subjects if s.site == "mprage-3t")
+    curve = CurveHarmonizer(slice_volume(load_volume(source.image, source.mask), config).brain_counts())
+    with torch.no_grad():
+        curve.curve.offset += 5.0
+    torch.manual_seed(0)
+    restorer = Restorer(RestorationConfig(channels=4, layers=3))
+    torch.nn.init.normal_(restorer.net[-1].weight, std=0.05)
+    subject = next(s for s in simulated.subjects if s.site == "spgr-15t")
+    before = _digest(subject.image)
+
+    def harmonized(harmonizer):
+        out = harmonize_volume(harmonizer, subject.image, subject.mask, slices=config, dtype="float32")
+        return np.asarray(out.dataobj)
+
+    bare = harmonized(curve)
+    assert np.array_equal(harmonized(Restored(curve, Restorer(RestorationConfig(channels=4, layers=3)))), bare)
+    restored = harmonized(Restored(curve, restorer.eval()))
+    mask = np.asarray(nib.load(subject.mask).dataobj) > 0
+    assert np.abs(restored - bare)[mask].max() > 0.5 and not restored[~mask].any()
+    assert _digest(subject.image) == before
+    if voxel_size == 4.0:  # on the model's grid, the file holds what the benchmark scores
+        window = slice_volume(load_volume(subject.image, subject.mask), config)
+        assert window.mask.sum() == mask.sum()  # the brain fits the window
+        scored = harmonize_slices(Restored(curve, restorer), window)
+        expected = np.asarray(unslice(scored, window.grid, rescale=False).dataobj)
+        np.testing.assert_allclose(restored, expected, atol=1e-3)

@@ -446,10 +446,12 @@ def benchmark(
         typer.Option(
             help="Method variants: curve (the default method: histogram matching, then one monotone curve for "
             "the site), curve+jacobian (with the change-of-variables term), curve+likelihood-flow (that, steered by a "
-            "flow fitted without guiding negatives), paper-faithful (the paper's harmonizer), positive-alpha, "
-            "brain-only, collapse-negatives. Table 1 shows the first."
+            "flow fitted without guiding negatives), curve+restoration (the curve, then a restoration network "
+            "fitted on the source), paper-faithful (the paper's harmonizer), positive-alpha, brain-only, "
+            "collapse-negatives. Table 1 shows the first."
         ),
-    ] = "curve,paper-faithful,curve+jacobian,curve+likelihood-flow,positive-alpha,brain-only,collapse-negatives",
+    ] = "curve,paper-faithful,curve+jacobian,curve+likelihood-flow,curve+restoration,positive-alpha,brain-only,"
+    "collapse-negatives",
     profile: ProfileOption = "fast",
     config: ConfigOption = None,
     set_: SetOption = None,

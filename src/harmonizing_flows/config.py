@@ -190,10 +190,12 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class RestorationConfig:
     """A blind restoration network and the degradations it learns to undo on the source's slices (not in the
-    paper; :mod:`harmonizing_flows.method.restoration`). Not yet part of a profile: explored on validation volumes
-    (``benchmarks/explore_restoration.py``).
+    paper; :mod:`harmonizing_flows.method.restoration`), fitted with the model when ``enabled``; every harmonized
+    image then passes through it (adaptation moves the harmonizer alone). Off in every profile until chosen on
+    validation volumes; the benchmark's variant ``curve+restoration`` turns it on.
 
     Attributes:
+        enabled: Fit the network with the model and apply it after the harmonizer.
         channels: Width of the network's convolutions.
         layers: 3x3 convolutions in the network (the last one starts at zero: the network starts as the identity).
         max_noise: Largest standard deviation of the Rician noise, in grey levels (0..255), drawn uniformly.
@@ -204,6 +206,7 @@ class RestorationConfig:
         clean_share: Share of images left as they are, so that a clean image is left clean.
     """
 
+    enabled: bool = False
     channels: int = 32
     layers: int = 5
     max_noise: float = 14.0

@@ -14,7 +14,9 @@ but the output is not the coarse image brought back: the harmonizer is ``alpha *
 per slice) and its offset map are interpolated back to the input's grid and applied to the input's own
 intensities. A 1 mm scan harmonized by a 2 mm model keeps its 1 mm detail; only the correction is coarse.
 A curve harmonizer (what ``hflow adapt`` adapts by default) is one intensity map per volume (its histogram
-matched onto the source's, then the site's curve), so it applies to the input's own intensities on any grid.
+matched onto the source's, then the site's curve), so it applies to the input's own intensities on any grid. A
+model's restoration network (``restoration.enabled``) runs on the model's grid, over whole slices (it is fully
+convolutional), and its correction ``R(h(x)) - h(x)`` is carried to the input's grid like the fields above.
 Intensities follow the model's scaling (a high percentile inside the brain maps to 255), and the output stays on
 that 0..255 scale, as the source images the model learned from. Without a mask, the brain is every voxel above
 zero (skull-stripped input); a ``<name>_mask`` file beside an image is its mask.
@@ -62,6 +64,7 @@ from harmonizing_flows.errors import ConfigError, InputError, OutputExistsError,
 from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
 from harmonizing_flows.method.distributed import channels_last, resolve_device
 from harmonizing_flows.method.harmonizer import Harmonizer
+from harmonizing_flows.method.restoration import Restored
 from harmonizing_flows.method.store import load_harmonizer
 
 __all__ = ["apply_fields", "harmonize", "harmonize_slices", "harmonize_volume", "harmonizer_fields"]
@@ -78,7 +81,8 @@ def harmonizer_fields(
     brain = sliced.brain_rows()
     for start in range(0, len(brain), batch_size):
         rows = brain[start : start + batch_size]
-        a, b = harmonizer.parts(torch.from_numpy(sliced.images[rows]).to(device).float()[:, None])
+        x, m = sliced.batch(rows, device)
+        a, b = harmonizer.parts(x, m) if isinstance(harmonizer, Restored) else harmonizer.parts(x)
         alpha[rows] = a.float().cpu().numpy()[:, None, None]
         beta[rows] = b[:, 0].float().cpu().numpy()
     return alpha, beta
@@ -123,14 +127,19 @@ def harmonize_volume(
     model_grid = conform(volume, config.voxel_size) if config.resample else volume
     config = replace(config, resample=False)  # model_grid is on the model's grid already
     window = slice_volume(model_grid, replace(config, max_brain_outside=1.0))  # too much outside: warn, don't refuse
-    if isinstance(harmonizer, CurveHarmonizer):  # one intensity map per volume: it applies on the input's grid
+    curve = harmonizer.harmonizer if isinstance(harmonizer, Restored) else harmonizer
+    if isinstance(curve, CurveHarmonizer):  # one intensity map per volume: it applies on the input's grid
         if model_grid is volume:  # the very levels adaptation saw
             levels = quantize_with(volume.image, volume.mask, window.grid.scale, config.levels)
         else:  # a finer grid keeps its own intensities between the levels
             levels = np.where(volume.mask, volume.image * np.float32(1.0 / window.grid.scale), np.float32(0.0))
-        mapped = np.interp(levels, np.arange(config.levels), harmonizer.volume_map(window))
+        mapped = np.interp(levels, np.arange(config.levels), curve.volume_map(window))
+        if isinstance(harmonizer, Restored):
+            whole = slice_volume(model_grid, replace(config, image_size=_extent(model_grid, config)))
+            correction = _restoration(harmonizer, curve.prepare(whole, like=window), device, batch_size)
+            mapped = np.clip(mapped, 0.0, 255.0) + _to_input_grid(correction, whole, model_grid, volume)
         return _image(np.where(volume.mask, np.clip(mapped, 0.0, 255.0), 0.0).astype(np.float32), volume, dtype)
-    extent = to_plane(np.empty(model_grid.image.shape, dtype=bool), config.axis).shape[1:]
+    extent = _extent(model_grid, config)
     f = harmonizer.factor
     size = (math.ceil(extent[0] / f) * f, math.ceil(extent[1] / f) * f)
     whole = slice_volume(model_grid, replace(config, image_size=size))  # padded: nothing outside
@@ -154,24 +163,48 @@ def harmonize_volume(
             covered = rewindow(np.ones(window.mask.shape, dtype=bool), window.grid, whole.grid)
             alpha_whole, beta_whole = fields(whole)
             alpha, beta = np.where(covered, alpha, alpha_whole), np.where(covered, beta, beta_whole)
-    alpha, beta = slices_to_ras(alpha, whole.grid), slices_to_ras(beta, whole.grid)
+    alpha, beta = (_to_input_grid(field, whole, model_grid, volume) for field in (alpha, beta))
     if model_grid is volume:
         x = quantize_with(volume.image, volume.mask, whole.grid.scale, config.levels).astype(np.float32)
     else:
-        # The fields, not the coarse image, go back to the input's grid. They were trained on brain only: outside
-        # the model grid's brain each voxel takes the nearest brain voxel's, so that interpolating onto the finer
-        # grid never mixes in the window's zeros or the background's offsets at the brain's edge.
-        brain = slices_to_ras(whole.mask, whole.grid)
-        nearest = tuple(ndimage.distance_transform_edt(~brain, return_distances=False, return_indices=True))
-        alpha, beta = (
-            resample_array(field[nearest], model_grid.affine, volume.affine, volume.image.shape)
-            for field in (alpha, beta)
-        )
         # on the model's levels but neither rounded nor clipped: the finer grid's brightest voxels lie above the
         # coarse grid's percentile, and only the output is clipped
         x = np.where(volume.mask, volume.image * np.float32(1.0 / whole.grid.scale), np.float32(0.0))
     out = apply_fields(alpha.astype(np.float32), beta.astype(np.float32), x, volume.mask)
     return _image(out, volume, dtype)
+
+
+def _extent(model_grid: Volume, config: SliceConfig) -> tuple[int, int]:
+    """The in-plane size of the whole slices of ``model_grid``."""
+    return to_plane(np.empty(model_grid.image.shape, dtype=bool), config.axis).shape[1:]
+
+
+def _to_input_grid(field: np.ndarray, whole: SlicedVolume, model_grid: Volume, volume: Volume) -> np.ndarray:
+    """A field on the whole slices of ``model_grid`` brought to ``volume``'s own grid (RAS voxels, float32).
+
+    The fields, not the coarse image, go back to the input's grid. They hold on the brain only: outside the model
+    grid's brain each voxel takes the nearest brain voxel's, so that interpolating onto a finer grid never mixes in
+    the window's zeros or the background's values at the brain's edge."""
+    field = slices_to_ras(field, whole.grid)
+    if model_grid is volume:
+        return field.astype(np.float32)
+    brain = slices_to_ras(whole.mask, whole.grid)
+    nearest = tuple(ndimage.distance_transform_edt(~brain, return_distances=False, return_indices=True))
+    return resample_array(field[nearest], model_grid.affine, volume.affine, volume.image.shape).astype(np.float32)
+
+
+@torch.no_grad()
+def _restoration(restored: Restored, prepared: Slices, device: torch.device | str, batch_size: int) -> np.ndarray:
+    """The restorer's correction ``R(h(x)) - h(x)`` on each brain slice of ``prepared`` (float32, zero outside the
+    brain and on slices without brain)."""
+    restored = copy.deepcopy(restored).to(device).eval()  # the caller's keeps its device
+    correction = np.zeros(prepared.images.shape, dtype=np.float32)
+    brain = prepared.brain_rows()
+    for start in range(0, len(brain), batch_size):
+        x, m = prepared.batch(brain[start : start + batch_size], device)
+        h = restored.harmonizer(x, m)
+        correction[brain[start : start + batch_size]] = (restored.restorer(h, m) - h)[:, 0].float().cpu().numpy()
+    return correction
 
 
 def _image(out: np.ndarray, volume: Volume, dtype: str) -> nib.Nifti1Image:

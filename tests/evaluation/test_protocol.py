@@ -29,13 +29,13 @@ from harmonizing_flows.profiles import apply_overrides
 
 
 def _run_b(simulated, profile, out: Path, lines: list[str]) -> dict[str, Path]:
-    """Setting B, three variants (one a curve harmonizer): the run every test here looks at."""
+    """Setting B, four variants (two curve harmonizers, one with a restorer): the run every test here looks at."""
     return benchmark(
         simulated.manifest,
         out,
         profile,
         settings=["B"],
-        variants=["paper-faithful", "brain-only", "curve+jacobian"],
+        variants=["paper-faithful", "brain-only", "curve+jacobian", "curve+restoration"],
         progress=False,
         log=lines.append,
         command="test",
@@ -230,6 +230,22 @@ def test_a_second_run_needs_overwrite_and_then_reuses_the_fitted_networks(report
     # the same weights; the stored flow was loaded from disk in the default memory format, the whole fit's is
     # channels-last from training, so their convolutions round differently in the last digits
     assert stored.metadata["source_bpd"] == pytest.approx(whole.metadata["source_bpd"], rel=1e-6)
+
+
+def test_the_restoration_variant_adds_a_fitted_restorer_to_the_shared_model(report, simulated):
+    out, _, lines = report
+    source = sorted({s.site for s in load_subjects(simulated.manifest)})[1]  # setting B's
+    shared = load_model(out / "models" / source / "model")
+    restoring = load_model(out / "models" / source / "curve+restoration")
+    assert shared.restorer is None and restoring.restorer is not None
+    assert restoring.profile.restoration.enabled and restoring.metadata["training"]["restoration"]
+    for module in ("flow", "harmonizer"):  # the restorer alone is fitted: the rest is the shared model's
+        expected = getattr(shared, module).state_dict()
+        assert all(torch.equal(v, expected[k]) for k, v in getattr(restoring, module).state_dict().items())
+    assert restoring.metadata["source_bpd_curve"] == shared.metadata["source_bpd_curve"]
+    assert any("curve+restoration: Dice none" in line for line in lines)
+    tables = (out / "tables.md").read_text()
+    assert f"| curve+restoration | start (step 0): {HM_START}, then the restorer |" in tables
 
 
 def _copy_site_data(simulated, tmp_path: Path, *, sites=None, relabel=None, drop_test=None) -> Path:

@@ -72,6 +72,9 @@ def test_two_processes_match_one(tmp_path, weighting):
     moved = torch.cat([(single[k] - single["init." + k]).flatten() for k in keys])
     assert moved.norm() > 0.1  # training moved the weights: not a comparison of two untouched models
     assert diff.norm() / moved.norm() < 1e-4
+    # Tensor by tensor: a tensor sharded or synchronised wrongly differs by about its whole movement; the
+    # summation-order noise reached 1.3 % of the movement of a single near-stationary scalar (a log_range that
+    # moved 1e-4) on an AMD EPYC, 0.6 % at most elsewhere, so 5 % tells the two apart by a factor of 20.
     for k in keys:
         step = (single[k] - single["init." + k]).abs().max()
-        assert (ddp[k] - single[k]).abs().max() <= 0.01 * step + 1e-7, k
+        assert (ddp[k] - single[k]).abs().max() <= 0.05 * step + 1e-7, k

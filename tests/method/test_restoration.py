@@ -5,17 +5,22 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from harmonizing_flows.config import RestorationConfig
 from harmonizing_flows.errors import ConfigError
+from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
+from harmonizing_flows.method.harmonizer import Harmonizer
 from harmonizing_flows.method.restoration import (
+    Restored,
     Restorer,
     apply_degradation,
     draw_degradation,
     gaussian_blur,
 )
+from harmonizing_flows.profiles import PROFILES
 
 
 def _images(n: int = 6, size: int = 24, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,3 +110,44 @@ def test_bad_restoration_settings_are_refused():
         RestorationConfig(clean_share=1.5)
     with pytest.raises(ConfigError, match="negative"):
         RestorationConfig(max_noise=-1.0)
+
+
+def _changing_restorer(seed: int = 0) -> Restorer:
+    """A restorer that changes images: its last layer drawn, not zero."""
+    torch.manual_seed(seed)
+    restorer = Restorer(RestorationConfig(channels=4, layers=3))
+    torch.nn.init.normal_(restorer.net[-1].weight, std=0.05)
+    return restorer.eval()
+
+
+def _harmonizers() -> dict[str, torch.nn.Module]:
+    curve = CurveHarmonizer(np.bincount(np.arange(40, 220), minlength=256))
+    with torch.no_grad():
+        curve.curve.offset += 7.0  # not the identity: the restorer must see the curve's output
+    torch.manual_seed(1)
+    return {"curve": curve, "paper": Harmonizer(PROFILES["smoke"].harmonizer).eval()}
+
+
+@pytest.mark.parametrize("family", ["curve", "paper"])
+def test_a_restored_harmonizer_gives_its_output_through_the_fields_interface(family):
+    # harmonize.py carries parts() back to a volume's grid: the fields must give what the module outputs
+    harmonizer = _harmonizers()[family]
+    restored = Restored(harmonizer, _changing_restorer())
+    x, mask = _images(4, 24)
+    with torch.no_grad():
+        output = restored(x, mask)
+        alpha, beta = restored.parts(x, mask)
+        through_fields = Harmonizer.apply(alpha.view(-1, 1, 1, 1), beta, x, mask)
+        torch.testing.assert_close(restored.parts(x)[1] * mask, beta * mask)  # the mask is x's brain by default
+        harmonized = harmonizer(x, mask)
+    torch.testing.assert_close(through_fields, output, atol=1e-3, rtol=0)
+    assert (output - harmonized).abs().max() > 0.5  # the restorer acted
+    assert output[mask == 0].abs().max() == 0  # background stays zero
+    assert restored.factor == getattr(harmonizer, "factor", 1)
+
+
+def test_a_restorer_at_its_start_changes_nothing():
+    harmonizer = _harmonizers()["curve"]
+    x, mask = _images(4, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(Restored(harmonizer, Restorer())(x, mask), harmonizer(x, mask))

@@ -158,6 +158,38 @@ def test_a_model_for_the_curve_alone_skips_the_harmonizer_network_and_keeps_the_
     assert all(torch.equal(v, untrained[k]) for k, v in curve_only.harmonizer.state_dict().items())
 
 
+def test_the_restorer_is_fitted_with_the_model_and_alone_alike(simulated, smoke_profile, tmp_path):
+    # The benchmark's curve+restoration variant fits the restorer alone onto a shared model: the same network.
+    from harmonizing_flows.method.restoration import Restored, Restorer
+    from harmonizing_flows.method.store import load_harmonizer, save_model
+    from harmonizing_flows.method.training import fit_restorer
+
+    subjects = [s for s in load_subjects(simulated.manifest) if s.site == "spgr-15t" and s.split == "train"]
+    data = _slices(subjects, smoke_profile.slices, 16)
+    profile = apply_overrides(smoke_profile, ["harmonizer_training.epochs=1", "flow_training.epochs=1"])
+    plain = fit_model(data, data, profile, Context(), progress=False)
+    restoring = apply_overrides(profile, ["restoration.enabled=true"])
+    model = fit_model(data, data, restoring, Context(), progress=False)
+    assert plain is not None and model is not None and plain.restorer is None and model.restorer is not None
+    assert all(torch.equal(v, model.flow.state_dict()[k]) for k, v in plain.flow.state_dict().items())
+    history = model.metadata["training"]["restoration"]
+    assert len(history) == restoring.restoration_training.epochs and all(h["mse"] > 0 for h in history)
+    assert model.restorer.net[-1].weight.abs().sum() > 0  # trained away from its identity start
+    torch.manual_seed(restoring.seed)
+    alone = Restorer(restoring.restoration)
+    fit_restorer(alone, data, restoring, Context(), progress=False)
+    assert all(torch.equal(v, alone.state_dict()[k]) for k, v in model.restorer.state_dict().items())
+    folder = save_model(model, tmp_path / "model")
+    assert (folder / "restorer.safetensors").is_file()
+    loaded = load_model(folder)
+    assert loaded.restorer is not None
+    assert all(torch.equal(v, loaded.restorer.state_dict()[k]) for k, v in model.restorer.state_dict().items())
+    assert isinstance(load_harmonizer(folder)[0], Restored)
+    (folder / "restorer.safetensors").unlink()
+    with pytest.raises(InputError, match=r"restorer\.safetensors"):
+        load_model(folder)
+
+
 def test_a_validation_brain_that_cannot_be_matched_is_refused_before_training(simulated, smoke_profile, tmp_path):
     import numpy as np
 

@@ -60,8 +60,9 @@ SEGMENTER_SETTINGS = ("seed", "slices", "segmenter", "segmenter_training")
 SEGMENTER_CODE = ("harmonizing_flows.evaluation.segmenter",)
 """The modules that train a segmenter (BigAug's adds :mod:`.bigaug`), keying a stored one with what they import."""
 MODEL_SETTINGS = ("seed", "slices", "augment", "negatives", "harmonizer", "harmonizer_training", "flow",
-                  "flow_training")  # fmt: skip
-"""The profile's sections that fitting a model (flow and pre-trained harmonizer) reads; adaptation's are not."""
+                  "flow_training", "restoration", "restoration_training")  # fmt: skip
+"""The profile's sections that fitting a model (flow, pre-trained harmonizer, restorer) reads; adaptation's are
+not."""
 SEPARATION_SLICES = 128
 """Slices of the source validation split and of each target, spread evenly, on which the flow's AUROC between
 them is measured (enough for a stable AUROC, a few seconds per target on the CPU)."""
@@ -178,12 +179,14 @@ class _Setting:
         from harmonizing_flows.method.flow import Flow
         from harmonizing_flows.method.harmonizer import Harmonizer
         from harmonizing_flows.method.loop import kept_epoch
+        from harmonizing_flows.method.restoration import Restorer
         from harmonizing_flows.method.store import load_model, save_model
         from harmonizing_flows.method.training import (
             VALIDATION,
             fit_flow,
             fit_harmonizer,
             fit_model,
+            fit_restorer,
             source_references,
         )
 
@@ -222,6 +225,11 @@ class _Setting:
                 history = fit_harmonizer(model.harmonizer, self.train_slices, vprofile, ctx, progress=self.progress)
                 model.metadata["training"] = {**model.metadata["training"], "harmonizer": history}
                 model.metadata["pretrained_harmonizer"] = True
+            elif part == "restorer":  # the restorer alone: the flow and the references stay the shared model's
+                model.restorer = Restorer(vprofile.restoration)
+                history = fit_restorer(model.restorer, self.train_slices, vprofile, ctx, progress=self.progress)
+                model.metadata["training"] = {**model.metadata["training"], "restoration": history}
+                return model.to("cpu")
             else:
                 model.flow = Flow(vprofile.flow)
                 history = fit_flow(model.flow, self.train_slices, vprofile, ctx, val=self.val_slices,
@@ -245,7 +253,7 @@ class _Setting:
             if variant in ADAPT_ONLY:
                 models[variant] = paper_model()
                 continue
-            part = "harmonizer" if variant == "positive-alpha" else "flow"
+            part = {"positive-alpha": "harmonizer", "curve+restoration": "restorer"}.get(variant, "flow")
             if part == "harmonizer" and not paper_needed:
                 build = functools.partial(fit_whole, vprofile)
             else:
@@ -403,11 +411,13 @@ class _Setting:
         cx, cm = curve_slices.batch(pick, self.device)
         cl = curve_slices.batch_labels(pick, self.device)
         snapshots: dict[int, dict[str, torch.Tensor]] = {}
+        if model.restorer is not None:
+            model.restorer.to(self.device).eval()
 
         def observer(harmonizer, step: int) -> dict[str, float]:
             snapshots[step] = {k: v.detach().cpu().clone() for k, v in harmonizer.state_dict().items()}
-            with torch.no_grad():
-                return {"dice": _pooled_dice(segmenter, harmonizer(cx, cm), cm, cl)}
+            with torch.no_grad():  # the Dice of what harmonizing outputs: through the model's restorer, if any
+                return {"dice": _pooled_dice(segmenter, model.output(harmonizer)(cx, cm), cm, cl)}
 
         unguarded = replace(vprofile.adapt, alpha_guard=0.0, intensity_guard=0.0)
         adapted = adapt_harmonizer(model, slices, replace(unguarded, stop="steps"), device=self.device,
@@ -424,12 +434,13 @@ class _Setting:
                 index, reason = decision.index, decision.reason
             kept[rule] = Kept(int(curve[index]["step"]), reason)
         harmonizer = copy.deepcopy(start)
+        output = model.output(harmonizer)
         images: dict[int, list[np.ndarray]] = {}
         scores: dict[str, list[Scores]] = {}
         for rule, k in kept.items():
             if k.step not in images:
                 harmonizer.load_state_dict(snapshots[k.step])
-                images[k.step] = [harmonize_slices(harmonizer, v, device=self.device) for v in test]
+                images[k.step] = [harmonize_slices(output, v, device=self.device) for v in test]
             if show and rule == DEFAULT_RULE:
                 examples["Harmonizing Flows"] = images[k.step][0]
             scores[f"adapted ({rule})"] = [
@@ -438,11 +449,12 @@ class _Setting:
         if start is not model.harmonizer:  # Table 2's start; the pre-trained one the caller scores once per model
             if 0 not in images:
                 harmonizer.load_state_dict(snapshots[0])
-                images[0] = [harmonize_slices(harmonizer, v, device=self.device) for v in test]
+                images[0] = [harmonize_slices(output, v, device=self.device) for v in test]
             scores[START] = [_score(segmenter, x, v, self.device) for x, v in zip(images[0], test, strict=True)]
         if show and model.metadata.get("pretrained_harmonizer", True):
             examples["pre-trained harmonizer"] = harmonize_slices(model.harmonizer, test[0], device=self.device)
-        return VariantResult(scores, curve, kept, source_value, adapted.summary["started_as"])
+        started_as = adapted.summary["started_as"] + (", then the restorer" if model.restorer is not None else "")
+        return VariantResult(scores, curve, kept, source_value, started_as)
 
 
 def _name(volume: SlicedVolume) -> str:

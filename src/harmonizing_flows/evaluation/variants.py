@@ -30,6 +30,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     # the flow trained on the source's likelihood alone (no guiding negatives: adequate on held-out source
     # brains, where Eq. 4's negatives keep it near 8 bits), steering the curve with the change-of-variables term
     "curve+likelihood-flow": (*_CURVE, "negatives.fraction=0", "adapt.jacobian_weight=1"),
+    # the curve, then a restoration network fitted on the source (noise, blur, bias) on every harmonized image
+    "curve+restoration": (*_CURVE, "adapt.jacobian_weight=0", "restoration.enabled=true"),
 }
 """The method's variants of Table 2: the paper-faithful one and the paper's with one guard that changes the
 adaptation's path, each spelled out in full so that a profile's defaults cannot change

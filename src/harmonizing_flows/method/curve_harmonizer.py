@@ -11,8 +11,10 @@ Its log-derivative gives adaptation a change-of-variables term (``AdaptConfig.ja
 ``bpd(h(x)) - log2 c'(x)`` matches the target's distribution to the flow's instead of seeking the flow's mode
 (the flattest, darkest image), which the bpd alone rewards.
 
-Not yet here (issue 20): a smooth multiplicative bias field (its oracle showed no gain on top of histogram matching
-in the benchmark's first setting) and a local residual network for contrast, blur and resolution.
+A model fitted with ``restoration.enabled`` passes its output through a restoration network fitted on the source
+(:mod:`~harmonizing_flows.method.restoration`), for the noise and blur no intensity map can undo. Not here: a
+smooth multiplicative bias field (its oracle showed no gain on top of histogram matching in the benchmark's first
+setting).
 """
 
 from __future__ import annotations
@@ -69,10 +71,10 @@ class CurveHarmonizer(nn.Module):
             raise InputError(where, "has one intensity in its whole brain; its histogram cannot be matched")
         return np.rint(matching_lut(self.source_histogram.cpu().numpy(), counts))
 
-    def prepare(self, sliced: Slices) -> Slices:
-        """One volume's slices mapped onto the source histogram (uint8, zero outside the brain), labels kept.
-        Raises as :meth:`volume_lut`."""
-        lut = self.volume_lut(sliced).astype(np.uint8)
+    def prepare(self, sliced: Slices, *, like: Slices | None = None) -> Slices:
+        """One volume's slices mapped onto the source histogram (uint8, zero outside the brain), labels kept; with
+        ``like`` (another cut of the same volume), by the map of its histogram. Raises as :meth:`volume_lut`."""
+        lut = self.volume_lut(sliced if like is None else like).astype(np.uint8)
         images = np.where(sliced.mask.astype(bool), lut[sliced.images], 0).astype(np.uint8)
         return replace(sliced, images=images)
 
@@ -83,8 +85,9 @@ class CurveHarmonizer(nn.Module):
 
     @torch.no_grad()
     def volume_map(self, sliced: Slices) -> np.ndarray:
-        """The whole harmonization of one volume as 256 values, ``c(HM_v(level))`` for each input level: one
-        intensity map, which applies on any grid. Raises as :meth:`volume_lut`."""
+        """The harmonizer's map of one volume as 256 values, ``c(HM_v(level))`` for each input level: one
+        intensity map, which applies on any grid (a restorer's correction comes on top). Raises as
+        :meth:`volume_lut`."""
         knots = self.curve.knots()[0].double().cpu().numpy()
         return knots[self.volume_lut(sliced).astype(np.int64)]
 

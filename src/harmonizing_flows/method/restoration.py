@@ -4,8 +4,10 @@ smooth intensity fields of an image already on the source's intensity scale.
 Histogram matching and the site curve move intensities only; sites also differ in noise and resolution, which no
 intensity map can undo. Fitted blind (each training image degraded by a random amount, some left clean), the
 network learns how much to restore from the image itself, so a clean site is left alone where a fixed filter
-would blur it (``benchmarks/RESULTS.md``, issue 20). It needs no target data and no labels. Not yet part of the
-method: explored by ``benchmarks/explore_restoration.py`` and ``benchmarks/explore_curve.py --restoration``.
+would blur it (``benchmarks/RESULTS.md``, issue 20). It needs no target data and no labels. With
+``restoration.enabled`` it is fitted with the model (:func:`~harmonizing_flows.method.training.fit_restorer`) and
+every harmonized image passes through it (:class:`Restored`); adaptation moves the harmonizer alone, on the
+harmonizer's own output, as explored (``benchmarks/explore_curve.py --restoration``).
 
 As in :mod:`~harmonizing_flows.method.augment`, the random degradation draws its parameters on the CPU from a
 ``torch.Generator`` (:func:`draw_degradation`) and a deterministic twin applies them (:func:`apply_degradation`).
@@ -21,6 +23,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +32,16 @@ from torch import nn
 from harmonizing_flows.config import RestorationConfig
 from harmonizing_flows.method.augment import apply_bias, draw_bias
 
-__all__ = ["BLUR_RADIUS", "DegradationParams", "Restorer", "apply_degradation", "draw_degradation", "gaussian_blur"]
+__all__ = [
+    "BLUR_RADIUS",
+    "DegradationParams",
+    "Restored",
+    "Restorer",
+    "apply_degradation",
+    "draw_degradation",
+    "gaussian_blur",
+    "restoration_error",
+]
 
 BLUR_RADIUS = 3
 """Half-width of the blur kernels in pixels: enough for the widths drawn (up to about 1.4 pixels)."""
@@ -52,6 +64,52 @@ class Restorer(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return (x + 255.0 * self.net(x / 255.0)).clamp(0.0, 255.0) * mask
+
+
+class Restored(nn.Module):
+    """A harmonizer followed by a restorer: ``R(h(x))``, with the harmonizer's interface (``prepare``, ``parts``,
+    ``harmonize``), so that harmonizing code applies both families alike. The restorer is fitted on the source and
+    stays fixed; adapting moves ``harmonizer`` alone.
+
+    :meth:`parts` gives the harmonizer's interface: a gain of one and the offset ``R(h(x)) - x``. The restorer
+    sees ``h(x)`` zero outside the brain, as in :meth:`harmonize`, so it takes the brain mask (by default the
+    non-zero pixels: prepared slices are zero outside the brain).
+    """
+
+    def __init__(self, harmonizer: nn.Module, restorer: Restorer) -> None:
+        super().__init__()
+        self.harmonizer = harmonizer
+        self.restorer = restorer
+
+    @property
+    def factor(self) -> int:
+        return int(getattr(self.harmonizer, "factor", 1))  # the restorer is fully convolutional, at full size
+
+    def prepare(self, sliced: Any) -> Any:
+        return self.harmonizer.prepare(sliced)
+
+    def parts(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = (x > 0).to(x.dtype) if mask is None else mask
+        alpha, beta = self.harmonizer.parts(x)
+        h = (alpha.view(-1, 1, 1, 1) * x + beta).clamp(0.0, 255.0) * mask
+        return torch.ones_like(alpha), self.restorer(h, mask) - x
+
+    def harmonize(
+        self, x: torch.Tensor, mask: torch.Tensor, *, clamp: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        y, alpha = self.harmonizer.harmonize(x, mask, clamp=True)
+        return self.restorer(y, mask), alpha
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
+        return self.harmonize(x, mask, clamp=clamp)[0]
+
+
+def restoration_error(
+    restorer: Restorer, degraded: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The squared error of the restored images against the clean ones, summed over the brain (the training loss,
+    before division by the batch's brain pixels)."""
+    return ((restorer(degraded, mask) - clean) ** 2 * mask).sum()
 
 
 def gaussian_blur(x: torch.Tensor, sigma_rows: torch.Tensor, sigma_cols: torch.Tensor) -> torch.Tensor:
@@ -82,6 +140,11 @@ class DegradationParams:
     noise_sd: torch.Tensor
     noise: torch.Tensor
     """Standard normal draws ``(2, B, 1, H, W)``: the real and imaginary channels before the modulus."""
+
+    def select(self, rows: slice | torch.Tensor) -> DegradationParams:
+        """The parameters of some images only (a process's share of a batch)."""
+        return DegradationParams(self.clean[rows], self.bias[rows], self.blur_rows[rows], self.blur_cols[rows],
+                                 self.noise_sd[rows], self.noise[:, rows])  # fmt: skip
 
 
 def draw_degradation(

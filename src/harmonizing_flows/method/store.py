@@ -8,6 +8,8 @@ A model folder::
       harmonizer.safetensors   the harmonizer's weights (the paper's network, or a curve harmonizer when
                                ``model.json``'s ``harmonizer`` says ``curve``: an adapted model of that family)
       flow.safetensors         the flow's weights
+      restorer.safetensors     the restoration network's weights, when ``restoration.enabled``: every harmonized
+                               image passes through it (:class:`~harmonizing_flows.method.restoration.Restored`)
 
 Folders are written to a temporary sibling and renamed into place, so a crash never leaves half a model. Loading
 checks that every file is there, readable and matches the architecture that ``model.json`` describes, and says
@@ -30,6 +32,7 @@ from harmonizing_flows.method.curve_harmonizer import CurveHarmonizer
 from harmonizing_flows.method.flow import Flow
 from harmonizing_flows.method.folders import load_weights, read_document, save_weights, write_document, write_folder
 from harmonizing_flows.method.harmonizer import Harmonizer
+from harmonizing_flows.method.restoration import Restored, Restorer
 from harmonizing_flows.profiles import Profile
 
 __all__ = ["FORMAT", "Model", "load_harmonizer", "load_model", "new_harmonizer", "save_model"]
@@ -45,6 +48,7 @@ class Model:
     harmonizer: Harmonizer | CurveHarmonizer
     flow: Flow
     metadata: dict[str, Any] = field(default_factory=dict)
+    restorer: Restorer | None = None
 
     @classmethod
     def create(cls, profile: Profile, metadata: Mapping[str, Any] | None = None) -> Model:
@@ -57,7 +61,15 @@ class Model:
     def to(self, device: torch.device | str) -> Model:
         self.harmonizer.to(device)
         self.flow.to(device)
+        if self.restorer is not None:
+            self.restorer.to(device)
         return self
+
+    def output(self, harmonizer: Harmonizer | CurveHarmonizer | None = None) -> Harmonizer | CurveHarmonizer | Restored:
+        """What harmonizes images: ``harmonizer`` (the model's own by default), then the restorer if the model has
+        one."""
+        harmonizer = self.harmonizer if harmonizer is None else harmonizer
+        return harmonizer if self.restorer is None else Restored(harmonizer, self.restorer)
 
 
 def save_model(
@@ -73,6 +85,8 @@ def save_model(
         meta = {"version": __version__}
         save_weights(model.harmonizer, folder / "harmonizer.safetensors", meta)
         save_weights(model.flow, folder / "flow.safetensors", meta)
+        if model.restorer is not None:
+            save_weights(model.restorer, folder / "restorer.safetensors", meta)
         write_document(folder, FORMAT, model.profile, model.metadata)
         for name, content in (extra or {}).items():
             if callable(content):  # a writer, such as a figure
@@ -96,12 +110,22 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Model:
     model.harmonizer = new_harmonizer(profile, metadata)
     load_weights(model.harmonizer, folder / "harmonizer.safetensors")
     load_weights(model.flow, folder / "flow.safetensors")
+    model.restorer = _load_restorer(folder, profile)
     return model.to(device)
 
 
-def load_harmonizer(folder: str | Path) -> tuple[Harmonizer | CurveHarmonizer, Profile, dict[str, Any]]:
-    """The harmonizer of a model folder with its settings and metadata, without reading the flow (harmonizing
-    needs only the harmonizer; the paper's flow is much the larger).
+def _load_restorer(folder: Path, profile: Profile) -> Restorer | None:
+    if not profile.restoration.enabled:
+        return None
+    restorer = Restorer(profile.restoration)
+    load_weights(restorer, folder / "restorer.safetensors")
+    return restorer.eval()
+
+
+def load_harmonizer(folder: str | Path) -> tuple[Harmonizer | CurveHarmonizer | Restored, Profile, dict[str, Any]]:
+    """What harmonizes with a model folder (its harmonizer, followed by its restorer if it has one) with its
+    settings and metadata, without reading the flow (harmonizing needs only these; the paper's flow is much the
+    larger).
 
     Raises:
         InputError: As :func:`load_model`, for ``model.json`` and the harmonizer's weights; a model whose
@@ -114,7 +138,8 @@ def load_harmonizer(folder: str | Path) -> tuple[Harmonizer | CurveHarmonizer, P
                                  "adapt it to a site first (`hflow adapt`)")  # fmt: skip
     harmonizer = new_harmonizer(profile, metadata)
     load_weights(harmonizer, folder / "harmonizer.safetensors")
-    return harmonizer, profile, metadata
+    restorer = _load_restorer(folder, profile)
+    return (harmonizer if restorer is None else Restored(harmonizer, restorer)), profile, metadata
 
 
 def new_harmonizer(profile: Profile, metadata: Mapping[str, Any]) -> Harmonizer | CurveHarmonizer:

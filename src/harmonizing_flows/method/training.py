@@ -27,6 +27,7 @@ from harmonizing_flows.method.distributed import Context, setup, stable_seed
 from harmonizing_flows.method.flow import Flow, guided_loss
 from harmonizing_flows.method.harmonizer import Harmonizer, pretraining_error
 from harmonizing_flows.method.loop import StepFn, Validation, kept_epoch, prepare_checkpoints, run_training
+from harmonizing_flows.method.restoration import Restorer, apply_degradation, draw_degradation, restoration_error
 from harmonizing_flows.method.store import Model, save_model
 from harmonizing_flows.profiles import Profile
 
@@ -36,6 +37,7 @@ __all__ = [
     "fit_flow",
     "fit_harmonizer",
     "fit_model",
+    "fit_restorer",
     "measure_bpd",
     "source_bpd",
     "source_references",
@@ -99,6 +101,51 @@ def flow_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
         return loss, stats
 
     return step
+
+
+def restoration_step(profile: Profile, data: Slices, ctx: Context) -> StepFn:
+    """The restorer's loss on one batch: source slices degraded at random (some left clean), restored, compared
+    with the clean slices over the brain."""
+    config = profile.restoration
+
+    def step(
+        model: nn.Module, index: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        x, m = data.batch(index, ctx.device)
+        params = draw_degradation(len(index), tuple(x.shape[-2:]), config, generator)  # the global batch's draws
+        total = m.sum()
+        mine = ctx.share(len(index))
+        xs, ms = x[mine], m[mine]
+        squared = restoration_error(model, apply_degradation(xs, ms, params.select(mine)), xs, ms)
+        loss = squared * ctx.world / total.clamp_min(1.0)
+        return loss, {"mse": float(ctx.all_sum(squared.detach()) / total.clamp_min(1.0))}
+
+    return step
+
+
+def fit_restorer(
+    restorer: Restorer,
+    data: Slices,
+    profile: Profile,
+    ctx: Context,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Fit the restoration network on the source slices (:mod:`~harmonizing_flows.method.restoration`)."""
+    return run_training(
+        restorer,
+        restoration_step(profile, data, ctx),
+        len(data),
+        profile.restoration_training,
+        name="restoration",
+        seed=profile.seed,
+        ctx=ctx,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+    )
 
 
 class _FlowBpd(nn.Module):
@@ -231,7 +278,8 @@ def fit_model(
     progress: bool = True,
     pretrain_harmonizer: bool = True,
 ) -> Model | None:
-    """Pre-train a harmonizer and train a flow on ``train``; measure the source bpd on ``val``.
+    """Pre-train a harmonizer and train a flow on ``train`` (and the restorer, with ``restoration.enabled``);
+    measure the source bpd on ``val``.
 
     Returns the model on the CPU with its metadata (image size, scaling, source bpd, training history), or None on
     processes other than the first under torchrun. Checkpoints go to the folder ``checkpoints`` when given.
@@ -267,6 +315,12 @@ def fit_model(
     flow_history = fit_flow(
         model.flow, train, profile, ctx, val=val, checkpoint=checkpoint("flow"), resume=resume, progress=progress
     )
+    restoration_history = None
+    if profile.restoration.enabled:
+        torch.manual_seed(profile.seed)  # its initial weights from the seed alone, as a refit of it alone draws
+        model.restorer = Restorer(profile.restoration)
+        restoration_history = fit_restorer(model.restorer, train, profile, ctx, checkpoint=checkpoint("restorer"),
+                                           resume=resume, progress=progress)  # fmt: skip
     if not ctx.main:
         return None
     model.flow.eval()
@@ -288,6 +342,7 @@ def fit_model(
             "harmonizer": harmonizer_history,
             "flow": flow_history,
             "flow_kept_epoch": kept_epoch(flow_history, profile.flow_training, VALIDATION),
+            "restoration": restoration_history,
             "processes": ctx.world,
             "device": str(ctx.device),
             "seconds": round(time.perf_counter() - started, 1),
