@@ -98,9 +98,9 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
 STUDY_KEYS = ("profile", "voxel_size", "variants", "subjects_per_site", "split", "overrides")
 
 
-def check_plan(work: Path, plan: dict[str, Any]) -> None:
-    """Refuse to resume ``work`` with settings that change results (:data:`STUDY_KEYS`) other than its first
-    run's; record them on a first run."""
+def check_plan(work: Path, plan: dict[str, Any], what: str = "--work") -> None:
+    """Refuse to resume ``work`` (a work or a cells folder) with settings that change results
+    (:data:`STUDY_KEYS`) other than its first run's; record them on a first run."""
     recorded = work / "study.json"
     plan = {key: plan[key] for key in STUDY_KEYS}
     if recorded.is_file():
@@ -109,7 +109,7 @@ def check_plan(work: Path, plan: dict[str, Any]) -> None:
         if changed:
             raise SystemExit(
                 f"{work} holds a run with other settings ({'; '.join(changed)}); rerun with the first run's "
-                "settings to resume it, or give another --work"
+                f"settings to resume it, or give another {what}"
             )
         return
     work.mkdir(parents=True, exist_ok=True)
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     check_plan(args.work, plan)
     output = args.output or RESULTS / f"benchmark-{args.profile}{'-quick' if args.quick else ''}"
     cells = args.cells or RESULTS / "cells" / args.profile
+    check_plan(cells, plan, "--cells")  # the kept cells of one study: an ablation keeps its own
     hflow = hflow_command()
     state, machine, started = git_state(), machine_info(), utc_now()
     print(f"commit {state['commit']}{' (with uncommitted changes)' if state['src_modified'] else ''}; "
@@ -190,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                      *[a for o in plan["overrides"] for a in ("--set", o)], "--quiet"]  # fmt: skip
         kept, finished = cells / f"seed-{seed}", reports[seed] / "settings"
         for letter in plan["settings"]:  # one call per setting: each finished one is kept before the next starts
-            carry_cell(kept, finished, letter)
+            if not (finished / f"{letter}.json").is_file():  # this machine's own finished cell comes first
+                carry_cell(kept, finished, letter)
             runs.append(_run([*benchmark, "--settings", letter]))
             if carry_cell(finished, kept, letter):
                 print(f"  kept {kept / letter}.json", flush=True)

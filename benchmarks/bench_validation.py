@@ -5,9 +5,10 @@ For each setting X of one seed of ``bench_evaluation.py`` (its simulation under 
 
 1. a manifest in which the setting's source keeps its splits and every target site's training and validation
    subjects are scored as its test split (its own test subjects are left out: adaptation never sees them);
-2. ``hflow benchmark`` on it, for setting X only, with the variants asked for and the same instrument
-   segmenter as the full run. The segmenters that the seed's run fitted are reused (copied: they are keyed on the
-   source's training files and their own code, and neither changes here).
+2. ``hflow benchmark`` on it, for setting X only, with the variants asked for and the full run's profile and
+   overrides (``WORK/study.json``: the same instrument segmenter). The networks that the seed's run fitted are
+   copied beside it and reused where their keys still match (the segmenters: the source's files and their own
+   code; the shared model: also the method's code, so only from a run of the same code).
 
 The source's own test volumes still give the ceiling row, which decides nothing. Each setting's tables, results
 and the commands go to ``--output`` (default ``benchmarks/results/validation/seed-N/``), with a summary of the rows
@@ -37,7 +38,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="Which seed's simulation (default 0).")
     parser.add_argument("--settings", default="A,B,C,D", help="Settings to run (default: A,B,C,D).")
     parser.add_argument("--variants", default="curve,curve+restoration", help="Method variants to compare.")
-    parser.add_argument("--profile", default="fast", help="Settings preset (default: fast).")
     parser.add_argument("--output", type=Path, help="Where the reports go (default: results/validation/seed-N).")
     return parser.parse_args(argv)
 
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     letters = {chr(ord("A") + i): site for i, site in enumerate(sites)}
     output = args.output or RESULTS / "validation" / f"seed-{args.seed}"
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    study = json.loads((args.work / "study.json").read_text()) if (args.work / "study.json").is_file() else {}
+    profile, overrides = study.get("profile", "fast"), study.get("overrides", list(INSTRUMENT))
     hflow, state = hflow_command(), git_state()
     summary: dict[str, Any] = {}
     for letter in [x.strip() for x in args.settings.split(",") if x.strip()]:
@@ -107,13 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         work = seed_dir / f"validation-{letter}"
         data = validation_manifest(manifest, source, work / "manifest.csv")
         fitted = seed_dir / "report" / "models" / source
-        for name in ("segmenter", "segmenter-bigaug"):  # the full run's, reused when their keys still match
+        for name in ("segmenter", "segmenter-bigaug", "model"):  # the full run's, reused when their keys match
             into = work / "report" / "models" / source / name
             if (fitted / name / "model.json").is_file() and not into.exists():
                 shutil.copytree(fitted / name, into)
         command = [*hflow, "benchmark", str(data), "--out", str(work / "report"), "--overwrite", "--settings", letter,
-                   "--variants", ",".join(variants), "--profile", args.profile, "--seed", str(args.seed),
-                   *[a for o in INSTRUMENT for a in ("--set", o)], "--quiet"]  # fmt: skip
+                   "--variants", ",".join(variants), "--profile", profile, "--seed", str(args.seed),
+                   *[a for o in overrides for a in ("--set", o)], "--quiet"]  # fmt: skip
         print("$ " + " ".join(command), flush=True)
         run = run_timed(command, echo=True)
         if run.returncode != 0:

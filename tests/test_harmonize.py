@@ -46,7 +46,7 @@ class _Fields(torch.nn.Module):
         super().__init__()
         self.gain, self.share = gain, share
 
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def parts(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.full((x.shape[0],), self.gain), self.share * x
 
 
@@ -82,6 +82,25 @@ def test_a_model_on_coarser_voxels_carries_its_correction_back_to_the_inputs_gri
     np.testing.assert_allclose(got[inner], want[inner], atol=0.05)
     if share == 0:  # constant fields: exact everywhere, edges included
         np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+@pytest.mark.parametrize(("gain", "share"), [(0.5, 0.0), (-1.0, 1.5)])  # h = 0.5 x both: in range
+def test_a_restorer_after_a_gain_keeps_the_gain_on_the_inputs_finer_detail(simulated, gain, share):
+    # Restored's fields: the harmonizer's gain and the offset R(h) - gain * x, so that the finer grid's detail is
+    # scaled by the gain (inverted, for a negative one) as without the restorer; here R is the identity
+    from harmonizing_flows.method.restoration import Restored, Restorer
+
+    subject = next(s for s in simulated.subjects if s.site == "spgr-15t")
+    config = SliceConfig(image_size=(32, 32), voxel_size=8.0)
+
+    def harmonized(harmonizer):
+        return np.asarray(
+            harmonize_volume(harmonizer, subject.image, subject.mask, slices=config, dtype="float32").dataobj
+        )
+
+    plain = harmonized(_Fields(gain, share))
+    assert plain.any()
+    np.testing.assert_allclose(harmonized(Restored(_Fields(gain, share), Restorer())), plain, atol=1e-3)
 
 
 def test_a_brain_filling_the_model_window_is_not_darkened_at_its_edge(tmp_path):
@@ -344,3 +363,23 @@ def test_a_restorer_corrects_the_curves_output_and_the_file_holds_what_is_scored
         scored = harmonize_slices(Restored(curve, restorer), window)
         expected = np.asarray(unslice(scored, window.grid, rescale=False).dataobj)
         np.testing.assert_allclose(restored, expected, atol=1e-3)
+    else:  # the correction made on the model's grid, interpolated once onto the input's
+        from nibabel.processing import resample_from_to
+
+        from harmonizing_flows.data.volume import conform
+
+        volume = load_volume(subject.image, subject.mask)
+        coarse = conform(volume, voxel_size)
+        on_model_grid = [
+            np.asarray(harmonize_volume(h, coarse, slices=config, dtype="float32").dataobj)
+            for h in (curve, Restored(curve, restorer))
+        ]
+        correction = nib.Nifti1Image(on_model_grid[1] - on_model_grid[0], coarse.affine)
+        moved = resample_from_to(correction, (volume.image.shape, volume.affine), order=1)
+        expected = np.asarray(to_image(np.asarray(moved.dataobj, dtype=np.float32), volume, dtype=np.float32).dataobj)
+        inside = resample_from_to(nib.Nifti1Image(coarse.mask.astype(np.float32), coarse.affine),
+                                  (volume.image.shape, volume.affine), order=1)  # fmt: skip
+        inner = np.asarray(to_image((np.asarray(inside.dataobj) > 0.999).astype(np.float32), volume).dataobj) > 0
+        inner &= (bare > 0) & (bare < 255) & (restored > 0) & (restored < 255)  # not clipped
+        assert inner.sum() > 0.3 * mask.sum()
+        np.testing.assert_allclose((restored - bare)[inner], expected[inner], atol=0.05)

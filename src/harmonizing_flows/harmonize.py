@@ -82,7 +82,7 @@ def harmonizer_fields(
     for start in range(0, len(brain), batch_size):
         rows = brain[start : start + batch_size]
         x, m = sliced.batch(rows, device)
-        a, b = harmonizer.parts(x, m) if isinstance(harmonizer, Restored) else harmonizer.parts(x)
+        a, b = harmonizer.parts(x, m)
         alpha[rows] = a.float().cpu().numpy()[:, None, None]
         beta[rows] = b[:, 0].float().cpu().numpy()
     return alpha, beta

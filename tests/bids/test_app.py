@@ -49,6 +49,34 @@ def run(dataset, smoke_profile, tmp_path_factory):
     return out, written, lines, before
 
 
+def _weights_digest(model: Path) -> str:
+    """The sidecars' ModelChecksum: a SHA-256 over the folder's weights files (name and content, by name)."""
+    digest = hashlib.sha256()
+    for path in sorted(model.glob("*.safetensors")):
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def test_the_model_checksum_covers_every_weights_file_but_not_the_notes(run, tmp_path):
+    # a refit that adds a restorer (or changes the flow) with the harmonizer's bytes unchanged is another model
+    from harmonizing_flows.bids.app import _checksum
+
+    model = tmp_path / "model"
+    shutil.copytree(run[0] / "models" / "source", model)
+    before = _checksum(model)
+    assert before == _weights_digest(model)
+    document = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**document, "note": "the app writes here"}))
+    assert _checksum(model) == before
+    (model / "restorer.safetensors").write_bytes(b"weights")
+    with_restorer = _checksum(model)
+    (model / "restorer.safetensors").unlink()
+    flow = (model / "flow.safetensors").read_bytes()
+    (model / "flow.safetensors").write_bytes(flow[:-1] + bytes([flow[-1] ^ 1]))
+    assert len({before, with_restorer, _checksum(model)}) == 3
+
+
 def _scans(dataset: Path) -> list[Path]:
     return sorted(dataset.glob("sub-*/anat/*_T1w.nii.gz"))
 
@@ -73,8 +101,7 @@ def test_every_scan_gets_a_harmonized_image_on_its_own_grid_and_a_sidecar(run, d
         assert sidecar["SourceSite"] == SOURCE and sidecar["TargetSite"] == site
         model = out / sidecar["Model"]
         assert model.name == ("source" if site == SOURCE else f"site-{site}")
-        digest = hashlib.sha256((model / "harmonizer.safetensors").read_bytes()).hexdigest()
-        assert sidecar["ModelChecksum"] == f"sha256:{digest}"
+        assert sidecar["ModelChecksum"] == _weights_digest(model)
         assert set(sidecar["Adaptation"]) == {"KeptStep", "Reason", "Guard"} and sidecar["Adaptation"]["Reason"]
         assert list(sidecar["QC"]) == list(QC_COLUMNS)
         assert (image.parent / sidecar["Mosaic"]).is_file()
@@ -189,8 +216,7 @@ def test_refitting_the_source_drops_the_adapted_models_and_remeasures_the_refere
     assert not list((out / "models").glob("site-*"))
     assert (out / "models" / "scans" / "source.csv").is_file()
     new = json.loads((out / "models" / "qc_reference.json").read_text())["model"]
-    digest = hashlib.sha256((out / "models" / "source" / "harmonizer.safetensors").read_bytes()).hexdigest()
-    assert new == f"sha256:{digest}" != old
+    assert new == _weights_digest(out / "models" / "source") != old
     lines: list[str] = []
     person = next(p.name for p in sorted(dataset.glob("sub-*")) if TARGET.replace("-", "") in p.name)
     written = participant(dataset, out, labels=[person], progress=False, log=lines.append)

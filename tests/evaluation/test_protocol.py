@@ -246,6 +246,11 @@ def test_the_restoration_variant_adds_a_fitted_restorer_to_the_shared_model(repo
     assert any("curve+restoration: Dice none" in line for line in lines)
     tables = (out / "tables.md").read_text()
     assert f"| curve+restoration | start (step 0): {HM_START}, then the restorer |" in tables
+    # both start at histogram matching; only the restorer can make their step-0 scores differ
+    for target in json.loads((out / "results.json").read_text())["results"]["B"]["targets"].values():
+        plain, restored = ([s["dice"] for s in target["variants"][v]["scores"][START]]
+                           for v in ("curve+jacobian", "curve+restoration"))  # fmt: skip
+        assert plain != restored
 
 
 def _copy_site_data(simulated, tmp_path: Path, *, sites=None, relabel=None, drop_test=None) -> Path:

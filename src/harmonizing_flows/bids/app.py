@@ -96,8 +96,14 @@ class Outputs:
         return self.root / "group_T1w_qc.tsv"
 
 
-def _checksum(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+def _checksum(folder: Path) -> str:
+    """The SHA-256 of a model folder's weights (every ``.safetensors`` file, by name): what its outputs and its
+    QC reference depend on (``model.json`` is left out: the app notes the source model in it)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return "sha256:" + digest.hexdigest()
 
 
 def _write_json(path: Path, document: Any) -> Path:
@@ -198,7 +204,7 @@ def group(
         for folder in out.models.glob("site-*/"):  # adapted from the replaced model
             shutil.rmtree(folder)
     _write_json(out.settings, {"source_site": source_site, "site_column": site_column})
-    checksum = _checksum(out.source_model / "harmonizer.safetensors")
+    checksum = _checksum(out.source_model)
     if not out.reference.is_file() or json.loads(out.reference.read_text(encoding="utf-8")).get("model") != checksum:
         _measure_reference(load_model(out.source_model), checksum, source, out, device, progress)
     write_description(out, bids_dir, command)
@@ -230,14 +236,14 @@ def _split(source: Sequence[Scan]) -> list[Subject]:
 def _measure_reference(
     model: Model, checksum: str, source: Sequence[Scan], out: Outputs, device: str | None, progress: bool
 ) -> None:
-    """Score the source validation scans through the fitted harmonizer: the QC reference."""
+    """Score the source validation scans through the fitted harmonizer (and restorer): the QC reference."""
     from harmonizing_flows.method.distributed import resolve_device
     from harmonizing_flows.progress import progress_bar
 
     validation = set(model.metadata["source_subjects"]["val"])
     scans = [s for s in source if s.subject.subject in validation]
     resolved = resolve_device(device)
-    harmonizer, flow = model.harmonizer.to(resolved).eval(), model.flow.to(resolved).eval()
+    harmonizer, flow = model.output().to(resolved).eval(), model.flow.to(resolved).eval()
     names, bpd, counts = [], [], np.zeros(256, dtype=np.int64)
     for scan in progress_bar(scans, desc="QC reference", unit="scan", enabled=progress):
         scores = score_scan(harmonizer, flow, _read(scan, model.profile)[1], resolved, seed=model.profile.seed)
@@ -306,7 +312,7 @@ def participant(
     if settings is None:
         raise InputError(out.root, "holds no fitted source model; run the group level first: "
                                    f"hflow bids {bids_dir} {out.root} group --source-site SITE")  # fmt: skip
-    source_checksum = _checksum(out.source_model / "harmonizer.safetensors")
+    source_checksum = _checksum(out.source_model)
     reference = json.loads(out.reference.read_text(encoding="utf-8"))
     if reference.get("model") != source_checksum:
         raise InputError(out.reference, "was measured on another source model; run the group level again")
@@ -383,7 +389,7 @@ def _site_model(site: str, model: Model, source_checksum: str, scans: Sequence[S
     from harmonizing_flows.method.store import load_harmonizer
 
     if site == model.source_site:
-        return _SiteModel(out.source_model, model.harmonizer, source_checksum, None, "source site: not adapted", None)
+        return _SiteModel(out.source_model, model.output(), source_checksum, None, "source site: not adapted", None)
     folder = out.site_model(site)
     if _adapted_from(folder, site, source_checksum):
         log(f"site {site}: reusing the adapted model {folder}")
@@ -400,7 +406,7 @@ def _site_model(site: str, model: Model, source_checksum: str, scans: Sequence[S
         write_text(folder / "model.json", json.dumps(document, indent=2) + "\n")
     adapted = json.loads((folder / "model.json").read_text(encoding="utf-8"))["adaptation"]
     harmonizer, _, _ = load_harmonizer(folder)
-    return _SiteModel(folder, harmonizer, _checksum(folder / "harmonizer.safetensors"), adapted.get("kept_step"),
+    return _SiteModel(folder, harmonizer, _checksum(folder), adapted.get("kept_step"),
                       adapted.get("reason", ""), adapted.get("guard"))  # fmt: skip
 
 
@@ -464,7 +470,7 @@ def current_sidecars(out: Outputs, bids_dir: Path, log: Log = print) -> dict[Pat
     the QC table and the reports show. Sidecars of a replaced model or of a removed scan are left out (and
     counted in the log)."""
     models = [out.source_model, *out.models.glob("site-*/")]
-    current = {_checksum(m / "harmonizer.safetensors") for m in models if (m / "harmonizer.safetensors").is_file()}
+    current = {_checksum(m) for m in models if (m / "harmonizer.safetensors").is_file()}
     found, stale = {}, 0
     for path in sorted(out.root.glob("sub-*/**/anat/*_desc-harmonized_T1w.json")):
         try:

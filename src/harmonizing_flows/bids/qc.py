@@ -143,7 +143,7 @@ def score_scan(
         x, m = sliced.batch(index, device)
         noise = torch.randn(x.shape, generator=generator).to(device)
         xp = prepared.batch(index, device)[0] if prepared is not sliced else x
-        alpha, beta = harmonizer.parts(xp)
+        alpha, beta = harmonizer.parts(xp, m)
         y = Harmonizer.apply(alpha[:, None, None, None], beta, xp, m)
         before += float(flow.bpd(x, m, noise=noise, brain_only=True).sum())
         after += float(flow.bpd(y, m, noise=noise, brain_only=True).sum())

@@ -75,6 +75,13 @@ def _sections(profile: Profile, names: Sequence[str]) -> dict[str, Any]:
     return {k: v for k, v in profile_to_dict(profile).items() if k in names}
 
 
+def _model_sections(profile: Profile) -> dict[str, Any]:
+    """The settings a fitted model is keyed on: :data:`MODEL_SETTINGS`, less the restorer's when it is off (a
+    model without one does not depend on them)."""
+    off = () if profile.restoration.enabled else ("restoration", "restoration_training")
+    return _sections(profile, [name for name in MODEL_SETTINGS if name not in off])
+
+
 def _score(segmenter: torch.nn.Module, images: np.ndarray, volume: SlicedVolume, device: torch.device) -> Scores:
     """A test volume's scores: the segmenter's labels of ``images`` (its slices, harmonized or not) against its own,
     and the images' 3D consistency."""
@@ -141,7 +148,9 @@ class _Setting:
         """Fit once and keep the result under OUT/models/SOURCE/NAME, reused when fitted with the same settings
         and code (all of the package's, or the modules ``code`` and what they import) on the same training and
         validation files (a flow keeps its best epoch on the validation split)."""
-        files = file_fingerprint([v.path for v in (*self.train, *self.val)])
+        # each split's files apart: the same files split otherwise give another fit (the flow's epoch is chosen on val)
+        files = {split: file_fingerprint([v.path for v in volumes]) for split, volumes in
+                 (("train", self.train), ("val", self.val))}  # fmt: skip
         fit_key = cache.key(settings, files, str(self.device), code=code)
         folder = self.out / "models" / self.source.name / name
         return cache.fit_or_load(folder, fit_key, build, save, load, self.log)
@@ -206,7 +215,7 @@ class _Setting:
         paper_needed = any(v != "positive-alpha" for v in variants)
         adapts = [apply_overrides(self.profile, VARIANTS[v]).adapt for v in variants]
         network = any(a.harmonizer == "paper" for a in adapts)
-        model_settings = {**_sections(paper, MODEL_SETTINGS), "pretrained_harmonizer": network}
+        model_settings = {**_model_sections(paper), "pretrained_harmonizer": network}
         # a model without the network stores the first variant's adaptation settings (a curve's), so that
         # `hflow adapt` on it adapts what it can; adaptation settings do not change the fit
         stored = paper if network else replace(paper, adapt=adapts[0])
@@ -259,7 +268,7 @@ class _Setting:
             else:
                 build = functools.partial(refit, vprofile, part)
             # a refit copies the shared model, with or without its network: keyed on that too
-            settings = {**_sections(vprofile, MODEL_SETTINGS), "pretrained_harmonizer": network}
+            settings = {**_model_sections(vprofile), "pretrained_harmonizer": network}
             models[variant] = self._fit_or_load(variant, settings, build, save, load_model, MODEL_CODE)
         return models
 

@@ -333,7 +333,7 @@ def adapt_harmonizer(
     best = curve[decision.index]
     reason, guard = decision.reason, decision.guard
     harmonizer.load_state_dict(best_state)
-    preview = _preview(start, harmonizer.eval(), mx, mm, int(best["step"]))
+    preview = _preview(start, harmonizer.eval(), mx, mm, int(best["step"]), model.restorer)
     harmonizer.cpu()
     summary = {"source_bpd": source_bpd, "start": curve[0], "kept": best, "steps_taken": curve[-1]["step"],
                "started_as": HM_START if isinstance(start, CurveHarmonizer) else PRETRAINED_START}  # fmt: skip
@@ -360,13 +360,17 @@ def _stopping_reference(model: Model, config: AdaptConfig, segmenter: Segmenter 
 @torch.no_grad()
 def _preview(
     start: Harmonizer | CurveHarmonizer, adapted: Harmonizer | CurveHarmonizer, x: torch.Tensor, mask: torch.Tensor,
-    step: int,
+    step: int, restorer: torch.nn.Module | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The monitoring slice with the most brain as it was, after the starting and after the adapted harmonizer
-    (0..255), for the figure. A curve harmonizer's slices come matched already: that is its start."""
+    (0..255; then the model's restorer, if it has one: what the adapted model outputs), for the figure. A curve
+    harmonizer's slices come matched already: that is its start."""
     k = int(mask.flatten(1).sum(1).argmax())
     one, one_mask = x[k : k + 1], mask[k : k + 1]
-    kept = {f"adapted (step {step})": adapted(one, one_mask)[0, 0].cpu().numpy()}
+    y = adapted(one, one_mask)
+    if restorer is not None:
+        y = copy.deepcopy(restorer).to(x.device).eval()(y, one_mask)
+    kept = {f"adapted (step {step}){', restored' if restorer is not None else ''}": y[0, 0].cpu().numpy()}
     if isinstance(start, CurveHarmonizer):
         return {"histogram matching": x[k, 0].cpu().numpy(), **kept}
     before = channels_last(copy.deepcopy(start).to(x.device)).eval()(one, one_mask)

@@ -78,9 +78,9 @@ class CurveHarmonizer(nn.Module):
         images = np.where(sliced.mask.astype(bool), lut[sliced.images], 0).astype(np.uint8)
         return replace(sliced, images=images)
 
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def parts(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The paper harmonizer's interface: a gain of one per image and the offset map ``c(x) - x``, so that
-        ``Harmonizer.apply`` gives ``c(x)`` (for code that scores both families alike)."""
+        ``Harmonizer.apply`` gives ``c(x)`` (for code that scores both families alike; ``mask`` is unused)."""
         return torch.ones(x.shape[0], device=x.device, dtype=x.dtype), self.curve(x) - x
 
     @torch.no_grad()

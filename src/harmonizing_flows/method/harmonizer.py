@@ -48,8 +48,10 @@ class Harmonizer(nn.Module):
         """Image height and width must be multiples of this."""
         return self.unet.factor
 
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``alpha`` ``(B,)`` and ``beta`` ``(B, 1, H, W)`` (0..255 scale) for images ``x`` ``(B, 1, H, W)``."""
+    def parts(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``alpha`` ``(B,)`` and ``beta`` ``(B, 1, H, W)`` (0..255 scale) for images ``x`` ``(B, 1, H, W)``.
+        ``mask`` is the interface's (:class:`~harmonizing_flows.method.restoration.Restored` needs it); the network
+        sees the whole slice."""
         beta, bottleneck = self.unet(x * (1.0 / 255.0))
         a = self.alpha_head(bottleneck.mean(dim=(2, 3)))[:, 0]
         alpha = torch.exp(a) if self.config.positive_alpha else a

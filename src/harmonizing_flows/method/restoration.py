@@ -71,9 +71,11 @@ class Restored(nn.Module):
     ``harmonize``), so that harmonizing code applies both families alike. The restorer is fitted on the source and
     stays fixed; adapting moves ``harmonizer`` alone.
 
-    :meth:`parts` gives the harmonizer's interface: a gain of one and the offset ``R(h(x)) - x``. The restorer
-    sees ``h(x)`` zero outside the brain, as in :meth:`harmonize`, so it takes the brain mask (by default the
-    non-zero pixels: prepared slices are zero outside the brain).
+    :meth:`parts` gives the harmonizer's interface: the harmonizer's gain ``alpha`` and the offset
+    ``R(h(x)) - alpha * x``, so that a caller that carries the two to a finer grid (:mod:`harmonizing_flows.
+    harmonize`) scales the finer grid's detail by ``alpha``, as without the restorer. The restorer sees ``h(x)``
+    zero outside the brain, as in :meth:`harmonize`, so it takes the brain mask (by default the non-zero pixels:
+    prepared slices are zero outside the brain).
     """
 
     def __init__(self, harmonizer: nn.Module, restorer: Restorer) -> None:
@@ -91,12 +93,15 @@ class Restored(nn.Module):
     def parts(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         mask = (x > 0).to(x.dtype) if mask is None else mask
         alpha, beta = self.harmonizer.parts(x)
-        h = (alpha.view(-1, 1, 1, 1) * x + beta).clamp(0.0, 255.0) * mask
-        return torch.ones_like(alpha), self.restorer(h, mask) - x
+        gain = alpha.view(-1, 1, 1, 1)
+        h = (gain * x + beta).clamp(0.0, 255.0) * mask
+        return alpha, self.restorer(h, mask) - gain * x
 
     def harmonize(
         self, x: torch.Tensor, mask: torch.Tensor, *, clamp: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``R(h(x))`` and the harmonizer's gain. Always clamped to 0..255 (``clamp`` is the interface's): the
+        restorer was fitted on images of that range and clamps its own output."""
         y, alpha = self.harmonizer.harmonize(x, mask, clamp=True)
         return self.restorer(y, mask), alpha
 

@@ -81,6 +81,9 @@ def save_model(
     they are written inside the same atomic step as the model.
     """
 
+    if (model.restorer is not None) != model.profile.restoration.enabled:
+        raise ValueError("a model has a restorer exactly when its profile's restoration.enabled is true")
+
     def write(folder: Path) -> None:
         meta = {"version": __version__}
         save_weights(model.harmonizer, folder / "harmonizer.safetensors", meta)
