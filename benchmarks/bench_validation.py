@@ -16,6 +16,7 @@ the choices read: per variant and stopping rule, the mean Dice over the setting'
 matching's.
 
     python benchmarks/bench_validation.py --work /work/bench21 --settings A,B --variants curve,curve+restoration
+    python benchmarks/bench_validation.py --work W --settings B --set flow_training.keep=last --tag flow-last
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--settings", default="A,B,C,D", help="Settings to run (default: A,B,C,D).")
     parser.add_argument("--variants", default="curve,curve+restoration", help="Method variants to compare.")
     parser.add_argument("--output", type=Path, help="Where the reports go (default: results/validation/seed-N).")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="A setting on top of the study's (repeatable), e.g. flow_training.keep=last.",
+    )
+    parser.add_argument("--tag", default="", help="Suffix of each setting's folders, e.g. flow-last: A-flow-last.")
     return parser.parse_args(argv)
 
 
@@ -101,12 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or RESULTS / "validation" / f"seed-{args.seed}"
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     study = json.loads((args.work / "study.json").read_text()) if (args.work / "study.json").is_file() else {}
-    profile, overrides = study.get("profile", "fast"), study.get("overrides", list(INSTRUMENT))
+    profile, overrides = study.get("profile", "fast"), [*study.get("overrides", INSTRUMENT), *args.overrides]
+    suffix = f"-{args.tag}" if args.tag else ""
     hflow, state = hflow_command(), git_state()
-    summary: dict[str, Any] = {}
+    earlier = output / f"summary{suffix}.json"  # settings run before (by another call) stay in the summary
+    summary: dict[str, Any] = json.loads(earlier.read_text())["settings"] if earlier.is_file() else {}
     for letter in [x.strip() for x in args.settings.split(",") if x.strip()]:
         source = letters[letter]
-        work = seed_dir / f"validation-{letter}"
+        work = seed_dir / f"validation-{letter}{suffix}"
         data = validation_manifest(manifest, source, work / "manifest.csv")
         fitted = seed_dir / "report" / "models" / source
         for name in ("segmenter", "segmenter-bigaug", "model"):  # the full run's, reused when their keys match
@@ -123,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"failed with exit status {run.returncode}: {' '.join(command)}")
         results = json.loads((work / "report" / "results.json").read_text())
         summary[letter] = {"source": source, "dice": _rows(results, letter, variants), "run": run.summary()}
-        into = output / letter
+        into = output / f"{letter}{suffix}"
         into.mkdir(parents=True, exist_ok=True)
         for name in ("tables.md", "results.json"):
             shutil.copy2(work / "report" / name, into / name)
-        record = {"settings": summary, "variants": variants, "seed": args.seed, "git": state, "date": utc_now(),
-                  "command": " ".join(sys.argv)}  # fmt: skip
-        write_json(output / "summary.json", record)
+        record = {"settings": summary, "variants": variants, "overrides": overrides, "seed": args.seed, "git": state,
+                  "date": utc_now(), "command": " ".join(sys.argv)}  # fmt: skip
+        write_json(earlier, record)
         print(json.dumps(summary[letter]["dice"], indent=1), flush=True)
     return 0
 
