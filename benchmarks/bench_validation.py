@@ -96,7 +96,16 @@ def _rows(results: dict[str, Any], letter: str, variants: list[str]) -> dict[str
             rows[f"{variant}: {name}"] = mean([s for t in targets for s in t["variants"][variant]["scores"][name]])
         steps = [t["variants"][variant]["kept"]["steps"]["step"] for t in targets]
         rows[f"{variant}: kept steps (fixed rule)"] = steps
+        rows[f"{variant}: curve Dice by step"] = dice_by_step(results, letter, variant)
     return rows
+
+
+def dice_by_step(results: dict[str, Any], letter: str, variant: str) -> dict[int, float]:
+    """Each evaluated step's Dice on the adaptation curve's slices, averaged over the setting's targets: what a
+    fixed number of steps would give (the curve's slices, not whole volumes: for choosing, not reporting)."""
+    curves = [t["variants"][variant]["curve"] for t in results["results"][letter]["targets"].values()]
+    steps = sorted(set.intersection(*({p["step"] for p in c if "dice" in p} for c in curves)))
+    return {s: round(sum(p["dice"] for c in curves for p in c if p["step"] == s) / len(curves), 2) for s in steps}
 
 
 def main(argv: list[str] | None = None) -> int:
