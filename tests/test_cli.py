@@ -251,15 +251,19 @@ def test_fit_segmenter_then_adapt_with_the_entropy_rule(simulated, fitted, smoke
         ],
     )
     assert result.exit_code == 2 and "needs a segmenter" in result.output
-    # a rule named in the settings is kept even with a segmenter; the default curve harmonizer keeps its own
-    for name, family in (("y", ["--set", "adapt.harmonizer=paper", "--set", "adapt.stop=steps"]), ("z", [])):
+    # a rule named in the settings is kept even with a segmenter; with none named, the curve harmonizer takes the
+    # entropy rule too
+    for name, family, rule in (
+        ("y", ["--set", "adapt.harmonizer=paper", "--set", "adapt.stop=steps"], "steps"),
+        ("z", [], "entropy"),
+    ):
         result = runner.invoke(
             app,
             ["adapt", str(fitted), str(simulated.manifest), "--site", "spgr-15t", "--out", str(tmp_path / name),
              "--segmenter", str(seg), *family, "--steps", "3", "-q"],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
-        assert json.loads((tmp_path / name / "model.json").read_text())["adaptation"]["stop"] == "steps"
+        assert json.loads((tmp_path / name / "model.json").read_text())["adaptation"]["stop"] == rule
 
 
 def test_adapt_to_a_target_without_brain_names_the_mask(fitted, tmp_path):

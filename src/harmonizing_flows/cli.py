@@ -252,8 +252,8 @@ def adapt(
     stop: Annotated[
         str | None,
         typer.Option(
-            help="Stopping rule: source-bpd, entropy (needs --segmenter) or steps. Default: the profile's "
-            "(the curve: steps); for the paper's harmonizer with --segmenter, entropy (it measured best for it)."
+            help="Stopping rule: source-bpd, entropy (needs --segmenter) or steps. Default: with --segmenter, "
+            "entropy (it measured best); without, the profile's (the curve: steps)."
         ),
     ] = None,
     segmenter: Annotated[

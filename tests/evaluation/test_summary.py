@@ -9,7 +9,7 @@ import pytest
 from harmonizing_flows.evaluation.report import render_summary, write_summary
 from harmonizing_flows.evaluation.results import Kept, SettingResult, TargetResult, VariantResult
 from harmonizing_flows.evaluation.summary import BASELINES, DEFAULT_METHOD, method_name, summarize
-from harmonizing_flows.evaluation.variants import RULES
+from harmonizing_flows.evaluation.variants import DEFAULT_RULE, RULES
 
 
 def _setting(base: dict[str, float], seed: int, letter_offset: float, variants: tuple[str, ...]) -> SettingResult:
@@ -55,7 +55,7 @@ def test_the_summary_has_the_agreed_shape_and_names():
                             "paired"}  # fmt: skip
     assert summary["seeds"] == [0, 1, 2] and summary["test_volumes_per_target"] == 3
     assert summary["settings"] == {"A": "site-a", "C": "site-c"}
-    assert summary["default_method"] == DEFAULT_METHOD == "Harmonizing Flows (curve, steps)"
+    assert summary["default_method"] == DEFAULT_METHOD == "Harmonizing Flows (curve, entropy)"
     names = set(summary["methods"])
     assert {"none", "histogram matching", "Nyul", "WhiteStripe", "ComBat", "TENT", "BigAug"} <= names
     assert "pre-trained harmonizer" in names
@@ -80,7 +80,7 @@ def test_means_spreads_and_paired_differences_are_right():
     assert summary["methods"]["Nyul"]["neighbour_difference"]["mean"] == pytest.approx((BASE["Nyul"] + 2) / 10)
     assert summary["ceiling"]["dice"]["mean"] == pytest.approx(92.0)
     paired = {p["b"]: p for p in summary["paired"]}
-    gap = BASE["steps"] - BASE["Nyul"]
+    gap = BASE[DEFAULT_RULE] - BASE["Nyul"]  # the default: the curve under the default rule
     assert paired["Nyul"]["mean"] == pytest.approx(gap) and paired["Nyul"]["ci95"] == pytest.approx([gap, gap])
     assert paired["Nyul"]["n"] == 3 * 2 * 3 and paired["Nyul"]["p"] < 0.001
 

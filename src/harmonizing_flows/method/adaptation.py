@@ -181,17 +181,18 @@ def choose_settings(
 ) -> AdaptConfig:
     """The adaptation settings of a run: ``config`` with the caller's stopping rule and steps.
 
-    For the paper's harmonizer with a segmenter and no rule chosen (neither ``stop`` nor ``stop_chosen``, which
-    says that a settings file or an override named one), the rule is ``entropy``: it measured best for that
-    harmonizer in the benchmark. The curve harmonizer keeps its own rule (fixed steps, chosen on validation
-    volumes). Without a segmenter the entropy rule cannot run.
+    With a segmenter and no rule chosen (neither ``stop`` nor ``stop_chosen``, which says that a settings file or
+    an override named one), the rule is ``entropy``: for the paper's harmonizer it measured best in the benchmark,
+    and for the curve it kept a step within 0.5 Dice of the best on every setting's validation volumes, where the
+    fixed steps lost up to 4.7 Dice to the start (benchmarks/RESULTS.md). Without a segmenter the entropy rule
+    cannot run.
 
     Raises:
         ConfigError: The entropy rule without a segmenter.
     """
     if stop is not None:
         config = replace(config, stop=stop)
-    elif with_segmenter and not stop_chosen and config.harmonizer == "paper":
+    elif with_segmenter and not stop_chosen:
         config = replace(config, stop="entropy")
     if config.stop == "entropy" and not with_segmenter:
         raise ConfigError("the entropy rule needs a segmenter: pass --segmenter (see `hflow fit-segmenter`)")
