@@ -63,6 +63,6 @@ The oracle keeps the best Dice on the test slices, reading labels: analysis only
 
 DEFAULT_RULE = "entropy"
 """The stopping rule of the tool's default method where a segmenter is at hand, as in the benchmark (``hflow
-adapt --segmenter`` takes it too): the step whose segmentation is most confident. Chosen on validation volumes,
-where the fixed steps (``hflow adapt`` without a segmenter; the row "fixed steps") lost to the start in two
-settings of four (benchmarks/RESULTS.md); the slice figures show its kept step."""
+adapt --segmenter`` takes it too): the step whose segmentation is most confident, chosen on validation volumes
+over the fixed steps of ``hflow adapt`` without a segmenter (the row "fixed steps"; benchmarks/RESULTS.md). The
+slice figures show its kept step."""

@@ -182,10 +182,9 @@ def choose_settings(
     """The adaptation settings of a run: ``config`` with the caller's stopping rule and steps.
 
     With a segmenter and no rule chosen (neither ``stop`` nor ``stop_chosen``, which says that a settings file or
-    an override named one), the rule is ``entropy``: for the paper's harmonizer it measured best in the benchmark,
-    and for the curve it kept a step within 0.5 Dice of the best on every setting's validation volumes, where the
-    fixed steps lost up to 4.7 Dice to the start (benchmarks/RESULTS.md). Without a segmenter the entropy rule
-    cannot run.
+    an override named one), the rule is ``entropy``, for either harmonizer: chosen on validation volumes, where the
+    fixed steps could end below their start (benchmarks/RESULTS.md). Without a segmenter the entropy rule cannot
+    run.
 
     Raises:
         ConfigError: The entropy rule without a segmenter.
